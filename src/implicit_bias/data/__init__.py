@@ -1,0 +1,99 @@
+"""Datasets: ``load(name, **options)`` returns a :class:`Dataset` with ``.X``, ``.y``, ``.num_classes``, ``.test``.
+
+Options every dataset accepts
+-----------------------------
+seed : int, optional
+    Seeds generation, splitting and subsampling (default: each loader's own default, 0 for subsampling).
+classes : list of int
+    Keep these classes only, relabelled 0..len−1 in the given order.
+per_class : int
+    Balanced subsampling of the training split: exactly that many samples per class.
+standardize : bool, default False
+    Per-feature z-scores with the training split's statistics, applied to both splits.
+dtype : torch.dtype or str
+    Input precision; default float64 for synthetic data (exact geometry), float32 for real data.
+
+Every other option is the loader's own (see each loader's docstring, or ``implicit-bias list``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import InvalidArgumentError
+from ..validation import check_choice, check_keys
+from .builtin import digits, mnist1d
+from .dataset import Dataset, balanced_subsample, corrupt_labels, select_classes
+from .dataset import standardize as standardize_features
+from .files import cifar10, mnist, read_idx
+from .synthetic import gaussians, linear_separable, xor
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "gaussians": gaussians,
+    "xor": xor,
+    "linear-separable": linear_separable,
+    "digits": digits,
+    "mnist1d": mnist1d,
+    "mnist": mnist,
+    "cifar10": cifar10,
+}
+COMMON_OPTIONS = ("seed", "classes", "per_class", "standardize", "dtype")
+
+__all__ = ["Dataset", "LOADERS", "load", "corrupt_labels", "read_idx", "loader_options"]
+
+
+def loader_options(name: str) -> dict[str, Any]:
+    """The loader-specific options of dataset ``name`` with their defaults."""
+    check_choice("dataset", name, LOADERS)
+    parameters = inspect.signature(LOADERS[name]).parameters
+    return {key: p.default for key, p in parameters.items() if key != "seed"}
+
+
+def _as_dtype(value: torch.dtype | str) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InvalidArgumentError(f"dtype must be a floating torch dtype such as 'float64', got {value!r}")
+    return dtype
+
+
+def load(
+    name: str,
+    *,
+    seed: int | None = None,
+    classes: list[int] | None = None,
+    per_class: int | None = None,
+    standardize: bool = False,
+    dtype: torch.dtype | str | None = None,
+    **options: Any,
+) -> Dataset:
+    """Load dataset ``name`` (one of :data:`LOADERS`) with the shared and loader-specific options.
+
+    Examples
+    --------
+    >>> data = load("gaussians", num_classes=4, dim=5, per_class=20, seed=1)
+    >>> data.X.shape, data.num_classes
+    (torch.Size([80, 5]), 4)
+    """
+    check_choice("dataset", name, LOADERS)
+    loader = LOADERS[name]
+    specific = loader_options(name)
+    check_keys(f"dataset {name!r}", options, [*specific, *COMMON_OPTIONS])
+    if seed is not None and "seed" in inspect.signature(loader).parameters:
+        options["seed"] = seed
+    dataset = loader(**options)
+    if classes is not None:
+        dataset = select_classes(dataset, classes)
+    if per_class is not None:
+        dataset = balanced_subsample(dataset, per_class, torch.Generator().manual_seed(seed or 0))
+    if standardize:
+        dataset = standardize_features(dataset)
+    if dtype is not None:
+        dataset = dataset.to(dtype=_as_dtype(dtype))
+    return dataset
+

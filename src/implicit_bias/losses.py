@@ -1,0 +1,166 @@
+"""Classification losses evaluated in log space, so that training goes on when the loss is far below 1e-308.
+
+A loss here is the **sum** ℒ(θ) = Σ_n ℓ(q_n) of Lyu & Li (2020), computed as log ℒ in float64. Storing log ℒ
+instead of ℒ is the "loss frame" of SCIENCE.md §1: e^{-5000} underflows in any float format, but its logarithm
+−5000 is an ordinary number, and ∇ log ℒ = ∇ℒ / ℒ stays finite however small ℒ is.
+
+Per-sample losses, with margin q = y·Φ (binary, y ∈ {±1}) or q = Φ_y − max_{j≠y} Φ_j (multiclass):
+
+=================  ===============================================  ==========================================
+name               binary ℓ                                         multiclass ℓ
+=================  ===============================================  ==========================================
+``exponential``    e^{−yΦ}                                          Σ_{j≠y} e^{−(Φ_y − Φ_j)}
+``logistic``       log(1 + e^{−yΦ})                                 log(1 + Σ_{j≠y} e^{−(Φ_y − Φ_j)})
+``cross-entropy``  log(1 + e^{−yΦ}) (the same as logistic)          log(1 + Σ_{j≠y} e^{−(Φ_y − Φ_j)})
+``mse``            ½(Φ − y)²                                        ½‖Φ − onehot(y)‖²
+=================  ===============================================  ==========================================
+
+The multiclass logistic loss is the multinomial one, i.e. cross-entropy.
+
+References
+----------
+Lyu, K. & Li, J. (2020). Gradient descent maximizes the margin of homogeneous neural networks. ICLR. (§3, eq. 2)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import InvalidArgumentError
+from .validation import check_choice
+
+LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy", "mse")
+MARGIN_LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy")
+
+_SWITCH = -20.0  # below it log(log1p(e^s)) = s - e^s/2 to within float64 rounding (next term e^{2s}/24)
+
+
+def signed_labels(y: torch.Tensor) -> torch.Tensor:
+    """Map binary labels in {0, 1} or {−1, +1} to ±1 (float64).
+
+    A label vector holding −1 uses the ±1 convention; otherwise 0 ↦ −1 and 1 ↦ +1.
+    """
+    values = set(torch.unique(y).tolist())
+    if values <= {0, 1}:
+        return y.to(torch.float64) * 2.0 - 1.0
+    if values <= {-1, 1}:
+        return y.to(torch.float64)
+    raise InvalidArgumentError(
+        f"a single-output model needs binary labels in {{0, 1}} or {{-1, +1}}, got labels {sorted(values)}"
+    )
+
+
+def is_binary_output(outputs: torch.Tensor) -> bool:
+    """True when ``outputs`` is one score per sample, shape (N,) or (N, 1)."""
+    return outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
+
+
+def _check_outputs(outputs: torch.Tensor, y: torch.Tensor) -> None:
+    if outputs.ndim not in (1, 2) or outputs.shape[0] != y.shape[0]:
+        raise InvalidArgumentError(
+            f"model outputs must have shape (N,) or (N, K) with N = len(y) = {y.shape[0]}, "
+            f"got {tuple(outputs.shape)}"
+        )
+    if not is_binary_output(outputs):
+        k = outputs.shape[1]
+        if int(y.min()) < 0 or int(y.max()) >= k:
+            raise InvalidArgumentError(
+                f"labels must lie in 0..{k - 1} for a model with {k} outputs, "
+                f"got labels from {int(y.min())} to {int(y.max())}"
+            )
+
+
+def output_margins(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample margins q_n (float64) from model outputs.
+
+    q_n = y_n Φ(x_n) for one output per sample (y mapped to ±1), and q_n = Φ_{y_n} − max_{j≠y_n} Φ_j for K ≥ 2
+    outputs (Lyu & Li 2020, §3).
+    """
+    _check_outputs(outputs, y)
+    outputs = outputs.to(torch.float64)
+    if is_binary_output(outputs):
+        return signed_labels(y) * outputs.reshape(-1)
+    true = outputs.gather(1, y[:, None])
+    others = outputs.masked_fill(_label_mask(outputs, y), -math.inf)
+    return (true - others.amax(dim=1, keepdim=True)).reshape(-1)
+
+
+def _label_mask(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(outputs, dtype=torch.bool).scatter_(1, y[:, None], True)
+
+
+def _log_exponential_sum(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log Σ_{j≠y} e^{Φ_j − Φ_y} per sample (for one output: −yΦ)."""
+    if is_binary_output(outputs):
+        return -signed_labels(y) * outputs.reshape(-1)
+    gaps = (outputs - outputs.gather(1, y[:, None])).masked_fill(_label_mask(outputs, y), -math.inf)
+    return torch.logsumexp(gaps, dim=1)
+
+
+def log_softplus_log(s: torch.Tensor) -> torch.Tensor:
+    """log(log(1 + e^s)), accurate for every s: the log of the logistic loss at margin −s.
+
+    For s < −20 it uses s − e^s/2 (the series of log(log1p(u)/u) at u = e^s), so it never underflows;
+    otherwise log(max(s, 0) + log1p(e^{−|s|})). Both branches see clamped inputs so that their gradients
+    stay finite where they are not selected.
+    """
+    small = s < _SWITCH
+    s_low = s.clamp(max=_SWITCH)
+    s_high = s.clamp(min=_SWITCH)
+    low = s_low - 0.5 * torch.exp(s_low)
+    high = torch.log(s_high.clamp(min=0) + torch.log1p(torch.exp(-s_high.abs())))
+    return torch.where(small, low, high)
+
+
+def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-sample log ℓ(x_n, y_n) in float64, finite for margins of any size (``mse``: −inf at an exact fit)."""
+    check_choice("loss", loss, LOSSES)
+    _check_outputs(outputs, y)
+    outputs = outputs.to(torch.float64)
+    if loss == "mse":
+        if is_binary_output(outputs):
+            residual = outputs.reshape(-1) - signed_labels(y)
+            squared = residual.square()
+        else:
+            target = torch.zeros_like(outputs).scatter_(1, y[:, None], 1.0)
+            squared = (outputs - target).square().sum(dim=1)
+        return torch.log(0.5 * squared)
+    log_sum = _log_exponential_sum(outputs, y)
+    if loss == "exponential":
+        return log_sum
+    return log_softplus_log(log_sum)
+
+
+def log_loss(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, reduction: str = "sum") -> torch.Tensor:
+    """log ℒ (float64 scalar) with ℒ = Σ_n ℓ_n (``reduction="sum"``) or ℒ = (1/N) Σ_n ℓ_n (``"mean"``).
+
+    Computed as a log-sum-exp of the per-sample log-losses, so log ℒ = −10⁴ is as exact as log ℒ = −1.
+    """
+    check_choice("reduction", reduction, ("sum", "mean"))
+    terms = log_loss_terms(outputs, y, loss)
+    if loss == "mse":
+        total = torch.logsumexp(terms, dim=0) if bool(torch.isfinite(terms).any()) else terms.sum() * 0 - math.inf
+    else:
+        total = torch.logsumexp(terms, dim=0)
+    if reduction == "mean":
+        total = total - math.log(terms.shape[0])
+    return total
+
+
+def inverse_loss(loss: str, log_value: float) -> float:
+    """ℓ^{-1}(ℒ) from log ℒ: the margin at which one sample alone would have loss ℒ (Lyu & Li 2020, §4.1).
+
+    exponential: −log ℒ.  logistic / cross-entropy: −log(e^ℒ − 1), evaluated as −log ℒ − log(expm1(ℒ)/ℒ)
+    so that it stays exact for ℒ far below 1e−308.
+    """
+    check_choice("loss", loss, MARGIN_LOSSES)
+    if loss == "exponential":
+        return -log_value
+    if log_value < -30.0:  # expm1(v)/v = 1 + v/2 + ... with v < 1e-13
+        return -log_value - 0.5 * math.exp(log_value)
+    value = math.exp(log_value)
+    if math.isinf(value) or value > 700:
+        return -value  # log(e^v − 1) ≈ v for large v
+    return -math.log(math.expm1(value))

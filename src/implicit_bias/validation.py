@@ -1,0 +1,83 @@
+"""Small composable input checks, each returning the validated value or raising one precise error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from .errors import InvalidArgumentError, UnknownNameError
+
+
+def check_choice(name: str, value: str, allowed: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``allowed``; otherwise raise :class:`UnknownNameError`."""
+    allowed = sorted(allowed)
+    if value not in allowed:
+        raise UnknownNameError(f"unknown {name} {value!r}; expected one of: {', '.join(allowed)}")
+    return value
+
+
+def check_keys(name: str, given: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Raise :class:`UnknownNameError` naming every key of ``given`` not in ``allowed``."""
+    allowed = set(allowed)
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise UnknownNameError(
+            f"unknown {name} option(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed)) or '(none)'}"
+        )
+
+
+def check_scalar(
+    name: str,
+    value: Any,
+    kind: type | tuple[type, ...],
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> Any:
+    """Return ``value`` if it has type ``kind`` and lies within the given bounds."""
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise InvalidArgumentError(f"{name} must be a number, got the boolean {value!r}")
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise InvalidArgumentError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        raise InvalidArgumentError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value!r}")
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        raise InvalidArgumentError(f"{name} must be {'<=' if high_inclusive else '<'} {high}, got {value!r}")
+    return value
+
+
+def check_features_labels(X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check that ``X`` is a floating tensor of N samples and ``y`` an integer vector of N labels."""
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise InvalidArgumentError(
+            f"X and y must be torch tensors, got {type(X).__name__} and {type(y).__name__}; "
+            "convert with torch.as_tensor"
+        )
+    if not X.is_floating_point():
+        raise InvalidArgumentError(f"X must be a floating-point tensor, got dtype {X.dtype}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.ndim != 1:
+        raise InvalidArgumentError(
+            f"y must be a 1-D integer tensor of class labels, got dtype {y.dtype} and shape {tuple(y.shape)}"
+        )
+    if X.ndim < 1 or X.shape[0] != y.shape[0]:
+        raise InvalidArgumentError(
+            f"X and y must hold the same number of samples, got X of shape {tuple(X.shape)} "
+            f"and y of shape {tuple(y.shape)}"
+        )
+    if X.shape[0] == 0:
+        raise InvalidArgumentError("X and y are empty: at least one sample is needed")
+    return X, y
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Raise :class:`InvalidArgumentError` if ``tensor`` holds NaN or infinity."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise InvalidArgumentError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
+    return tensor
