@@ -1,0 +1,78 @@
+"""Fully connected networks: the linear model (depth 1) and multilayer perceptrons."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import math
+
+from torch import nn
+
+from ..validation import check_scalar
+from .layers import activation, norm_layer
+
+
+class MLP(nn.Sequential):
+    """``flatten → layer1 … layer{depth−1} → head``, each hidden ``layer_l`` = Linear → [norm] → activation.
+
+    Without biases and normalization, with a ReLU / leaky ReLU / identity activation, the network is
+    ``depth``-homogeneous in its parameters (Lyu & Li 2020). ``feature_names`` lists the hidden layers whose
+    outputs (post-activation) layer-wise metrics read.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_outputs: int,
+        *,
+        depth: int = 2,
+        width: int = 100,
+        bias: bool = True,
+        activation_name: str = "relu",
+        negative_slope: float = 0.01,
+        norm: str = "none",
+    ) -> None:
+        check_scalar("depth", depth, int, low=1)
+        check_scalar("width", width, int, low=1)
+        layers: dict[str, nn.Module] = {"flatten": nn.Flatten()}
+        fan_in = math.prod(input_shape)
+        for index in range(1, depth):
+            block = [nn.Linear(fan_in, width, bias=bias)]
+            normalization = norm_layer(norm, width, spatial_dims=0)
+            if normalization is not None:
+                block.append(normalization)
+            block.append(activation(activation_name, negative_slope))
+            layers[f"layer{index}"] = nn.Sequential(*block)
+            fan_in = width
+        layers["head"] = nn.Linear(fan_in, num_outputs, bias=bias)
+        super().__init__(OrderedDict(layers))
+        self.feature_names: tuple[str, ...] = tuple(f"layer{i}" for i in range(1, depth))
+
+
+def mlp(
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    *,
+    depth: int = 2,
+    width: int = 100,
+    bias: bool = True,
+    activation: str = "relu",
+    negative_slope: float = 0.01,
+    norm: str = "none",
+) -> MLP:
+    """A multilayer perceptron with ``depth`` linear layers (``depth − 1`` hidden layers of ``width``)."""
+    return MLP(
+        input_shape,
+        num_outputs,
+        depth=depth,
+        width=width,
+        bias=bias,
+        activation_name=activation,
+        negative_slope=negative_slope,
+        norm=norm,
+    )
+
+
+def linear(input_shape: tuple[int, ...], num_outputs: int, *, bias: bool = True) -> MLP:
+    """The linear model Φ(x) = Wx (+ b): an MLP of depth 1 (1-homogeneous without bias)."""
+    return MLP(input_shape, num_outputs, depth=1, bias=bias)

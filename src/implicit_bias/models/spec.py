@@ -1,0 +1,63 @@
+"""Model specifications: a short string ``"mlp:depth=3,width=64,bias=false"`` or a dict ``{"name": "mlp", ...}``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from ..errors import InvalidArgumentError
+
+
+def parse_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Split a model spec into its name and its options.
+
+    Values in the string form are read as YAML scalars (``false`` → False, ``1e-3`` → 0.001, ``[32, 64]`` → a
+    list); commas inside brackets do not split options.
+
+    >>> parse_spec("mlp:depth=3,bias=false")
+    ('mlp', {'depth': 3, 'bias': False})
+    """
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        name = options.pop("name", None)
+        if not isinstance(name, str):
+            raise InvalidArgumentError(f"a model spec dict needs a string 'name' key, got {dict(spec)!r}")
+        return name, options
+    if not isinstance(spec, str) or not spec.strip():
+        raise InvalidArgumentError(f"a model spec must be a non-empty string or a dict, got {spec!r}")
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in _split_top_level(rest):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgumentError(f"model option {item!r} in spec {spec!r} must look like key=value")
+        try:
+            options[key.strip()] = yaml.safe_load(value.strip()) if value.strip() else None
+        except yaml.YAMLError:
+            raise InvalidArgumentError(f"cannot read the value of model option {item!r} in {spec!r}") from None
+    return name.strip(), options
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, current = [], 0, []
+    for char in text:
+        depth += char in "[(" 
+        depth -= char in "])"
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def format_spec(name: str, options: Mapping[str, Any]) -> str:
+    """The string form of a spec (inverse of :func:`parse_spec` for scalar and list values)."""
+    if not options:
+        return name
+    rendered = ",".join(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                        for k, v in options.items())
+    return f"{name}:{rendered}"
