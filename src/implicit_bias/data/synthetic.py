@@ -18,7 +18,7 @@ def _bounded_clusters(
     """Points μ_k + z with z ~ N(0, noise²I) radially clipped to 0.45 × the smallest distance between means,
     so that the clusters lie in disjoint balls. Returns shape (K·n, d), cluster-major."""
     k, d = means.shape
-    gaps = torch.cdist(means, means) + torch.eye(k) * math.inf
+    gaps = torch.cdist(means, means).fill_diagonal_(math.inf)
     radius = 0.45 * float(gaps.min())
     z = noise * torch.randn(k, n_per_cluster, d, generator=generator, dtype=torch.float64)
     norms = z.norm(dim=-1, keepdim=True)

@@ -1,0 +1,344 @@
+"""``fit``: the training loop — full-batch or minibatch, float64 log-space losses, log-time logging, probes,
+atomic checkpoints and exact resumption."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from ..data import Dataset
+from ..dynamics import log_spaced_steps, make_optimizer, steps_on_log_loss
+from ..errors import ImplicitBiasError, InvalidArgumentError, NumericalError
+from ..losses import LOSSES, log_loss, output_margins
+from ..models.inference import predict
+from ..validation import check_choice, check_features_labels, check_scalar
+from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .history import History
+from .probes import Probe, ProbeContext
+from .rundir import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, atomic_write, versions, write_yaml
+
+logger = logging.getLogger("implicit_bias.train")
+
+
+def as_dataset(data: Dataset | tuple[torch.Tensor, torch.Tensor]) -> Dataset:
+    """A :class:`Dataset` from a dataset or a plain ``(X, y)`` pair (labels 0..K−1, or ±1 for binary data)."""
+    if isinstance(data, Dataset):
+        return data
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise InvalidArgumentError(
+            f"data must be a Dataset from implicit_bias.data.load or a pair (X, y), got {type(data).__name__}"
+        )
+    X, y = check_features_labels(*data)
+    if bool((y == -1).any()) and set(torch.unique(y).tolist()) <= {-1, 1}:
+        y = (y + 1) // 2
+    return Dataset(X, y, max(2, int(y.max()) + 1), "tensors")
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype from a dtype or its name (``"float64"``)."""
+    resolved = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise InvalidArgumentError(f"dtype must be a floating dtype such as 'float64' or 'float32', got {dtype!r}")
+    return resolved
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """A torch device, refusing one that is not available here."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError("device 'cuda' was asked for but this machine has no CUDA GPU; use --device cpu")
+    return resolved
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int, cache: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Indices of the minibatch of ``step``: epochs are seeded permutations, so a batch depends on the step alone
+    (which makes resumption exact without storing a sampler state)."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, position = divmod(step, per_epoch)
+    if epoch not in cache:
+        cache.clear()
+        cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return cache[epoch][position * batch_size : (position + 1) * batch_size]
+
+
+def _accuracy(outputs: torch.Tensor, y: torch.Tensor) -> float:
+    return float((output_margins(outputs, y) > 0).to(torch.float64).mean())
+
+
+def _evaluate(
+    model: nn.Module, data: Dataset, loss: str, eval_batch_size: int | None
+) -> tuple[torch.Tensor, float, float]:
+    outputs = predict(model, data.X, batch_size=eval_batch_size).to(torch.float64)
+    return outputs, float(log_loss(outputs, data.y, loss, reduction="sum")), _accuracy(outputs, data.y)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("log ℒ {task.fields[log_loss]}  acc {task.fields[accuracy]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset | tuple[torch.Tensor, torch.Tensor],
+    *,
+    loss: str = "cross-entropy",
+    optimizer: str | torch.optim.Optimizer = "sgd",
+    steps: int = 1000,
+    lr: float = 0.1,
+    batch_size: int | None = None,
+    dtype: torch.dtype | str = torch.float64,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    probes: Sequence[Probe] = (),
+    run_dir: str | Path | None = None,
+    optimizer_options: Mapping[str, Any] | None = None,
+    reduction: str = "mean",
+    log_points: int = 100,
+    eval_batch_size: int | None = None,
+    checkpoint_seconds: float = 30.0,
+    resume: bool = False,
+    progress: bool = True,
+    record: Mapping[str, Any] | None = None,
+) -> History:
+    """Train ``model`` on ``data`` and return the :class:`History` of logged steps.
+
+    The objective is ℒ/N (``reduction="mean"``, the usual PyTorch scale for ``lr``) or the sum ℒ
+    (``"sum"``), always evaluated in float64 log space (:mod:`implicit_bias.losses`), so the run goes on when ℒ
+    is far below 1e−308. Logged rows hold ``log_loss`` = log ℒ with ℒ = Σ_n ℓ(q_n) over the training set
+    (the sum, as in Lyu & Li 2020), ``accuracy``, ``test_accuracy`` where a test split exists, the learning
+    rate, and every probe's values; rows are written at about ``log_points`` geometrically spaced steps and at
+    the end.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Moved to ``device`` and cast to ``dtype`` in place.
+    data : Dataset or (X, y)
+    loss : {"exponential", "logistic", "cross-entropy", "mse"}
+    optimizer : str or torch.optim.Optimizer
+        A name from :data:`implicit_bias.dynamics.OPTIMIZERS` (built over ``model.parameters()`` with ``lr``
+        and ``optimizer_options``) or an optimizer already built over the (already cast) model.
+    steps : int
+        Number of optimizer steps.
+    batch_size : int, optional
+        Minibatch size (epochs of seeded permutations); None means full-batch gradient descent.
+    seed : int
+        Seeds the global torch RNG (dropout) inside the run and the minibatch order; the caller's RNG state is
+        left untouched.
+    probes : sequence of callables
+        Called at every logged step with a :class:`ProbeContext`; their values join the row.
+    run_dir : path, optional
+        Where to write ``config.yaml``, ``metrics.csv``, ``train.log`` and ``checkpoint.safetensors``
+        (atomically, at least every ``checkpoint_seconds`` and at the end).
+    resume : bool
+        Continue from ``run_dir``'s checkpoint; the result is bit-identical to an uninterrupted run.
+    record : mapping, optional
+        Extra entries for ``config.yaml`` (the CLI stores the dataset and model specs there).
+    """
+    check_choice("loss", loss, LOSSES)
+    check_choice("reduction", reduction, ("sum", "mean"))
+    check_scalar("steps", steps, int, low=0)
+    check_scalar("seed", seed, int)
+    check_scalar("log_points", log_points, int, low=1)
+    if batch_size is not None:
+        check_scalar("batch_size", batch_size, int, low=1)
+    dataset = as_dataset(data)
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    model.to(device=device, dtype=dtype)
+    dataset = dataset.to(dtype=dtype, device=device)
+    if isinstance(optimizer, str):
+        optimizer_name = optimizer
+        optimizer = make_optimizer(optimizer, model.parameters(), lr=lr, **dict(optimizer_options or {}))
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        optimizer_name = type(optimizer).__name__
+    else:
+        raise InvalidArgumentError(f"optimizer must be a name or a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    on_log_loss = steps_on_log_loss(optimizer)
+
+    run_path = Path(run_dir) if run_dir is not None else None
+    settings = {
+        "loss": loss, "optimizer": optimizer_name, "optimizer_options": dict(optimizer_options or {}), "steps": steps,
+        "lr": lr, "batch_size": batch_size, "dtype": str(dtype).removeprefix("torch."), "device": str(device),
+        "seed": seed, "reduction": reduction, "log_points": log_points,
+    }
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        start, history, elapsed = 0, History(), 0.0
+        if run_path is not None:
+            start, history, elapsed = _open_run(run_path, resume, model, optimizer, {**dict(record or {}), **settings})
+        handler = _attach_log(run_path)
+        try:
+            return _loop(
+                model, dataset, optimizer, on_log_loss, loss=loss, reduction=reduction, steps=steps, start=start,
+                batch_size=batch_size, seed=seed, probes=probes, run_path=run_path, history=history,
+                elapsed=elapsed, log_steps=log_spaced_steps(steps, log_points), eval_batch_size=eval_batch_size,
+                checkpoint_seconds=checkpoint_seconds, progress=progress,
+            )
+        finally:
+            if handler is not None:
+                logger.removeHandler(handler)
+                handler.close()
+
+
+def _open_run(
+    run_path: Path, resume: bool, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]
+) -> tuple[int, History, float]:
+    checkpoint_path = run_path / CHECKPOINT_FILE
+    if resume:
+        if not checkpoint_path.is_file():
+            raise InvalidArgumentError(f"cannot resume: {str(run_path)!r} holds no {CHECKPOINT_FILE}")
+        checkpoint = load_checkpoint(checkpoint_path)
+        restore(checkpoint, model, optimizer)
+        return checkpoint.step, checkpoint.history, float(checkpoint.extra.get("elapsed", 0.0))
+    if checkpoint_path.exists():
+        raise InvalidArgumentError(
+            f"{str(run_path)!r} already holds a run; resume it (implicit-bias resume) or choose a new run directory"
+        )
+    run_path.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_path / CONFIG_FILE, {**config, "versions": versions()})
+    return 0, History(), 0.0
+
+
+def _attach_log(run_path: Path | None) -> logging.Handler | None:
+    logger.setLevel(logging.INFO)
+    if run_path is None:
+        return None
+    handler = logging.FileHandler(run_path / LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return handler
+
+
+def _loop(
+    model: nn.Module,
+    data: Dataset,
+    optimizer: torch.optim.Optimizer,
+    on_log_loss: bool,
+    *,
+    loss: str,
+    reduction: str,
+    steps: int,
+    start: int,
+    batch_size: int | None,
+    seed: int,
+    probes: Sequence[Probe],
+    run_path: Path | None,
+    history: History,
+    elapsed: float,
+    log_steps: list[int],
+    eval_batch_size: int | None,
+    checkpoint_seconds: float,
+    progress: bool,
+) -> History:
+    to_log = [s for s in log_steps if s >= start and s > history.last.get("step", -1)]
+    next_log = 0
+    clock = time.perf_counter() - elapsed
+    last_save = time.perf_counter()
+    refresh = max(1, steps // 500)
+    epoch_cache: dict[int, torch.Tensor] = {}
+    dropped: set[str] = set()
+
+    def save(step: int) -> None:
+        nonlocal last_save
+        if run_path is not None:
+            save_checkpoint(
+                run_path / CHECKPOINT_FILE, step=step, model=model, optimizer=optimizer, history=history,
+                extra={"elapsed": time.perf_counter() - clock},
+            )
+            last_save = time.perf_counter()
+
+    logger.info("%s at step %d of %d", "resuming" if start else "starting", start, steps)
+    with _progress(progress) as bar:
+        task = bar.add_task("train", total=steps, completed=start, log_loss="…", accuracy="…")
+        for step in range(start, steps + 1):
+            if next_log < len(to_log) and step == to_log[next_log]:
+                next_log += 1
+                row = _log_row(model, data, optimizer, loss, step, probes, eval_batch_size, dropped)
+                row["time"] = time.perf_counter() - clock
+                history.append(row)
+                logger.info("step %d  %s", step, "  ".join(f"{k}={v:.6g}" for k, v in row.items() if k != "step"))
+                if run_path is not None:
+                    atomic_write(run_path / METRICS_FILE, history.to_csv())
+            if step == steps:
+                break
+            if batch_size is None or batch_size >= len(data):
+                X, y = data.X, data.y
+            else:
+                index = batch_indices(step, len(data), batch_size, seed, epoch_cache).to(data.X.device)
+                X, y = data.X[index], data.y[index]
+            outputs = model(X)
+            objective = log_loss(outputs, y, loss, reduction=reduction)
+            value = float(objective.detach())
+            if math.isnan(value) or value == math.inf:
+                raise NumericalError(
+                    f"the training loss became {value} at step {step} (log ℒ = {value}); the learning rate "
+                    f"{optimizer.param_groups[0]['lr']:g} is probably too large"
+                    + (
+                        f"; the checkpoint in {str(run_path)!r} is intact"
+                        if run_path is not None and (run_path / CHECKPOINT_FILE).exists()
+                        else ""
+                    )
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if value == -math.inf:  # an exact fit (mse): the gradient is zero
+                for parameter in model.parameters():
+                    parameter.grad = torch.zeros_like(parameter)
+            else:
+                (objective if on_log_loss else torch.exp(objective)).backward()
+            optimizer.step()
+            done = step + 1
+            if time.perf_counter() - last_save >= checkpoint_seconds:
+                save(done)
+            if progress and (done % refresh == 0 or done == steps):
+                bar.update(task, completed=done, log_loss=f"{value:.4g}", accuracy=f"{_accuracy(outputs.detach(), y):.3f}")
+        save(steps)
+    logger.info("finished at step %d", steps)
+    return history
+
+
+def _log_row(
+    model: nn.Module,
+    data: Dataset,
+    optimizer: torch.optim.Optimizer,
+    loss: str,
+    step: int,
+    probes: Sequence[Probe],
+    eval_batch_size: int | None,
+    dropped: set[str],
+) -> dict[str, float]:
+    outputs, log_value, accuracy = _evaluate(model, data, loss, eval_batch_size)
+    row: dict[str, float] = {"step": step, "log_loss": log_value, "accuracy": accuracy}
+    if data.test is not None:
+        row["test_accuracy"] = _evaluate(model, data.test, loss, eval_batch_size)[2]
+    row["lr"] = float(optimizer.param_groups[0]["lr"])
+    context = ProbeContext(step, model, data.X, data.y, outputs, log_value, loss, optimizer)
+    for probe in probes:
+        try:
+            values = probe(context)
+        except ImplicitBiasError as error:
+            raise type(error)(f"probe {getattr(probe, '__name__', type(probe).__name__)} failed at step {step}: {error}") from None
+        for key, value in values.items():
+            if math.isfinite(value):
+                row[key] = float(value)
+            elif key not in dropped:
+                dropped.add(key)
+                logger.warning("probe value %s is %s at step %d; left out of the table", key, value, step)
+    return row
