@@ -34,22 +34,7 @@ from .validation import check_choice
 LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy", "mse")
 MARGIN_LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy")
 
-_SWITCH = -20.0  # below it log(log1p(e^s)) = s - e^s/2 to within float64 rounding (next term e^{2s}/24)
-
-
-def signed_labels(y: torch.Tensor) -> torch.Tensor:
-    """Map binary labels in {0, 1} or {−1, +1} to ±1 (float64).
-
-    A label vector holding −1 uses the ±1 convention; otherwise 0 ↦ −1 and 1 ↦ +1.
-    """
-    values = set(torch.unique(y).tolist())
-    if values <= {0, 1}:
-        return y.to(torch.float64) * 2.0 - 1.0
-    if values <= {-1, 1}:
-        return y.to(torch.float64)
-    raise InvalidArgumentError(
-        f"a single-output model needs binary labels in {{0, 1}} or {{-1, +1}}, got labels {sorted(values)}"
-    )
+_SWITCH = -20.0  # below it log(log1p(e^s)) = s − e^s/2 to float64 rounding (next term 5e^{2s}/24)
 
 
 def is_binary_output(outputs: torch.Tensor) -> bool:
@@ -57,44 +42,61 @@ def is_binary_output(outputs: torch.Tensor) -> bool:
     return outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
 
 
-def _check_outputs(outputs: torch.Tensor, y: torch.Tensor) -> None:
+def canonical_labels(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Validate labels against model outputs and return them as 0..K−1 (binary ±1 labels become 0/1).
+
+    A single-output model takes binary labels in {0, 1} or {−1, +1}; a K-output model labels in 0..K−1.
+    """
     if outputs.ndim not in (1, 2) or outputs.shape[0] != y.shape[0]:
         raise InvalidArgumentError(
             f"model outputs must have shape (N,) or (N, K) with N = len(y) = {y.shape[0]}, "
             f"got {tuple(outputs.shape)}"
         )
-    if not is_binary_output(outputs):
-        k = outputs.shape[1]
-        if int(y.min()) < 0 or int(y.max()) >= k:
-            raise InvalidArgumentError(
-                f"labels must lie in 0..{k - 1} for a model with {k} outputs, "
-                f"got labels from {int(y.min())} to {int(y.max())}"
-            )
-
-
-def output_margins(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample margins q_n (float64) from model outputs.
-
-    q_n = y_n Φ(x_n) for one output per sample (y mapped to ±1), and q_n = Φ_{y_n} − max_{j≠y_n} Φ_j for K ≥ 2
-    outputs (Lyu & Li 2020, §3).
-    """
-    _check_outputs(outputs, y)
-    outputs = outputs.to(torch.float64)
     if is_binary_output(outputs):
-        return signed_labels(y) * outputs.reshape(-1)
-    true = outputs.gather(1, y[:, None])
-    others = outputs.masked_fill(_label_mask(outputs, y), -math.inf)
-    return (true - others.amax(dim=1, keepdim=True)).reshape(-1)
+        values = set(torch.unique(y).tolist())
+        if values <= {0, 1}:
+            return y
+        if values <= {-1, 1}:
+            return (y + 1) // 2
+        raise InvalidArgumentError(
+            f"a single-output model needs binary labels in {{0, 1}} or {{-1, +1}}, got labels {sorted(values)}"
+        )
+    k = outputs.shape[1]
+    if int(y.min()) < 0 or int(y.max()) >= k:
+        raise InvalidArgumentError(
+            f"labels must lie in 0..{k - 1} for a model with {k} outputs, "
+            f"got labels from {int(y.min())} to {int(y.max())}"
+        )
+    return y
+
+
+def _signs(y: torch.Tensor) -> torch.Tensor:
+    return y.to(torch.float64) * 2.0 - 1.0
 
 
 def _label_mask(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(outputs, dtype=torch.bool).scatter_(1, y[:, None], True)
 
 
+def output_margins(outputs: torch.Tensor, y: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+    """Per-sample margins q_n (float64) from model outputs.
+
+    q_n = y_n Φ(x_n) for one output per sample (y mapped to ±1), and q_n = Φ_{y_n} − max_{j≠y_n} Φ_j for K ≥ 2
+    outputs (Lyu & Li 2020, §3). ``validate=False`` skips the label checks (labels must then be 0..K−1).
+    """
+    y = canonical_labels(outputs, y) if validate else y
+    outputs = outputs.to(torch.float64)
+    if is_binary_output(outputs):
+        return _signs(y) * outputs.reshape(-1)
+    true = outputs.gather(1, y[:, None])
+    others = outputs.masked_fill(_label_mask(outputs, y), -math.inf)
+    return (true - others.amax(dim=1, keepdim=True)).reshape(-1)
+
+
 def _log_exponential_sum(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """log Σ_{j≠y} e^{Φ_j − Φ_y} per sample (for one output: −yΦ)."""
     if is_binary_output(outputs):
-        return -signed_labels(y) * outputs.reshape(-1)
+        return -_signs(y) * outputs.reshape(-1)
     gaps = (outputs - outputs.gather(1, y[:, None])).masked_fill(_label_mask(outputs, y), -math.inf)
     return torch.logsumexp(gaps, dim=1)
 
@@ -114,15 +116,18 @@ def log_softplus_log(s: torch.Tensor) -> torch.Tensor:
     return torch.where(small, low, high)
 
 
-def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-sample log ℓ(x_n, y_n) in float64, finite for margins of any size (``mse``: −inf at an exact fit)."""
-    check_choice("loss", loss, LOSSES)
-    _check_outputs(outputs, y)
+def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validate: bool = True) -> torch.Tensor:
+    """Per-sample log ℓ(x_n, y_n) in float64, finite for margins of any size (``mse``: −inf at an exact fit).
+
+    ``validate=False`` skips the checks of ``loss`` and of the labels (labels must then be 0..K−1).
+    """
+    if validate:
+        check_choice("loss", loss, LOSSES)
+        y = canonical_labels(outputs, y)
     outputs = outputs.to(torch.float64)
     if loss == "mse":
         if is_binary_output(outputs):
-            residual = outputs.reshape(-1) - signed_labels(y)
-            squared = residual.square()
+            squared = (outputs.reshape(-1) - _signs(y)).square()
         else:
             target = torch.zeros_like(outputs).scatter_(1, y[:, None], 1.0)
             squared = (outputs - target).square().sum(dim=1)
@@ -133,20 +138,17 @@ def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str) -> torch.T
     return log_softplus_log(log_sum)
 
 
-def log_loss(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, reduction: str = "sum") -> torch.Tensor:
+def log_loss(
+    outputs: torch.Tensor, y: torch.Tensor, loss: str, *, reduction: str = "sum", validate: bool = True
+) -> torch.Tensor:
     """log ℒ (float64 scalar) with ℒ = Σ_n ℓ_n (``reduction="sum"``) or ℒ = (1/N) Σ_n ℓ_n (``"mean"``).
 
     Computed as a log-sum-exp of the per-sample log-losses, so log ℒ = −10⁴ is as exact as log ℒ = −1.
     """
-    check_choice("reduction", reduction, ("sum", "mean"))
-    terms = log_loss_terms(outputs, y, loss)
-    if loss == "mse":
-        total = torch.logsumexp(terms, dim=0) if bool(torch.isfinite(terms).any()) else terms.sum() * 0 - math.inf
-    else:
-        total = torch.logsumexp(terms, dim=0)
-    if reduction == "mean":
-        total = total - math.log(terms.shape[0])
-    return total
+    if validate:
+        check_choice("reduction", reduction, ("sum", "mean"))
+    total = torch.logsumexp(log_loss_terms(outputs, y, loss, validate=validate), dim=0)
+    return total - math.log(y.shape[0]) if reduction == "mean" else total
 
 
 def inverse_loss(loss: str, log_value: float) -> float:

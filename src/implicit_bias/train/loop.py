@@ -17,7 +17,7 @@ from torch import nn
 from ..data import Dataset
 from ..dynamics import log_spaced_steps, make_optimizer, steps_on_log_loss
 from ..errors import ImplicitBiasError, InvalidArgumentError, NumericalError
-from ..losses import LOSSES, log_loss, output_margins
+from ..losses import LOSSES, canonical_labels, log_loss, output_margins
 from ..models.inference import predict
 from ..validation import check_choice, check_features_labels, check_scalar
 from .checkpoint import load_checkpoint, restore, save_checkpoint
@@ -73,7 +73,7 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int, cache: dict[int
 
 
 def _accuracy(outputs: torch.Tensor, y: torch.Tensor) -> float:
-    return float((output_margins(outputs, y) > 0).to(torch.float64).mean())
+    return float((output_margins(outputs, y, validate=False) > 0).to(torch.float64).mean())
 
 
 def _evaluate(
@@ -172,6 +172,8 @@ def fit(
     else:
         raise InvalidArgumentError(f"optimizer must be a name or a torch.optim.Optimizer, got {type(optimizer).__name__}")
     on_log_loss = steps_on_log_loss(optimizer)
+    first = predict(model, dataset.X[:1])
+    canonical_labels(first.expand(len(dataset), *first.shape[1:]), dataset.y)  # outputs fit the labels
 
     run_path = Path(run_dir) if run_dir is not None else None
     settings = {
@@ -285,7 +287,7 @@ def _loop(
                 index = batch_indices(step, len(data), batch_size, seed, epoch_cache).to(data.X.device)
                 X, y = data.X[index], data.y[index]
             outputs = model(X)
-            objective = log_loss(outputs, y, loss, reduction=reduction)
+            objective = log_loss(outputs, y, loss, reduction=reduction, validate=False)
             value = float(objective.detach())
             if math.isnan(value) or value == math.inf:
                 raise NumericalError(
