@@ -1,0 +1,6 @@
+"""Figures and markdown reports for runs and experiments."""
+
+from .figures import plot_series
+from .markdown import experiment_report, index_report
+
+__all__ = ["experiment_report", "index_report", "plot_series"]

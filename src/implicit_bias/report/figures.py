@@ -1,0 +1,49 @@
+"""Line figures on log time, written as PNG files with matplotlib's non-interactive backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_series(
+    path: str | Path,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str = "step",
+    ylabel: str = "",
+    logx: bool = True,
+    logy: bool = False,
+    marks: Mapping[str, float] | None = None,
+) -> Path:
+    """Plot each ``label → (x, y)`` series on one axis and save it to ``path``.
+
+    On a log x axis, points at x ≤ 0 (step 0) are left out. ``marks`` draws labelled vertical lines.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for label, (x, y) in series.items():
+        points = [(a, b) for a, b in zip(x, y) if not (logx and a <= 0) and not (logy and b <= 0)]
+        if points:
+            axis.plot(*zip(*points), label=label, marker=".", markersize=3, linewidth=1.2)
+    for label, position in (marks or {}).items():
+        axis.axvline(position, color="grey", linestyle=":", linewidth=1)
+        axis.annotate(label, (position, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=8)
+    if logx:
+        axis.set_xscale("log")
+    if logy:
+        axis.set_yscale("log")
+    axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axis.grid(True, which="both", alpha=0.3)
+    if len(series) > 1:
+        axis.legend()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
