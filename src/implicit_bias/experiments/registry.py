@@ -84,6 +84,8 @@ def reproduce(
     config = resolve_config(name, quick=quick, overrides=overrides)
     experiment = EXPERIMENTS[name]
     folder = Path(out_dir)
+    if folder.exists() and any(folder.iterdir()):
+        raise InvalidArgumentError(f"{str(folder)!r} is not empty; choose a new output folder so no result is overwritten")
     folder.mkdir(parents=True, exist_ok=True)
     config_dict = dataclasses.asdict(config)
     write_yaml(folder / "config.yaml", {"experiment": name, "quick": quick, **config_dict, "versions": versions()})

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from ..train.history import History
 
 
 def plot_series(
@@ -47,3 +51,14 @@ def plot_series(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_history(history: History, folder: str | Path, *, skip: Sequence[str] = ("step", "time", "lr")) -> list[Path]:
+    """One figure per logged quantity of a run against the step (log scale), saved as ``folder/<name>.png``."""
+    paths = []
+    for name in history.columns:
+        if name in skip:
+            continue
+        steps, values = history.column(name)
+        paths.append(plot_series(Path(folder) / f"{name}.png", {name: (steps, values)}, title=name, ylabel=name))
+    return paths

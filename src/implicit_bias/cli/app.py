@@ -1,0 +1,244 @@
+"""The ``implicit-bias`` command line: a thin typer layer over the library."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+from ..errors import ImplicitBiasError, InvalidArgumentError
+
+app = typer.Typer(
+    name="implicit-bias",
+    help="Measure the implicit biases of gradient-trained networks and reproduce the literature's claims.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Print an :class:`ImplicitBiasError` as one red line and exit with code 2 (no traceback)."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ImplicitBiasError as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["key=value", ...]`` → dict, values read as YAML scalars (``0.1``, ``false``, ``[1, 2]``)."""
+    result: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgumentError(f"{what} {item!r} must look like key=value")
+        try:
+            result[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise InvalidArgumentError(f"cannot read the value of {what} {item!r}") from None
+    return result
+
+
+def timestamped(prefix: str) -> Path:
+    """``runs/<prefix>-YYYYmmdd-HHMMSS`` (a new folder name for each invocation)."""
+    return Path("runs") / f"{prefix}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"implicit-bias {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Measure the implicit biases of gradient-trained networks and reproduce the literature's claims."""
+
+
+@app.command()
+@user_errors
+def train(
+    config: Annotated[Optional[Path], typer.Option(help="A YAML config (keys of TrainConfig); options below override it.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (see `implicit-bias list`). Default: gaussians.")] = None,
+    data_option: Annotated[Optional[list[str]], typer.Option("--data-option", "-d", help="Dataset option key=value (repeatable).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model spec, e.g. 'mlp:depth=3,width=64,bias=false'.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="exponential | logistic | cross-entropy | mse. Default: exponential.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="Optimizer name. Default: gd.")] = None,
+    optimizer_option: Annotated[Optional[list[str]], typer.Option("--optimizer-option", "-o", help="Optimizer option key=value, e.g. momentum=0.9 (repeatable).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Number of optimizer steps. Default: 1000.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate. Default: 0.05.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size. Default: full batch.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float64 | float32. Default: float64.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu | cuda. Default: cpu.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed. Default: 0.")] = None,
+    probe: Annotated[Optional[list[str]], typer.Option(help="Probe name (repeatable). Default: margins.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory. Default: runs/train-<time>.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a model and write a run directory (config, metrics table, checkpoint, log)."""
+    from ..train import TrainConfig, run
+    from ..validation import dataclass_from_mapping
+
+    base = TrainConfig.from_file(config) if config is not None else TrainConfig()
+    given = {
+        "dataset": dataset, "model": model, "loss": loss, "optimizer": optimizer, "steps": steps, "lr": lr,
+        "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed,
+    }
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if data_option:
+        overrides["data_options"] = {**base.data_options, **parse_assignments(data_option, "--data-option")}
+    if optimizer_option:
+        overrides["optimizer_options"] = {**base.optimizer_options, **parse_assignments(optimizer_option, "--optimizer-option")}
+    if probe:
+        overrides["probes"] = list(probe)
+    resolved = dataclass_from_mapping(TrainConfig, overrides, base=base, source="options")
+    folder = run_dir or timestamped("train")
+    history = run(resolved, folder, progress=progress)
+    _print_rows(history, last=5)
+    console.print(f"run written to [bold]{folder}[/]")
+
+
+@app.command()
+@user_errors
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory to continue.")],
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Continue a run from its last checkpoint; the result is bit-identical to an uninterrupted run."""
+    from ..train import resume_run
+
+    history = resume_run(run_dir, progress=progress)
+    _print_rows(history, last=5)
+    console.print(f"run {run_dir} complete")
+
+
+@app.command()
+@user_errors
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    last: Annotated[int, typer.Option(help="How many of the last logged rows to print (0: all).")] = 20,
+) -> None:
+    """Print a run's metrics table and write one PNG figure per logged quantity into RUN_DIR/figures."""
+    from ..errors import MissingFileError
+    from ..report import plot_history
+    from ..train.history import History
+    from ..train.rundir import METRICS_FILE
+
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise MissingFileError(f"{str(run_dir)!r} is not a run directory: it holds no {METRICS_FILE}")
+    try:
+        history = History.from_csv(path.read_text())
+    except (ValueError, KeyError) as error:
+        from ..errors import CorruptFileError
+
+        raise CorruptFileError(f"{str(path)!r} is not a readable metrics table: {error}") from None
+    _print_rows(history, last=last)
+    figures = plot_history(history, run_dir / "figures")
+    console.print(f"{len(figures)} figures written to [bold]{run_dir / 'figures'}[/]")
+
+
+def _print_rows(history: Any, *, last: int) -> None:
+    rows = history.rows[-last:] if last else history.rows
+    table = Table(title=f"{len(history)} logged steps" + (f" (last {len(rows)})" if last and len(rows) < len(history) else ""))
+    columns = [c for c in history.columns if c not in ("time",)]
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*[(f"{row[c]:.6g}" if c in row else "") for c in columns])
+    console.print(table)
+
+
+@app.command("list")
+@user_errors
+def list_components() -> None:
+    """List the datasets, models, losses, optimizers, probes and experiments."""
+    from ..data import LOADERS, loader_options
+    from ..dynamics import OPTIMIZERS, optimizer_options
+    from ..experiments import EXPERIMENTS
+    from ..losses import LOSSES
+    from ..models import BUILDERS, builder_options
+    from ..train import PROBES
+
+    table = Table(title="implicit-bias components", show_lines=False)
+    table.add_column("kind", style="bold")
+    table.add_column("name")
+    table.add_column("options / claim")
+    for name in LOADERS:
+        table.add_row("dataset", name, ", ".join(f"{k}={v!r}" for k, v in loader_options(name).items()))
+    for name in BUILDERS:
+        table.add_row("model", name, ", ".join(f"{k}={v!r}" for k, v in builder_options(name).items()))
+    for name in LOSSES:
+        table.add_row("loss", name, "")
+    for name in OPTIMIZERS:
+        table.add_row("optimizer", name, ", ".join(optimizer_options(name)))
+    for name in PROBES:
+        table.add_row("probe", name, "")
+    for name, experiment in EXPERIMENTS.items():
+        table.add_row("experiment", name, experiment.claim)
+    console.print(table)
+
+
+@app.command()
+@user_errors
+def reproduce(
+    name: Annotated[Optional[str], typer.Argument(help="The experiment to run (see `implicit-bias list`).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Run every registered experiment and write an index report.")] = False,
+    quick: Annotated[bool, typer.Option(help="The quick preset (each under about a minute on 2 cores).")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, key=value (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder. Default: runs/reproduce-<time>.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run a registered experiment (or --all): it checks its claim and writes result.json, figures and a report."""
+    from ..experiments import EXPERIMENTS, reproduce as run_experiment, reproduce_all
+
+    if all_ == (name is not None):
+        raise InvalidArgumentError("give either an experiment NAME or --all")
+    folder = out or timestamped("reproduce-quick" if quick else "reproduce")
+    if all_:
+        if set_:
+            raise InvalidArgumentError("--set applies to one experiment; it cannot be combined with --all")
+        table = Table(title=f"reproductions ({'quick' if quick else 'full'})")
+        for column in ("experiment", "claim", "passed", "key number", "seconds"):
+            table.add_column(column)
+
+        def add(result: dict[str, Any]) -> None:
+            key = EXPERIMENTS[result["name"]].key_number
+            value = result["numbers"].get(key)
+            table.add_row(
+                result["name"], result["claim"], "[green]yes[/]" if result["passed"] else "[red]no[/]",
+                f"{key} = {value:.4g}" if isinstance(value, (int, float)) else "", f"{result['seconds']:.1f}",
+            )
+
+        reproduce_all(folder, quick=quick, progress=progress, on_result=add)
+        console.print(table)
+        console.print(f"index report: [bold]{folder / 'index.md'}[/]")
+        return
+    assert name is not None
+    result = run_experiment(name, folder / name, quick=quick, overrides=parse_assignments(set_, "--set"), progress=progress)
+    verdict = "[green]PASSED[/]" if result["passed"] else "[red]FAILED[/]"
+    console.print(f"{name}: {verdict} in {result['seconds']:.1f} s — {result['claim']}")
+    for key, value in result["numbers"].items():
+        console.print(f"  {key} = {value:.6g}" if isinstance(value, float) else f"  {key} = {value}")
+    console.print(f"report: [bold]{folder / name / 'report.md'}[/]")
