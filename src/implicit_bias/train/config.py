@@ -37,6 +37,7 @@ class TrainConfig:
     reduction: str = "mean"  # the objective: mean or sum of the per-sample losses
     log_points: int = 100  # about this many log-spaced logged steps
     probes: list[str] = field(default_factory=lambda: ["margins"])  # names from implicit_bias.train.PROBES
+    checkpoint_seconds: float = 30.0  # save a checkpoint at least this often (and at the end)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
@@ -77,6 +78,7 @@ def run(config: TrainConfig, run_dir: str | Path | None, *, resume: bool = False
         log_points=config.log_points,
         probes=probes,
         run_dir=run_dir,
+        checkpoint_seconds=config.checkpoint_seconds,
         resume=resume,
         progress=progress,
         record=config.to_dict(),

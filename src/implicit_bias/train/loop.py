@@ -205,12 +205,15 @@ def _open_run(
 ) -> tuple[int, History, float]:
     checkpoint_path = run_path / CHECKPOINT_FILE
     if resume:
-        if not checkpoint_path.is_file():
-            raise InvalidArgumentError(f"cannot resume: {str(run_path)!r} holds no {CHECKPOINT_FILE}")
+        if not (run_path / CONFIG_FILE).is_file():
+            raise InvalidArgumentError(f"cannot resume: {str(run_path)!r} is not a run directory (no {CONFIG_FILE})")
+        if not checkpoint_path.is_file():  # stopped before its first checkpoint: start over, same config
+            logger.info("no checkpoint yet; starting from step 0")
+            return 0, History(), 0.0
         checkpoint = load_checkpoint(checkpoint_path)
         restore(checkpoint, model, optimizer)
         return checkpoint.step, checkpoint.history, float(checkpoint.extra.get("elapsed", 0.0))
-    if checkpoint_path.exists():
+    if checkpoint_path.exists() or (run_path / CONFIG_FILE).exists():
         raise InvalidArgumentError(
             f"{str(run_path)!r} already holds a run; resume it (implicit-bias resume) or choose a new run directory"
         )
