@@ -108,3 +108,34 @@ def dataclass_from_mapping(cls: type, values: Mapping[str, Any], *, base: Any = 
             raise InvalidArgumentError(f"{source}: {key} must be {kind.__name__}, got {type(value).__name__} {value!r}")
         checked[key] = value
     return dataclasses.replace(base, **checked)
+
+
+def parse_value(text: str) -> Any:
+    """A value typed on a command line or in a spec: a YAML scalar or list (``false``, ``[1, 2]``, ``null``),
+    with numbers in exponent notation (``1e-3``, which YAML 1.1 leaves a string) read as floats."""
+    import yaml
+
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise InvalidArgumentError(f"cannot read the value {text!r}") from None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_assignments(items: Iterable[str], what: str) -> dict[str, Any]:
+    """``["key=value", ...]`` → ``{key: parse_value(value)}``; an item without ``=`` is an error naming ``what``."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgumentError(f"{what} {item!r} must look like key=value")
+        result[key.strip()] = parse_value(value)
+    return result

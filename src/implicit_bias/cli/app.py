@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
 from ..errors import ImplicitBiasError, InvalidArgumentError
+from ..validation import parse_assignments
 
 app = typer.Typer(
     name="implicit-bias",
@@ -40,20 +40,6 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(2) from None
 
     return wrapper
-
-
-def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
-    """``["key=value", ...]`` → dict, values read as YAML scalars (``0.1``, ``false``, ``[1, 2]``)."""
-    result: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidArgumentError(f"{what} {item!r} must look like key=value")
-        try:
-            result[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            raise InvalidArgumentError(f"cannot read the value of {what} {item!r}") from None
-    return result
 
 
 def timestamped(prefix: str) -> Path:
@@ -236,7 +222,7 @@ def reproduce(
         console.print(f"index report: [bold]{folder / 'index.md'}[/]")
         return
     assert name is not None
-    result = run_experiment(name, folder / name, quick=quick, overrides=parse_assignments(set_, "--set"), progress=progress)
+    result = run_experiment(name, folder / name, quick=quick, overrides=parse_assignments(set_ or [], "--set"), progress=progress)
     verdict = "[green]PASSED[/]" if result["passed"] else "[red]FAILED[/]"
     console.print(f"{name}: {verdict} in {result['seconds']:.1f} s — {result['claim']}")
     for key, value in result["numbers"].items():

@@ -8,13 +8,14 @@ from typing import Any
 import yaml
 
 from ..errors import InvalidArgumentError
+from ..validation import parse_assignments
 
 
 def parse_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Split a model spec into its name and its options.
 
-    Values in the string form are read as YAML scalars (``false`` → False, ``1e-3`` → 0.001, ``[32, 64]`` → a
-    list); commas inside brackets do not split options.
+    Values in the string form are read by :func:`~implicit_bias.validation.parse_value` (``false`` → False,
+    ``1e-3`` → 0.001, ``[32, 64]`` → a list); commas inside brackets do not split options.
 
     >>> parse_spec("mlp:depth=3,bias=false")
     ('mlp', {'depth': 3, 'bias': False})
@@ -28,22 +29,16 @@ def parse_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidArgumentError(f"a model spec must be a non-empty string or a dict, got {spec!r}")
     name, _, rest = spec.partition(":")
-    options: dict[str, Any] = {}
-    for item in _split_top_level(rest):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InvalidArgumentError(f"model option {item!r} in spec {spec!r} must look like key=value")
-        try:
-            options[key.strip()] = yaml.safe_load(value.strip()) if value.strip() else None
-        except yaml.YAMLError:
-            raise InvalidArgumentError(f"cannot read the value of model option {item!r} in {spec!r}") from None
-    return name.strip(), options
+    try:
+        return name.strip(), parse_assignments(_split_top_level(rest), "model option")
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError(f"model spec {spec!r}: {error}") from None
 
 
 def _split_top_level(text: str) -> list[str]:
     parts, depth, current = [], 0, []
     for char in text:
-        depth += char in "[(" 
+        depth += char in "[("
         depth -= char in "])"
         if char == "," and depth == 0:
             parts.append("".join(current))

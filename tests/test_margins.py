@@ -1,0 +1,87 @@
+"""Margin metrics against hand computations, invariances and the Lyu & Li bounds."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from implicit_bias.data import load
+from implicit_bias.errors import NotSeparatedError
+from implicit_bias.metrics import margins, normalized_margin, parameter_norm, smoothed_margin
+from implicit_bias.models import build
+
+
+def planted_linear_model(data):
+    model = build("linear:bias=false", data.input_shape, 2).double()
+    with torch.no_grad():
+        model.head.weight.copy_(3.0 * data.info["w_star"][None])
+    return model
+
+
+def test_linear_model_on_the_planted_direction_has_the_planted_margin():
+    data = load("linear-separable", n=80, dim=5, margin=0.2, seed=3)
+    model = planted_linear_model(data)
+    assert normalized_margin(model, data.X, data.y, degree=1) == pytest.approx(0.2, rel=1e-12)
+    assert normalized_margin(model, data.X, data.y) == pytest.approx(0.2, rel=1e-12)  # degree detected = 1
+
+
+def test_margins_match_a_hand_computation():
+    model = nn.Linear(2, 3, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+    X = torch.tensor([[2.0, 1.0], [0.5, 3.0], [-1.0, -1.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    # outputs: [2, 1, -3], [0.5, 3, -3.5], [-1, -1, 2]
+    assert margins(model, X, y).tolist() == [1.0, 2.5, 3.0]
+
+
+@pytest.mark.parametrize("p", [1, 2, math.inf])
+def test_normalized_margin_is_scale_invariant(p):
+    data = load("gaussians", num_classes=3, dim=4, n_per_class=10, separation=6.0, noise=0.3, seed=2)
+    model = build("mlp:depth=3,width=32,bias=false", data.input_shape, 3, seed=0).double()
+    nearest_mean_init(model, data)
+    before = normalized_margin(model, data.X.double(), data.y, p=p, degree=3)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(2.7)
+    assert normalized_margin(model, data.X.double(), data.y, p=p, degree=3) == pytest.approx(before, rel=1e-12)
+
+
+def nearest_mean_init(model, data):
+    """Make a bias-free 3-layer ReLU net separate the clusters: layer1 = [I; −I] (x ↦ (x⁺, x⁻)), layer2 = I,
+    head = the means against (x⁺ − x⁻), i.e. Φ_c(x) = ⟨μ_c, x⟩."""
+    d = data.input_shape[0]
+    width = model.layer1[0].weight.shape[0]
+    with torch.no_grad():
+        first = torch.zeros(width, d, dtype=torch.float64)
+        first[:d], first[d : 2 * d] = torch.eye(d), -torch.eye(d)
+        model.layer1[0].weight.copy_(first)
+        model.layer2[0].weight.copy_(torch.eye(width, dtype=torch.float64))
+        head = torch.zeros(3, width, dtype=torch.float64)
+        head[:, :d], head[:, d : 2 * d] = data.info["means"], -data.info["means"]
+        model.head.weight.copy_(head)
+
+
+def test_smoothed_margin_obeys_the_lyu_li_sandwich():
+    data = load("linear-separable", n=50, dim=4, margin=0.5, seed=1)
+    model = planted_linear_model(data)
+    with torch.no_grad():
+        model.head.weight.mul_(20.0)
+    gamma = normalized_margin(model, data.X, data.y, degree=1)
+    smooth = smoothed_margin(model, data.X, data.y, loss="exponential", degree=1)
+    norm = parameter_norm(model)
+    assert gamma - math.log(len(data)) / norm <= smooth <= gamma
+    direct = -math.log(torch.exp(-margins(model, data.X, data.y)).sum().item()) / norm
+    assert smooth == pytest.approx(direct, rel=1e-12)
+
+
+def test_margins_of_a_model_that_does_not_fit_are_refused():
+    data = load("linear-separable", n=50, dim=4, seed=1)
+    model = planted_linear_model(data)
+    with torch.no_grad():
+        model.head.weight.neg_()
+    with pytest.raises(NotSeparatedError, match="50 of 50 samples have margin <= 0"):
+        normalized_margin(model, data.X, data.y, degree=1)
+    with pytest.raises(NotSeparatedError, match="not below ℓ\\(0\\)"):
+        smoothed_margin(model, data.X, data.y, loss="logistic", degree=1)
