@@ -116,15 +116,13 @@ def log_softplus_log(s: torch.Tensor) -> torch.Tensor:
     """log(log(1 + e^s)), accurate for every s: the log of the logistic loss at margin −s.
 
     For s < −20 it uses s − e^s/2 (the series of log(log1p(u)/u) at u = e^s), so it never underflows;
-    otherwise log(max(s, 0) + log1p(e^{−|s|})). Both branches see clamped inputs so that their gradients
-    stay finite where they are not selected.
+    otherwise log(softplus(s)), with softplus switching to the identity only above s = 40 (where it is exact
+    to 1e−17). Both branches see clamped inputs so that their gradients stay finite where not selected.
     """
-    small = s < _SWITCH
     s_low = s.clamp(max=_SWITCH)
-    s_high = s.clamp(min=_SWITCH)
     low = s_low - 0.5 * torch.exp(s_low)
-    high = torch.log(s_high.clamp(min=0) + torch.log1p(torch.exp(-s_high.abs())))
-    return torch.where(small, low, high)
+    high = torch.log(torch.nn.functional.softplus(s.clamp(min=_SWITCH), threshold=40.0))
+    return torch.where(s < _SWITCH, low, high)
 
 
 def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validate: bool = True) -> torch.Tensor:
