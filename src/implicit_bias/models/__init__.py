@@ -24,13 +24,13 @@ import torch
 from torch import nn
 
 from ..validation import check_choice, check_keys, check_scalar
-from .cnn import CNN, cnn
+from .cnn import CNN
 from .features import capture_features, feature_names
-from .mlp import MLP, linear, mlp
-from .resnet import ResNet, resnet
+from .mlp import MLP, linear
+from .resnet import ResNet
 from .spec import format_spec, parse_spec
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp, "cnn": cnn, "resnet": resnet}
+BUILDERS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": MLP, "cnn": CNN, "resnet": ResNet}
 COMMON_OPTIONS = ("outputs", "init_scale")
 
 __all__ = [

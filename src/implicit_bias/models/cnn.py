@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..validation import check_choice
-from .layers import activation, conv, max_pool, signal_layout
+from .layers import conv, make_activation, max_pool, signal_layout
 
 
 class CNN(nn.Sequential):
@@ -28,19 +28,21 @@ class CNN(nn.Sequential):
         *,
         bias: bool = True,
         padding: str = "valid",
-        channels: tuple[int, int] = (32, 64),
+        channels: tuple[int, int] | list[int] = (32, 64),
         hidden: int = 1024,
-        activation_name: str = "relu",
+        activation: str = "relu",
         negative_slope: float = 0.01,
     ) -> None:
         check_choice("padding", padding, ("valid", "same"))
+        if len(channels) != 2:
+            raise InvalidArgumentError(f"cnn channels must list two widths, got {list(channels)}")
         dims, cin, reshape = signal_layout(input_shape, "cnn")
         layers: dict[str, nn.Module] = {} if reshape is None else {"reshape": reshape}
-        for index, (cout, kernel) in enumerate(zip(channels, (5, 3)), start=1):
+        for index, (cout, kernel) in enumerate(zip(map(int, channels), (5, 3)), start=1):
             pad = kernel // 2 if padding == "same" else 0
             layers[f"block{index}"] = nn.Sequential(
                 conv(dims, cin, cout, kernel, padding=pad, bias=bias),
-                activation(activation_name, negative_slope),
+                make_activation(activation, negative_slope),
                 max_pool(dims),
             )
             cin = cout
@@ -56,33 +58,7 @@ class CNN(nn.Sequential):
                 "use padding='same'"
             )
         layers["flatten"] = nn.Flatten()
-        layers["fc1"] = nn.Sequential(nn.Linear(flat, hidden, bias=bias), activation(activation_name, negative_slope))
+        layers["fc1"] = nn.Sequential(nn.Linear(flat, hidden, bias=bias), make_activation(activation, negative_slope))
         layers["head"] = nn.Linear(hidden, num_outputs, bias=bias)
         super().__init__(OrderedDict(layers))
         self.feature_names: tuple[str, ...] = ("block1", "block2", "fc1")
-
-
-def cnn(
-    input_shape: tuple[int, ...],
-    num_outputs: int,
-    *,
-    bias: bool = True,
-    padding: str = "valid",
-    channels: tuple[int, int] | list[int] = (32, 64),
-    hidden: int = 1024,
-    activation: str = "relu",
-    negative_slope: float = 0.01,
-) -> CNN:
-    """The Lyu & Li MNIST CNN (conv32 5×5, max-pool, conv64 3×3, max-pool, fc1024, fc K)."""
-    if len(channels) != 2:
-        raise InvalidArgumentError(f"cnn channels must list two widths, got {list(channels)}")
-    return CNN(
-        input_shape,
-        num_outputs,
-        bias=bias,
-        padding=padding,
-        channels=(int(channels[0]), int(channels[1])),
-        hidden=hidden,
-        activation_name=activation,
-        negative_slope=negative_slope,
-    )

@@ -11,7 +11,7 @@ ACTIVATIONS = ("relu", "leaky_relu", "identity")
 NORMS = ("none", "batchnorm", "layernorm", "groupnorm")
 
 
-def activation(name: str, negative_slope: float = 0.01) -> nn.Module:
+def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
     """ReLU, leaky ReLU (with ``negative_slope``) or the identity — all positively 1-homogeneous."""
     check_choice("activation", name, ACTIVATIONS)
     if name == "relu":

@@ -9,11 +9,12 @@ import math
 from torch import nn
 
 from ..validation import check_scalar
-from .layers import activation, norm_layer
+from .layers import make_activation, norm_layer
 
 
 class MLP(nn.Sequential):
-    """``flatten → layer1 … layer{depth−1} → head``, each hidden ``layer_l`` = Linear → [norm] → activation.
+    """A multilayer perceptron with ``depth`` linear layers (``depth − 1`` hidden layers of ``width``):
+    ``flatten → layer1 … layer{depth−1} → head``, each hidden ``layer_l`` = Linear → [norm] → activation.
 
     Without biases and normalization, with a ReLU / leaky ReLU / identity activation, the network is
     ``depth``-homogeneous in its parameters (Lyu & Li 2020). ``feature_names`` lists the hidden layers whose
@@ -28,7 +29,7 @@ class MLP(nn.Sequential):
         depth: int = 2,
         width: int = 100,
         bias: bool = True,
-        activation_name: str = "relu",
+        activation: str = "relu",
         negative_slope: float = 0.01,
         norm: str = "none",
     ) -> None:
@@ -41,36 +42,12 @@ class MLP(nn.Sequential):
             normalization = norm_layer(norm, width, spatial_dims=0)
             if normalization is not None:
                 block.append(normalization)
-            block.append(activation(activation_name, negative_slope))
+            block.append(make_activation(activation, negative_slope))
             layers[f"layer{index}"] = nn.Sequential(*block)
             fan_in = width
         layers["head"] = nn.Linear(fan_in, num_outputs, bias=bias)
         super().__init__(OrderedDict(layers))
         self.feature_names: tuple[str, ...] = tuple(f"layer{i}" for i in range(1, depth))
-
-
-def mlp(
-    input_shape: tuple[int, ...],
-    num_outputs: int,
-    *,
-    depth: int = 2,
-    width: int = 100,
-    bias: bool = True,
-    activation: str = "relu",
-    negative_slope: float = 0.01,
-    norm: str = "none",
-) -> MLP:
-    """A multilayer perceptron with ``depth`` linear layers (``depth − 1`` hidden layers of ``width``)."""
-    return MLP(
-        input_shape,
-        num_outputs,
-        depth=depth,
-        width=width,
-        bias=bias,
-        activation_name=activation,
-        negative_slope=negative_slope,
-        norm=norm,
-    )
 
 
 def linear(input_shape: tuple[int, ...], num_outputs: int, *, bias: bool = True) -> MLP:

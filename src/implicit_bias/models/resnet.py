@@ -39,7 +39,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Sequential):
-    """``stem`` (conv3 → norm → relu) → ``stage1`` … ``stage{stages}`` (``blocks`` basic blocks each; width
+    """A small ResNet: ``stem`` (conv3 → norm → relu) → ``stage1`` … ``stage{stages}`` (``blocks`` basic blocks each; width
     doubles and resolution halves from stage 2 on) → ``pool`` (global average) → ``flatten`` → ``head``."""
 
     def __init__(
@@ -73,18 +73,3 @@ class ResNet(nn.Sequential):
         layers["head"] = nn.Linear(cin, num_outputs, bias=bias)
         super().__init__(OrderedDict(layers))
         self.feature_names: tuple[str, ...] = ("stem", *(f"stage{s}" for s in range(1, stages + 1)), "flatten")
-
-
-def resnet(
-    input_shape: tuple[int, ...],
-    num_outputs: int,
-    *,
-    width: int = 16,
-    stages: int = 3,
-    blocks: int = 1,
-    bias: bool = True,
-    norm: str = "batchnorm",
-) -> ResNet:
-    """A small ResNet: ``stages`` stages of ``blocks`` basic blocks, base ``width``, ``norm`` in
-    none / batchnorm / layernorm / groupnorm."""
-    return ResNet(input_shape, num_outputs, width=width, stages=stages, blocks=blocks, bias=bias, norm=norm)
