@@ -45,10 +45,6 @@ class History:
         """The most recent row (empty before the first log)."""
         return self.rows[-1] if self.rows else {}
 
-    def until(self, step: int) -> History:
-        """The rows logged at or before ``step``."""
-        return History([row for row in self.rows if row["step"] <= step])
-
     def to_csv(self) -> str:
         """The rows as CSV text; an absent value is an empty cell."""
         buffer = io.StringIO()

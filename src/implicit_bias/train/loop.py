@@ -88,7 +88,7 @@ def _progress(enabled: bool) -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("log ℒ {task.fields[log_loss]}  acc {task.fields[accuracy]}"),
+        TextColumn("log objective {task.fields[log_loss]}  batch acc {task.fields[accuracy]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         disable=not enabled,
