@@ -1,8 +1,15 @@
-"""Training dynamics: optimizers by name and the logging schedule on log time."""
+"""Training dynamics: optimizers by name (including log-ℒ optimizers for the terminal phase) and the logging
+schedule on log time."""
 
-from .optimizers import OPTIMIZERS, NormalizedGD, make_optimizer, optimizer_options, steps_on_log_loss
+from .adam import LogAdam
+from .base import LogLossOptimizer
+from .loss_based import LossBasedLR
+from .optimizers import OPTIMIZERS, make_optimizer, optimizer_options, steps_on_log_loss
+from .prgd import ProgressiveRescaling
 from .schedule import log_spaced_steps
+from .steepest import SteepestDescent
 
 __all__ = [
-    "OPTIMIZERS", "NormalizedGD", "log_spaced_steps", "make_optimizer", "optimizer_options", "steps_on_log_loss",
+    "OPTIMIZERS", "LogAdam", "LogLossOptimizer", "LossBasedLR", "ProgressiveRescaling", "SteepestDescent",
+    "log_spaced_steps", "make_optimizer", "optimizer_options", "steps_on_log_loss",
 ]

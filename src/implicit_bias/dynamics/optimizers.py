@@ -1,38 +1,36 @@
-"""Optimizers by name, as plain ``torch.optim`` optimizers.
+"""Optimizers by name: all are ``torch.optim.Optimizer`` subclasses usable outside :func:`fit`.
 
-An optimizer whose class sets ``steps_on_log_loss = True`` is meant to receive the gradient of log ℒ instead of
-ℒ: normalized gradient descent θ ← θ − η ∇ℒ/ℒ is exactly gradient descent on log ℒ, and ∇ log ℒ stays finite
-when ℒ is far below the smallest float64. :func:`implicit_bias.train.fit` backpropagates the right one.
+Those marked "log ℒ" are :class:`~implicit_bias.dynamics.base.LogLossOptimizer`: they take the gradient of
+log ℒ and ``step(log_loss=...)``, which lets them run with ℒ far below the smallest float64.
 
-=================  ==============================================================================
-name               update
-=================  ==============================================================================
-``gd``             θ ← θ − η g (constant learning rate; ``weight_decay`` adds λθ to g)
-``sgd``            ``torch.optim.SGD``: ``momentum``, ``nesterov``, ``weight_decay``, ``dampening``
-``adam``           ``torch.optim.Adam``: ``betas``, ``eps``, ``weight_decay``, ``amsgrad``
-``normalized-gd``  θ ← θ − η ∇ log ℒ = θ − η ∇ℒ/ℒ (Ji & Telgarsky 2021; Nacson et al. 2019)
-=================  ==============================================================================
+=================  =====  ======================================================================================
+name               log ℒ  update
+=================  =====  ======================================================================================
+``gd``                    θ ← θ − η ∇ℒ (constant learning rate; ``weight_decay`` adds λθ)
+``sgd``                   ``torch.optim.SGD``: ``momentum``, ``nesterov``, ``dampening``, ``weight_decay``
+``adam``           yes    Adam in a log-scale frame (:class:`LogAdam`): ``betas``, ``eps`` (0 allowed),
+                          decoupled ``weight_decay``
+``normalized-gd``  yes    θ ← θ − η ∇ℒ/ℒ (Nacson et al. 2019; Ji & Telgarsky 2021)
+``loss-based``     yes    η_t = α_t/ℒ with growth and rollback (Lyu & Li 2020)
+``sign``           yes    ℓ∞ steepest descent θ ← θ − η ‖g‖₁ sign(g); ``normalize``: g = ∇ log ℒ
+``coordinate``     yes    ℓ1 steepest (greedy coordinate) descent; ``normalize``: g = ∇ log ℒ
+``prgd``           yes    progressive rescaling GD (Wang, Min & Wu 2024): ``growth``, ``stage_steps``, ``radius``
+=================  =====  ======================================================================================
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from ..validation import check_choice, check_keys, check_scalar
-
-
-class NormalizedGD(torch.optim.SGD):
-    """Gradient descent on log ℒ: θ ← θ − η ∇ℒ(θ)/ℒ(θ), the loss-normalized step of Nacson et al. (2019) and
-    Ji & Telgarsky (2021), whose normalized margin on separable data converges at rate O(1/t) instead of GD's
-    O(1/log t). Feed it the gradient of log ℒ (``steps_on_log_loss``)."""
-
-    steps_on_log_loss = True
-
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> None:
-        super().__init__(params, lr=lr, weight_decay=weight_decay)
+from .adam import LogAdam
+from .loss_based import LossBasedLR
+from .prgd import ProgressiveRescaling
+from .steepest import SteepestDescent
 
 
 def _gd(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -52,31 +50,32 @@ def _sgd(
     )
 
 
-def _adam(
-    params: Iterable[torch.nn.Parameter],
-    lr: float,
-    betas: tuple[float, float] | list[float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    amsgrad: bool = False,
-) -> torch.optim.Optimizer:
-    return torch.optim.Adam(
-        params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad
-    )
+def _normalized_gd(params: Iterable[torch.nn.Parameter], lr: float) -> SteepestDescent:
+    return SteepestDescent(params, lr, norm="l2", normalize=True)
+
+
+def _sign(params: Iterable[torch.nn.Parameter], lr: float, normalize: bool = False) -> SteepestDescent:
+    return SteepestDescent(params, lr, norm="linf", normalize=normalize)
+
+
+def _coordinate(params: Iterable[torch.nn.Parameter], lr: float, normalize: bool = False) -> SteepestDescent:
+    return SteepestDescent(params, lr, norm="l1", normalize=normalize)
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "gd": _gd,
     "sgd": _sgd,
-    "adam": _adam,
-    "normalized-gd": NormalizedGD,
+    "adam": LogAdam,
+    "normalized-gd": _normalized_gd,
+    "loss-based": LossBasedLR,
+    "sign": _sign,
+    "coordinate": _coordinate,
+    "prgd": ProgressiveRescaling,
 }
 
 
 def optimizer_options(name: str) -> list[str]:
     """The keyword options optimizer ``name`` accepts besides ``lr``."""
-    import inspect
-
     check_choice("optimizer", name, OPTIMIZERS)
     return [k for k in inspect.signature(OPTIMIZERS[name]).parameters if k not in ("self", "params", "lr")]
 
@@ -92,5 +91,5 @@ def make_optimizer(
 
 
 def steps_on_log_loss(optimizer: torch.optim.Optimizer) -> bool:
-    """True if ``optimizer`` expects gradients of log ℒ rather than of ℒ."""
+    """True if ``optimizer`` expects gradients of log ℒ and ``step(log_loss=...)``."""
     return bool(getattr(optimizer, "steps_on_log_loss", False))

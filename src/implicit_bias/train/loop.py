@@ -303,12 +303,17 @@ def _loop(
                     )
                 )
             optimizer.zero_grad(set_to_none=True)
-            if value == -math.inf:  # an exact fit (mse): the gradient is zero
+            if value == -math.inf:  # an exact fit (mse): ∇ℒ = 0; only weight decay or momentum can still move θ
                 for parameter in model.parameters():
                     parameter.grad = torch.zeros_like(parameter)
+                if not on_log_loss:
+                    optimizer.step()
+            elif on_log_loss:
+                objective.backward()
+                optimizer.step(log_loss=value)
             else:
-                (objective if on_log_loss else torch.exp(objective)).backward()
-            optimizer.step()
+                torch.exp(objective).backward()
+                optimizer.step()
             done = step + 1
             if time.perf_counter() - last_save >= checkpoint_seconds:
                 save(done)
