@@ -86,7 +86,7 @@ def _signs(y: torch.Tensor) -> torch.Tensor:
 
 
 def _label_mask(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(outputs, dtype=torch.bool).scatter_(1, y[:, None], True)
+    return torch.arange(outputs.shape[1], device=outputs.device) == y[:, None]
 
 
 def output_margins(outputs: torch.Tensor, y: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
@@ -138,7 +138,7 @@ def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validat
         if is_binary_output(outputs):
             squared = (outputs.reshape(-1) - _signs(y)).square()
         else:
-            target = torch.zeros_like(outputs).scatter_(1, y[:, None], 1.0)
+            target = _label_mask(outputs, y).to(outputs.dtype)
             squared = (outputs - target).square().sum(dim=1)
         return torch.log(0.5 * squared)
     log_sum = _log_exponential_sum(outputs, y)
