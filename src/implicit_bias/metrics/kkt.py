@@ -146,6 +146,10 @@ def kkt_residual(
 def support_count(model: nn.Module, X: torch.Tensor, y: torch.Tensor, k: float = 3.0) -> int:
     """Number of samples with q_n − q_min ≤ k·log 10: those whose exponential-loss term e^{−q_n} is within a
     factor 10^k of the largest — the points that still steer the gradient (the support vectors in the limit)."""
+    return support_size(margins(model, X, y), k)
+
+
+def support_size(q: torch.Tensor, k: float = 3.0) -> int:
+    """:func:`support_count` from the margins q_n themselves."""
     check_scalar("k", k, (int, float), low=0.0)
-    q = margins(model, X, y)
     return int((q - q.min() <= k * math.log(10)).sum())

@@ -7,14 +7,17 @@ that step (a margin before the data is fit is simply absent from the row).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..errors import NotHomogeneousError, NotSeparatedError
+from ..errors import InvalidArgumentError, NotHomogeneousError, NotSeparatedError
 from ..losses import MARGIN_LOSSES, output_margins
+from ..metrics.direction import alignment, direction_cosine, flat_parameters, layer_norms
+from ..metrics.kkt import kkt_residual, support_size
 from ..metrics.margins import homogeneity_degree, parameter_norm, require_fit_loss, require_separated
 from ..validation import check_choice
 
@@ -59,9 +62,14 @@ Probe = Callable[[ProbeContext], Mapping[str, float]]
 logger = logging.getLogger("implicit_bias.train")
 
 
+FLAVOURS = {"": 2, "_linf": math.inf, "_l1": 1}  # key suffix → p of ‖θ‖_p (Tsilivis, Vardi & Kempe 2024)
+
+
 class MarginProbe:
-    """Logs ``q_min``, ``param_norm`` ‖θ‖₂ and, once every point is fit, the ``normalized_margin``
-    q_min/‖θ‖^L and (for margin losses) the ``smoothed_margin`` ℓ^{−1}(ℒ)/‖θ‖^L of Lyu & Li (2020, §3–4).
+    """Logs ``q_min``, ‖θ‖_p (``param_norm``, ``param_norm_linf``, ``param_norm_l1``) and, once every point is
+    fit, the normalized margins q_min/‖θ‖_p^L (``normalized_margin``, ``…_linf``, ``…_l1``) and, for margin
+    losses, the smoothed margins ℓ^{−1}(ℒ)/‖θ‖_p^L (``smoothed_margin``, ``…_linf``, ``…_l1``) of Lyu & Li
+    (2020, §3–4) and Tsilivis, Vardi & Kempe (2024).
 
     The homogeneity degree L is detected on the first call unless given. For a model that is not homogeneous
     the normalized quantities are undefined: the probe says so once in the run's log and logs q_min and ‖θ‖.
@@ -73,8 +81,8 @@ class MarginProbe:
 
     def __call__(self, context: ProbeContext) -> dict[str, float]:
         q = context.margins
-        norm = parameter_norm(context.model)
-        row = {"q_min": float(q.min()), "param_norm": norm}
+        norms = {suffix: parameter_norm(context.model, p) for suffix, p in FLAVOURS.items()}
+        row = {"q_min": float(q.min()), **{f"param_norm{suffix}": norm for suffix, norm in norms.items()}}
         if self.degree is None and self.homogeneous:
             try:
                 self.degree = homogeneity_degree(context.model, context.X)
@@ -84,15 +92,78 @@ class MarginProbe:
         if self.degree is None:
             return row
         try:
-            row["normalized_margin"] = require_separated(q) / norm**self.degree
+            q_min = require_separated(q)
+            row.update({f"normalized_margin{suffix}": q_min / norm**self.degree for suffix, norm in norms.items()})
             if context.loss in MARGIN_LOSSES:
-                row["smoothed_margin"] = require_fit_loss(context.loss, context.log_loss) / norm**self.degree
+                numerator = require_fit_loss(context.loss, context.log_loss)
+                row.update({f"smoothed_margin{suffix}": numerator / norm**self.degree for suffix, norm in norms.items()})
         except NotSeparatedError:
             pass
         return row
 
 
-PROBES: dict[str, Callable[[], Probe]] = {"margins": MarginProbe}
+def norms_probe(context: ProbeContext) -> dict[str, float]:
+    """‖W‖_F of every parameter tensor, as ``norm/<parameter name>``."""
+    return {f"norm/{name}": value for name, value in layer_norms(context.model).items()}
+
+
+def alignment_probe(context: ProbeContext) -> dict[str, float]:
+    """``alignment`` = cos(θ, −∇ℒ) (Ji & Telgarsky 2020)."""
+    try:
+        return {"alignment": alignment(context.model, context.X, context.y, context.loss)}
+    except InvalidArgumentError:  # a zero gradient (an exact mse fit) or zero parameters
+        return {}
+
+
+class DirectionProbe:
+    """``direction_cosine`` = cos(θ_t, θ_s) with s the previous logged step (Ji & Telgarsky 2020)."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+
+    def __call__(self, context: ProbeContext) -> dict[str, float]:
+        current = flat_parameters(context.model)
+        row = {}
+        if self.previous is not None and current.norm() > 0 and self.previous.norm() > 0:
+            row["direction_cosine"] = direction_cosine(self.previous, current)
+        self.previous = current
+        return row
+
+
+class KKTProbe:
+    """``kkt_epsilon`` (ε/‖θ̃‖) and ``kkt_delta`` (δ) of Lyu & Li's (ε, δ)-KKT condition, once every point is fit."""
+
+    def __init__(self, degree: float | None = None, slack: float = 0.2, max_points: int = 512) -> None:
+        self.degree, self.slack, self.max_points = degree, slack, max_points
+
+    def __call__(self, context: ProbeContext) -> dict[str, float]:
+        if not bool((context.margins > 0).all()):
+            return {}
+        if self.degree is None:
+            try:
+                self.degree = homogeneity_degree(context.model, context.X)
+            except NotHomogeneousError:
+                self.degree = math.nan
+        if math.isnan(self.degree):
+            return {}
+        epsilon, delta = kkt_residual(context.model, context.X, context.y, degree=self.degree, slack=self.slack,
+                                      max_points=self.max_points)
+        return {"kkt_epsilon": epsilon, "kkt_delta": delta}
+
+
+def support_probe(context: ProbeContext) -> dict[str, float]:
+    """``support_count``: samples with q_n − q_min ≤ 3 log 10 (see :func:`~implicit_bias.metrics.support_count`)."""
+    return {"support_count": float(support_size(context.margins, 3.0))}
+
+
+PROBES: dict[str, Callable[[], Probe]] = {
+    "margins": MarginProbe,
+    "norms": lambda: norms_probe,
+    "alignment": lambda: alignment_probe,
+    "direction": DirectionProbe,
+    "kkt": KKTProbe,
+    "support": lambda: support_probe,
+}
 
 
 def make_probe(name: str) -> Probe:
