@@ -101,7 +101,7 @@ def train(
     resolved = dataclass_from_mapping(TrainConfig, overrides, base=base, source="options")
     folder = run_dir or timestamped("train")
     history = run(resolved, folder, progress=progress)
-    _print_rows(history, last=5)
+    _print_rows(history, last=4)
     console.print(f"run written to [bold]{folder}[/]")
 
 
@@ -115,7 +115,7 @@ def resume(
     from ..train import resume_run
 
     history = resume_run(run_dir, progress=progress)
-    _print_rows(history, last=5)
+    _print_rows(history, last=4)
     console.print(f"run {run_dir} complete")
 
 
@@ -123,7 +123,7 @@ def resume(
 @user_errors
 def show(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
-    last: Annotated[int, typer.Option(help="How many of the last logged rows to print (0: all).")] = 20,
+    last: Annotated[int, typer.Option(help="How many of the last logged steps to print (0: all).")] = 6,
 ) -> None:
     """Print a run's metrics table and write one PNG figure per logged quantity into RUN_DIR/figures."""
     from ..errors import MissingFileError
@@ -146,13 +146,16 @@ def show(
 
 
 def _print_rows(history: Any, *, last: int) -> None:
+    """The last ``last`` logged steps as columns, one row per logged quantity (readable with many probes)."""
     rows = history.rows[-last:] if last else history.rows
-    table = Table(title=f"{len(history)} logged steps" + (f" (last {len(rows)})" if last and len(rows) < len(history) else ""))
-    columns = [c for c in history.columns if c not in ("time",)]
-    for column in columns:
-        table.add_column(column, justify="right")
+    shown = f" (last {len(rows)})" if len(rows) < len(history) else ""
+    table = Table(title=f"{len(history)} logged steps{shown}")
+    table.add_column("quantity", style="bold")
     for row in rows:
-        table.add_row(*[(f"{row[c]:.6g}" if c in row else "") for c in columns])
+        table.add_column(f"step {int(row['step'])}", justify="right")
+    for column in history.columns:
+        if column not in ("step", "time"):
+            table.add_row(column, *[(f"{row[column]:.6g}" if column in row else "") for row in rows])
     console.print(table)
 
 
