@@ -3,19 +3,19 @@
 Those marked "log ℒ" are :class:`~implicit_bias.dynamics.base.LogLossOptimizer`: they take the gradient of
 log ℒ and ``step(log_loss=...)``, which lets them run with ℒ far below the smallest float64.
 
-=================  =====  ======================================================================================
-name               log ℒ  update
-=================  =====  ======================================================================================
-``gd``                    θ ← θ − η ∇ℒ (constant learning rate; ``weight_decay`` adds λθ)
-``sgd``                   ``torch.optim.SGD``: ``momentum``, ``nesterov``, ``dampening``, ``weight_decay``
-``adam``           yes    Adam in a log-scale frame (:class:`LogAdam`): ``betas``, ``eps`` (0 allowed),
-                          decoupled ``weight_decay``
-``normalized-gd``  yes    θ ← θ − η ∇ℒ/ℒ (Nacson et al. 2019; Ji & Telgarsky 2021)
-``loss-based``     yes    η_t = α_t/ℒ with growth and rollback (Lyu & Li 2020)
-``sign``           yes    ℓ∞ steepest descent θ ← θ − η ‖g‖₁ sign(g); ``normalize``: g = ∇ log ℒ
-``coordinate``     yes    ℓ1 steepest (greedy coordinate) descent; ``normalize``: g = ∇ log ℒ
-``prgd``           yes    progressive rescaling GD (Wang, Min & Wu 2024): ``growth``, ``stage_steps``, ``radius``
-=================  =====  ======================================================================================
+====================  =====  ===================================================================================
+name                  log ℒ  update
+====================  =====  ===================================================================================
+``gd``                       θ ← θ − η ∇ℒ (constant learning rate; ``weight_decay`` adds λθ)
+``sgd``                      ``torch.optim.SGD``: ``momentum``, ``nesterov``, ``dampening``, ``weight_decay``
+``adam``              yes    Adam in a log-scale frame (:class:`LogAdam`): ``betas``, ``eps`` (0 allowed),
+                             decoupled ``weight_decay``
+``normalized-gd``     yes    θ ← θ − η ∇ℒ/ℒ (Nacson et al. 2019; Ji & Telgarsky 2021)
+``loss-based``        yes    η_t = α_t/ℒ with growth and rollback (Lyu & Li 2020)
+``sign``              yes    ℓ∞ steepest descent θ ← θ − η ‖g‖₁ sign(g); ``normalize``: g = ∇ log ℒ
+``coordinate``        yes    ℓ1 steepest (greedy coordinate) descent; ``normalize``: g = ∇ log ℒ
+``dual-accelerated``  yes    Nesterov on the max-margin dual (Ji, Srebro & Telgarsky 2021), for linear models
+====================  =====  ===================================================================================
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 
 from ..validation import check_choice, check_keys, check_scalar
 from .adam import LogAdam
+from .dual_accelerated import DualAccelerated
 from .loss_based import LossBasedLR
-from .prgd import ProgressiveRescaling
 from .steepest import SteepestDescent
 
 
@@ -70,7 +70,7 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "loss-based": LossBasedLR,
     "sign": _sign,
     "coordinate": _coordinate,
-    "prgd": ProgressiveRescaling,
+    "dual-accelerated": DualAccelerated,
 }
 
 
