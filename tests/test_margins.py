@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -85,3 +87,81 @@ def test_margins_of_a_model_that_does_not_fit_are_refused():
         normalized_margin(model, data.X, data.y, degree=1)
     with pytest.raises(NotSeparatedError, match="not below ℓ\\(0\\)"):
         smoothed_margin(model, data.X, data.y, loss="logistic", degree=1)
+
+
+def svm_dual(data):
+    """Independent hard-margin SVM (no intercept) dual via L-BFGS-B: w = Σ α_n y_n x_n."""
+    import numpy as np
+    from scipy.optimize import minimize
+
+    Z = (data.X * (2 * data.y - 1)[:, None].double()).numpy()
+    gram = Z @ Z.T
+    result = minimize(lambda a: (0.5 * a @ gram @ a - a.sum(), gram @ a - 1.0), np.zeros(len(Z)), jac=True,
+                      method="L-BFGS-B", bounds=[(0, None)] * len(Z), options={"ftol": 1e-15, "gtol": 1e-12})
+    return Z, result.x
+
+
+def test_kkt_residual_vanishes_at_the_svm_with_the_svm_multipliers():
+    from implicit_bias.metrics import kkt_certificate, kkt_residual
+
+    data = load("linear-separable", n=60, dim=5, margin=0.25, seed=7)
+    Z, alpha = svm_dual(data)
+    w_svm = (data.info["w_star"] / 0.25).numpy()  # the planted solution; alpha is solved independently
+    assert np.allclose(Z.T @ alpha, w_svm, atol=1e-5)
+    model = build("linear:bias=false", data.input_shape, 2).double()
+    with torch.no_grad():
+        model.head.weight.copy_(17.0 * torch.as_tensor(w_svm)[None])  # any positive scale: θ̃ undoes it
+    epsilon, delta = kkt_residual(model, data.X, data.y, degree=1)
+    assert epsilon < 1e-8 and abs(delta) < 1e-8
+    certificate = kkt_certificate(model, data.X, data.y, degree=1)
+    combination = Z[certificate.support].T @ certificate.multipliers
+    assert np.allclose(combination, w_svm, atol=1e-10)
+    assert certificate.multipliers.sum() == pytest.approx(alpha.sum(), rel=1e-6)  # both = ‖w_svm‖² = 1/γ²
+    assert alpha.sum() == pytest.approx(1 / 0.25**2, rel=1e-6)
+
+
+def test_kkt_residual_is_large_away_from_a_kkt_point():
+    from implicit_bias.metrics import kkt_residual
+
+    data = load("linear-separable", n=60, dim=5, margin=0.25, seed=7)
+    model = planted_linear_model(data)
+    with torch.no_grad():
+        model.head.weight.add_(0.3 * torch.tensor([[0.0, 1.0, -1.0, 0.5, 0.2]], dtype=torch.float64))
+    epsilon, _ = kkt_residual(model, data.X, data.y, degree=1)
+    assert epsilon > 0.05
+
+
+def test_alignment_is_one_at_the_scaled_svm_even_when_the_loss_underflows():
+    from implicit_bias.metrics import alignment
+
+    data = load("linear-separable", n=60, dim=5, margin=0.25, seed=7)
+    model = planted_linear_model(data)
+    with torch.no_grad():
+        model.head.weight.mul_(1e4 / 0.25 / 3.0)  # q_min = 10⁴: ℒ = e^{-10⁴}
+    assert alignment(model, data.X, data.y, "exponential") == pytest.approx(1.0, abs=1e-12)
+
+
+def test_alignment_matches_the_explicit_gradient():
+    from implicit_bias.metrics import alignment
+
+    data = load("linear-separable", n=40, dim=3, seed=2)
+    w = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    model = build("linear:bias=false", data.input_shape, 2).double()
+    with torch.no_grad():
+        model.head.weight.copy_(w[None])
+    Z = data.X * (2 * data.y - 1)[:, None].double()
+    gradient = -(torch.exp(-(Z @ w))[:, None] * Z).sum(dim=0)  # ∇ Σ e^{−⟨w, z_n⟩}
+    expected = float(torch.dot(w, -gradient) / (w.norm() * gradient.norm()))
+    assert alignment(model, data.X, data.y, "exponential") == pytest.approx(expected, rel=1e-13)
+
+
+def test_direction_cosine_and_support_count():
+    from implicit_bias.metrics import direction_cosine, support_count
+
+    assert direction_cosine(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])) == pytest.approx(2**-0.5)
+    assert direction_cosine({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}, torch.tensor([6.0, 8.0])) == 1.0
+    data = load("linear-separable", n=60, dim=5, margin=0.25, seed=7)
+    model = planted_linear_model(data)
+    q = margins(model, data.X, data.y)
+    assert support_count(model, data.X, data.y, k=1) == int((q - q.min() <= math.log(10)).sum())
+    assert support_count(model, data.X, data.y, k=1e-9) == 4  # the two planted pairs, exactly at the margin
