@@ -2,10 +2,11 @@
 
 from .direction import alignment, direction_cosine, flat_parameters, layer_norms
 from .kkt import KKTCertificate, KKTResidual, kkt_certificate, kkt_residual, support_count
+from .svm import SVMSolution, hard_margin_svm
 from .margins import homogeneity_degree, margins, normalized_margin, parameter_norm, smoothed_margin
 
 __all__ = [
-    "KKTCertificate", "KKTResidual", "alignment", "direction_cosine", "flat_parameters", "homogeneity_degree",
+    "KKTCertificate", "KKTResidual", "SVMSolution", "hard_margin_svm", "alignment", "direction_cosine", "flat_parameters", "homogeneity_degree",
     "kkt_certificate", "kkt_residual", "layer_norms", "margins", "normalized_margin", "parameter_norm",
     "smoothed_margin", "support_count",
 ]

@@ -1,0 +1,113 @@
+"""``soudry-2018``: on separable data GD converges to the max-margin direction only like 1/log t; loss-normalized
+and accelerated methods get there at a power of t (Soudry et al. 2018; Ji & Telgarsky 2021; Ji, Srebro &
+Telgarsky 2021)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import load
+from ..metrics import direction_cosine, flat_parameters, hard_margin_svm
+from ..models import build
+from ..report import plot_series
+from ..train import MarginProbe, ProbeContext, fit
+from .analysis import log_log_slope
+from .registry import Experiment, Outcome, register
+
+METHODS = ("gd", "normalized-gd", "dual-accelerated")
+
+
+@dataclass(frozen=True)
+class SoudryConfig:
+    n: int = 200
+    dim: int = 10
+    margin: float = 0.1
+    support_pairs: int = 10
+    steps: int = 20_000
+    gd_step: float = 1.0  # GD's constant step on the summed loss, in units of 1/‖X‖₂² (its smoothness at w = 0)
+    log_points: int = 60
+    seed: int = 0
+    device: str = "cpu"
+
+
+def direction_probe(svm_direction: torch.Tensor) -> Callable[[ProbeContext], dict[str, float]]:
+    """Logs ``angle`` = ∠(w_t, w_svm) in radians."""
+
+    def probe(context: ProbeContext) -> dict[str, float]:
+        w = flat_parameters(context.model)
+        if not w.norm() > 0:
+            return {}
+        return {"angle": math.acos(min(1.0, direction_cosine(w, svm_direction)))}
+
+    return probe
+
+
+def run_soudry(config: SoudryConfig, folder: Path, progress: bool) -> Outcome:
+    data = load("linear-separable", n=config.n, dim=config.dim, margin=config.margin,
+                support_pairs=config.support_pairs, seed=config.seed)
+    svm = hard_margin_svm(data.X, data.y)
+    smooth_step = 1.0 / float(data.X.square().sum(dim=1).max())  # 1/max‖x‖²: the dual's smoothness allows it
+    numbers: dict[str, float | int | bool] = {"svm_margin": svm.margin, "planted_margin": config.margin}
+    gap_curves, angle_curves = {}, {}
+    last_decade = (config.steps / 10, config.steps)
+    for method in METHODS:
+        model = build("linear:bias=false,init_scale=0", data.input_shape, 2)  # w₀ = 0
+        gd_lr = config.gd_step * len(data) / float(torch.linalg.matrix_norm(data.X, ord=2)) ** 2  # × N: fit's mean
+        history = fit(model, data, loss="exponential", optimizer=method, steps=config.steps,
+                      lr=gd_lr if method == "gd" else smooth_step,
+                      probes=[MarginProbe(degree=1), direction_probe(torch.as_tensor(svm.weight))],
+                      log_points=config.log_points, device=config.device, seed=config.seed, progress=progress)
+        steps, margins = history.column("normalized_margin")
+        gaps = [1 - m / svm.margin for m in margins]
+        gap_curves[method] = _positive(steps, gaps)
+        angle_steps, angles = history.column("angle")
+        angle_curves[method] = _positive(angle_steps, angles)
+        numbers[f"{method}_final_gap"] = gaps[-1]
+        numbers[f"{method}_final_angle"] = angles[-1]
+        numbers[f"{method}_gap_exponent"] = log_log_slope(steps, gaps, *last_decade)
+        numbers[f"{method}_angle_exponent"] = log_log_slope(angle_steps, angles, *last_decade)
+        if method == "gd":
+            scaled = {s: a * math.log(s) for s, a in zip(angle_steps, angles) if s >= config.steps / 100}
+            numbers["gd_angle_times_log_t_spread"] = max(scaled.values()) / min(scaled.values())
+    logarithmic = -0.5 < numbers["gd_gap_exponent"] < 0
+    power = all(numbers[f"{m}_gap_exponent"] < -0.5 for m in METHODS[1:])
+    ordered = numbers["dual-accelerated_final_gap"] < numbers["normalized-gd_final_gap"] < numbers["gd_final_gap"]
+    plot_series(folder / "margin_gap.png", gap_curves, title="Gap to the SVM margin, 1 − γ(w_t)/γ*", ylabel="gap",
+                logy=True)
+    plot_series(folder / "angle.png", angle_curves, title="Angle between w_t and the SVM direction",
+                ylabel="radians", logy=True)
+    notes = (
+        "The SVM (no intercept) is solved independently (dual L-BFGS-B, then an exact solve on the support set); "
+        "all methods start at w = 0; GD's constant step is 1/‖X‖₂² on the summed loss (its smoothness at w = 0), "
+        "the others use 1/max‖x‖². The local exponent p of gap ∝ t^p is fitted over the last decade of steps. "
+        "Passes when GD's gap decays slower than any t^{-1/2} (−0.5 < p < 0; a 1/log t law has p = −1/log t, and "
+        "pre-asymptotic transients steepen it), normalized GD and dual acceleration decay like a power (p < −0.5), "
+        "and the final gaps are ordered dual-accelerated < normalized GD < GD. angle·log t for GD (spread over the "
+        "last two decades) shows how close GD's direction is to the c/log t regime of Soudry et al. (Thm 3)."
+    )
+    return Outcome(passed=bool(logarithmic and power and ordered), numbers=numbers,
+                   figures=["margin_gap.png", "angle.png"], notes=notes)
+
+
+def _positive(steps: list[int], values: list[float]) -> tuple[list[int], list[float]]:
+    pairs = [(s, v) for s, v in zip(steps, values) if s > 0 and v > 0]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+register(
+    Experiment(
+        name="soudry-2018",
+        claim="On separable data GD's gap to the SVM margin decays like 1/log t (slower than any power), "
+        "loss-normalized and dual-accelerated methods' like a power of t.",
+        quick=SoudryConfig(),
+        full=SoudryConfig(n=1000, dim=50, steps=200_000, log_points=100),
+        runner=run_soudry,
+        key_number="dual-accelerated_final_gap",
+        reference="Soudry et al. (2018), JMLR; Ji & Telgarsky (2021), ALT; Ji, Srebro & Telgarsky (2021), ICML.",
+    )
+)
