@@ -76,6 +76,12 @@ def homogeneity_degree(
     return degree
 
 
+def normalize_by_norm(value: float, norm: float, degree: float) -> float:
+    """value / norm^degree for value, norm > 0, formed in log space so that huge norms neither overflow nor
+    turn the ratio into 0/inf before it underflows for real."""
+    return math.exp(math.log(value) - degree * math.log(norm))
+
+
 def require_separated(q: torch.Tensor) -> float:
     q_min = float(q.min())
     if not q_min > 0:
@@ -103,7 +109,7 @@ def normalized_margin(
         raise InvalidArgumentError(f"p must be 1, 2 or inf, got {p!r}")
     q_min = require_separated(margins(model, X, y))
     degree = homogeneity_degree(model, X) if degree is None else degree
-    return q_min / parameter_norm(model, p) ** degree
+    return normalize_by_norm(q_min, parameter_norm(model, p), degree)
 
 
 def smoothed_margin(
@@ -131,7 +137,7 @@ def smoothed_margin(
     log_value = float(log_loss(outputs, y.to(outputs.device), loss, reduction="sum"))
     numerator = require_fit_loss(loss, log_value)
     degree = homogeneity_degree(model, X) if degree is None else degree
-    return numerator / parameter_norm(model, p) ** degree
+    return normalize_by_norm(numerator, parameter_norm(model, p), degree)
 
 
 def require_fit_loss(loss: str, log_value: float) -> float:

@@ -62,3 +62,27 @@ def plot_history(history: History, folder: str | Path, *, skip: Sequence[str] = 
         steps, values = history.column(name)
         paths.append(plot_series(Path(folder) / f"{name}.png", {name: (steps, values)}, title=name, ylabel=name))
     return paths
+
+
+def plot_bars(
+    path: str | Path, table: Mapping[str, Mapping[str, float]], *, title: str, ylabel: str = "", logy: bool = False
+) -> Path:
+    """Grouped bars: one group per outer key of ``table``, one bar per inner key (the same inner keys each)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    groups = list(table)
+    labels = list(next(iter(table.values())))
+    width = 0.8 / len(labels)
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    for index, label in enumerate(labels):
+        positions = [g + (index - (len(labels) - 1) / 2) * width for g in range(len(groups))]
+        axis.bar(positions, [table[group][label] for group in groups], width=width, label=label)
+    axis.set_xticks(range(len(groups)), groups)
+    if logy:
+        axis.set_yscale("log")
+    axis.set(title=title, ylabel=ylabel)
+    axis.grid(True, axis="y", alpha=0.3)
+    axis.legend()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

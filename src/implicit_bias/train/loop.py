@@ -292,6 +292,12 @@ def _loop(
             outputs = model(X)
             objective = log_loss(outputs, y, loss, reduction=reduction, validate=False)
             value = float(objective.detach())
+            if value == -math.inf and loss != "mse":
+                raise NumericalError(
+                    f"log ℒ became −inf at step {step}: the model's outputs overflowed float64 (‖θ‖ has grown "
+                    "without bound — loss-normalized steps grow with ‖θ‖ on networks of degree > 1); lower lr or "
+                    "the number of steps"
+                )
             if math.isnan(value) or value == math.inf:
                 raise NumericalError(
                     f"the training loss became {value} at step {step} (log ℒ = {value}); the learning rate "

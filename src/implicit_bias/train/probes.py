@@ -18,7 +18,13 @@ from ..errors import InvalidArgumentError, NotHomogeneousError, NotSeparatedErro
 from ..losses import MARGIN_LOSSES, output_margins
 from ..metrics.direction import alignment, direction_cosine, flat_parameters, layer_norms
 from ..metrics.kkt import kkt_residual, support_size
-from ..metrics.margins import homogeneity_degree, parameter_norm, require_fit_loss, require_separated
+from ..metrics.margins import (
+    homogeneity_degree,
+    normalize_by_norm,
+    parameter_norm,
+    require_fit_loss,
+    require_separated,
+)
 from ..validation import check_choice
 
 
@@ -93,10 +99,12 @@ class MarginProbe:
             return row
         try:
             q_min = require_separated(q)
-            row.update({f"normalized_margin{suffix}": q_min / norm**self.degree for suffix, norm in norms.items()})
+            row.update({f"normalized_margin{suffix}": normalize_by_norm(q_min, norm, self.degree)
+                        for suffix, norm in norms.items()})
             if context.loss in MARGIN_LOSSES:
                 numerator = require_fit_loss(context.loss, context.log_loss)
-                row.update({f"smoothed_margin{suffix}": numerator / norm**self.degree for suffix, norm in norms.items()})
+                row.update({f"smoothed_margin{suffix}": normalize_by_norm(numerator, norm, self.degree)
+                            for suffix, norm in norms.items()})
         except NotSeparatedError:
             pass
         return row
