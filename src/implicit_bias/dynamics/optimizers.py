@@ -10,7 +10,8 @@ name                  log ℒ  update
 ``sgd``                      ``torch.optim.SGD``: ``momentum``, ``nesterov``, ``dampening``, ``weight_decay``
 ``adam``              yes    Adam in a log-scale frame (:class:`LogAdam`): ``betas``, ``eps`` (0 allowed),
                              decoupled ``weight_decay``
-``normalized-gd``     yes    θ ← θ − η ∇ℒ/ℒ (Nacson et al. 2019; Ji & Telgarsky 2021)
+``normalized-gd``     yes    θ ← θ − η ∇ℒ/ℒ (Nacson et al. 2019; Ji & Telgarsky 2021); ``degree`` L: also
+                             ÷‖θ‖^{2(L−1)}, which follows gradient flow on L-homogeneous networks
 ``loss-based``        yes    η_t = α_t/ℒ with growth and rollback (Lyu & Li 2020)
 ``sign``              yes    ℓ∞ steepest descent θ ← θ − η ‖g‖₁ sign(g); ``normalize``: g = ∇ log ℒ
 ``coordinate``        yes    ℓ1 steepest (greedy coordinate) descent; ``normalize``: g = ∇ log ℒ
@@ -50,16 +51,20 @@ def _sgd(
     )
 
 
-def _normalized_gd(params: Iterable[torch.nn.Parameter], lr: float) -> SteepestDescent:
-    return SteepestDescent(params, lr, norm="l2", normalize=True)
+def _normalized_gd(params: Iterable[torch.nn.Parameter], lr: float, degree: float = 1.0) -> SteepestDescent:
+    return SteepestDescent(params, lr, norm="l2", normalize=True, degree=degree)
 
 
-def _sign(params: Iterable[torch.nn.Parameter], lr: float, normalize: bool = False) -> SteepestDescent:
-    return SteepestDescent(params, lr, norm="linf", normalize=normalize)
+def _sign(
+    params: Iterable[torch.nn.Parameter], lr: float, normalize: bool = False, degree: float = 1.0
+) -> SteepestDescent:
+    return SteepestDescent(params, lr, norm="linf", normalize=normalize, degree=degree)
 
 
-def _coordinate(params: Iterable[torch.nn.Parameter], lr: float, normalize: bool = False) -> SteepestDescent:
-    return SteepestDescent(params, lr, norm="l1", normalize=normalize)
+def _coordinate(
+    params: Iterable[torch.nn.Parameter], lr: float, normalize: bool = False, degree: float = 1.0
+) -> SteepestDescent:
+    return SteepestDescent(params, lr, norm="l1", normalize=normalize, degree=degree)
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {

@@ -9,6 +9,11 @@ Kempe 2024), so each maximizes its own flavour of normalized margin q_min/‖θ�
 With ``normalize=True`` the gradient is that of log ℒ, i.e. the learning rate is η/ℒ (Nacson et al. 2019;
 Ji & Telgarsky 2021): the same trajectory direction, reached in far fewer steps, and able to run with ℒ far
 below 1e−308. ``normalize=False`` uses the true gradient g = ℒ ∇ log ℒ.
+
+``degree`` L > 1 further divides the step by ‖θ‖₂^{2(L−1)}. On an L-homogeneous network the curvature of
+log ℒ grows like ‖θ‖^{2(L−1)}, so this keeps every step equally small relative to it: the iterates then follow
+the gradient flow (whose trajectory does not depend on how time is counted) deep into the terminal phase,
+where η/ℒ alone makes ‖θ‖ explode geometrically and the iterates leave the flow.
 """
 
 from __future__ import annotations
@@ -25,12 +30,21 @@ NORMS = {"l2": 2.0, "linf": math.inf, "l1": 1.0}
 
 
 class SteepestDescent(LogLossOptimizer):
-    """Steepest descent in the ``norm`` ("l2", "linf" or "l1") on ℒ, or on log ℒ when ``normalize``."""
+    """Steepest descent in the ``norm`` ("l2", "linf" or "l1") on ℒ, or on log ℒ when ``normalize``, with
+    steps divided by ‖θ‖₂^{2(degree−1)}."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, norm: str = "l2", normalize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float,
+        norm: str = "l2",
+        normalize: bool = False,
+        degree: float = 1.0,
+    ) -> None:
         check_choice("norm", norm, NORMS)
         check_scalar("lr", lr, (int, float), low=0.0, low_inclusive=False)
-        super().__init__(params, {"lr": float(lr), "norm": norm, "normalize": bool(normalize)})
+        check_scalar("degree", degree, (int, float), low=1.0)
+        super().__init__(params, {"lr": float(lr), "norm": norm, "normalize": bool(normalize), "degree": float(degree)})
         require_single_group(self)
 
     @torch.no_grad()
@@ -40,6 +54,8 @@ class SteepestDescent(LogLossOptimizer):
             return
         group = self.param_groups[0]
         scale = group["lr"] * (1.0 if group["normalize"] else math.exp(log_loss))
+        if group["degree"] != 1.0:
+            scale /= float(global_norm([p for _, p in pairs])) ** (2 * (group["degree"] - 1))
         if scale == 0.0:
             return
         grads = [p.grad for _, p in pairs]
