@@ -1,0 +1,114 @@
+"""``lyu-li-2020``: gradient descent maximizes the margin of homogeneous networks (Lyu & Li 2020).
+
+Bias-free MLP and CNN (homogeneous of degree 2 and 4) on scikit-learn's digits, exponential and cross-entropy
+losses. Each network is first fit with constant-lr GD (the warm-up), then continued from that same point for the
+same number of steps with constant-lr GD and with Lyu & Li's loss-based learning rate η_t = α_t/ℒ (with
+rollback).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data import load
+from ..models import build
+from ..report import plot_series
+from ..train import MarginProbe, fit, make_probe
+from .analysis import largest_relative_drop
+from .registry import Experiment, Outcome, register
+
+MODELS = {
+    "mlp": ("mlp:depth=2,width={width},bias=false", 2),
+    "cnn": ("cnn:padding=same,bias=false,channels=[{channels},{channels2}],hidden={width}", 4),
+}
+
+
+@dataclass(frozen=True)
+class LyuLiConfig:
+    per_class: int = 20
+    width: int = 64
+    cnn_channels: int = 8
+    mlp_losses: tuple[str, ...] = ("exponential", "cross-entropy")
+    cnn_losses: tuple[str, ...] = ("cross-entropy",)  # constant-lr GD on the exponential loss diverges on this CNN
+    warmup_steps: int = 1000
+    steps: int = 1500
+    gd_lr_exponential: float = 0.1  # on the mean loss; the exponential loss needs a small step early on
+    gd_lr_cross_entropy: float = 0.5
+    initial_alpha: float = 0.01
+    log_points: int = 25
+    tolerance: float = 1e-9  # largest relative decrease of γ̃ counted as "no decrease"
+    seed: int = 0
+    device: str = "cpu"
+
+
+def run_lyu_li(config: LyuLiConfig, folder: Path, progress: bool) -> Outcome:
+    data = load("digits", per_class=config.per_class, seed=config.seed)
+    numbers: dict[str, float | int | bool] = {}
+    monotone, larger, kkt_falls = True, True, []
+    figures = []
+    for model_name, (template, degree) in MODELS.items():
+        spec = template.format(width=config.width, channels=config.cnn_channels, channels2=2 * config.cnn_channels)
+        curves = {}
+        for loss in config.mlp_losses if model_name == "mlp" else config.cnn_losses:
+            gd_lr = config.gd_lr_exponential if loss == "exponential" else config.gd_lr_cross_entropy
+            warm = build(spec, data.input_shape, data.num_classes, seed=config.seed)
+            fit(warm, data, loss=loss, optimizer="gd", steps=config.warmup_steps, lr=gd_lr, log_points=5,
+                device=config.device, seed=config.seed, progress=progress)
+            final = {}
+            for schedule, lr in (("gd", gd_lr), ("loss-based", config.initial_alpha)):
+                tag = f"{model_name}/{loss}/{schedule}"
+                model = copy.deepcopy(warm)
+                history = fit(model, data, loss=loss, optimizer=schedule, steps=config.steps, lr=lr,
+                              probes=[MarginProbe(degree=degree), make_probe("kkt")], log_points=config.log_points,
+                              device=config.device, seed=config.seed, progress=progress)
+                fit_steps, smoothed = history.column("smoothed_margin")
+                margin_steps, margin = history.column("normalized_margin")
+                epsilon = history.column("kkt_epsilon")[1]
+                final[schedule] = margin[-1] if margin_steps and margin_steps[-1] == config.steps else math.nan
+                numbers[f"{tag} normalized_margin"] = final[schedule]
+                drop = largest_relative_drop(smoothed)
+                numbers[f"{tag} smoothed_margin_max_drop"] = drop
+                if schedule == "gd":  # the theorem's setting; the loss-based runs log points later rolled back
+                    monotone &= drop <= config.tolerance
+                if epsilon:
+                    numbers[f"{tag} kkt_epsilon_first"] = epsilon[0]
+                    numbers[f"{tag} kkt_epsilon_final"] = epsilon[-1]
+                    kkt_falls.append(epsilon[-1] < epsilon[0])
+                curves[f"{loss} {schedule}"] = (margin_steps, margin)
+            ratio = final["loss-based"] / final["gd"] if not math.isnan(final["gd"]) else math.inf
+            numbers[f"{model_name}/{loss} loss-based / gd margin"] = ratio
+            larger &= not math.isnan(final["loss-based"]) and ratio > 1
+        plot_series(folder / f"{model_name}_margins.png", curves, title=f"Bias-free {model_name.upper()} on digits",
+                    ylabel=f"q_min / ‖θ‖^{degree}", logy=True)
+        figures.append(f"{model_name}_margins.png")
+    ratios = [v for k, v in numbers.items() if k.endswith("margin") and "/ gd" in k and math.isfinite(v)]
+    numbers["smallest_margin_ratio"] = min(ratios) if ratios else math.inf
+    numbers["runs_whose_kkt_residual_fell"] = f"{sum(kkt_falls)} of {len(kkt_falls)}"
+    notes = (
+        "Passes when (i) every constant-lr GD run's smoothed margin, once all points are fit, never decreases between logged "
+        f"steps (relative tolerance {config.tolerance:g}); (ii) for each model and loss the loss-based schedule "
+        "ends with a larger normalized margin than constant-lr GD after the same number of steps (a GD run that "
+        "never fits has no margin and counts as smaller; Lyu & Li report ≈ 7× on MNIST after 10 000 epochs); "
+        "The KKT residual ε/‖θ̃‖ is reported for every run (first and last measurement after fitting) but is not "
+        "a pass criterion: over quick runs it stays near 1 and moves little; it needs the full setting. The CNN "
+        "runs use cross-entropy only: constant-lr GD on the exponential loss diverges on it from this "
+        "initialization (warm-up steps that avoid this are future work)."
+    )
+    return Outcome(passed=bool(monotone and larger), numbers=numbers, figures=figures, notes=notes)
+
+
+register(
+    Experiment(
+        name="lyu-li-2020",
+        claim="On homogeneous networks the smoothed margin never decreases after fitting; the loss-based "
+        "learning rate reaches a larger normalized margin than constant lr in the same steps; the KKT residual falls.",
+        quick=LyuLiConfig(),
+        full=LyuLiConfig(per_class=100, width=256, cnn_channels=16, warmup_steps=5000, steps=20_000, log_points=60),
+        runner=run_lyu_li,
+        key_number="smallest_margin_ratio",
+        reference="Lyu, K. & Li, J. (2020). Gradient descent maximizes the margin of homogeneous neural networks.",
+    )
+)
