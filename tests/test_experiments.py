@@ -1,0 +1,26 @@
+"""Every registered reproduction, run in its quick preset, must reproduce its claim (end-to-end)."""
+
+import json
+
+import pytest
+
+from implicit_bias.errors import InvalidArgumentError, UnknownNameError
+from implicit_bias.experiments import EXPERIMENTS, reproduce, resolve_config
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_quick_reproduction_passes_and_writes_its_report(tmp_path, name):
+    result = reproduce(name, tmp_path / name, quick=True, progress=False)
+    assert result["passed"], json.dumps(result["numbers"], indent=1, default=str)
+    assert EXPERIMENTS[name].key_number in result["numbers"]
+    for figure in result["figures"]:
+        assert (tmp_path / name / figure).stat().st_size > 1000
+    assert json.loads((tmp_path / name / "result.json").read_text())["name"] == name
+
+
+def test_overrides_are_checked():
+    assert resolve_config("soudry-2018", quick=True, overrides={"steps": 10}).steps == 10
+    with pytest.raises(UnknownNameError, match="'stepz'"):
+        resolve_config("soudry-2018", quick=True, overrides={"stepz": 10})
+    with pytest.raises(InvalidArgumentError, match="steps must be int"):
+        resolve_config("soudry-2018", quick=True, overrides={"steps": "ten"})
