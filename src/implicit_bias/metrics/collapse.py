@@ -1,0 +1,365 @@
+"""Neural collapse (Papyan, Han & Donoho 2020) in one streaming pass: an accumulator with update / merge / sync /
+state_dict and a report of NC1–NC4 and related metrics.
+
+State (all running totals, each with its merge rule — see :meth:`CollapseAccumulator.merge`)
+-----------------------------------------------------------------------------------------------
+counts n_c             int64 (K,)      sum
+shift s_c              (K, D)          a fixed reference point per class: its first batch's class mean
+shifted sum u_c        (K, D)          Σ_{i∈c} (h_i − s_c)
+shifted scatter T      (D, D)          Σ_i (h_i − s_{y_i})(h_i − s_{y_i})ᵀ
+shifted squares q_c    (K,)            Σ_{i∈c} ‖h_i − s_c‖²
+
+The class means are μ_c = s_c + u_c/n_c and the pooled within-class scatter is the shifted-data identity
+S_W = T − Σ_c n_c d_c d_cᵀ with d_c = u_c/n_c. Because s_c is close to μ_c, h − s_c is formed exactly
+(Sterbenz) and the correction is small, so the result keeps its precision at collapse, where the naive
+Σ hhᵀ − Σ n_c μ_c μ_cᵀ loses every digit. Each batch costs one D×D GEMM of inner size B (HᵀH-sized work) plus
+scatter-adds; merging two states re-centres one onto the other's shifts exactly (Chan et al.'s pairwise update
+in shifted form).
+
+Conventions (explicit, also recorded in the report)
+---------------------------------------------------
+Σ_W = S_W / N (N = all samples); Σ_B = (1/K) Σ_c (μ_c − μ_G)(μ_c − μ_G)ᵀ with μ_G the **unweighted** mean of the
+class means (``global_mean="unweighted"``, Papyan's balanced setting) or the sample mean (``"weighted"``).
+Metrics that use class means range over the classes that have samples; classes with none, or with a single
+sample (whose spread is 0 by necessity), are listed in the report.
+
+References
+----------
+Papyan, Han & Donoho (2020), PNAS, "Prevalence of neural collapse during the terminal phase of deep learning
+training" (NC1 = tr(Σ_W Σ_B^†)/K, Fig. 6; NC2 Figs. 2–3; NC3 Fig. 5; NC4 Fig. 7).
+Galanti, György & Hutter (2022), ICLR (CDNV). Zhu et al. (2021), NeurIPS (NC3 via WM̃).
+Chan, Golub & LeVeque (1983), "Algorithms for computing the sample variance".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import InvalidArgumentError
+from ..validation import check_choice, check_scalar
+
+STATE = ("counts", "shifts", "seen", "shifted_sums", "shifted_scatter", "shifted_squares", "ncc_mismatches", "ncc_total")
+
+
+@dataclass(frozen=True)
+class CollapseReport:
+    """Neural-collapse metrics of one layer (see :class:`CollapseAccumulator` for the conventions).
+
+    Attributes
+    ----------
+    nc1 : float
+        tr(Σ_W Σ_B^†)/K (Papyan et al. 2020), Σ_B^† through the SVD of M̃ with relative tolerance ``rcond``.
+    nc1_trace : float
+        tr Σ_W / tr Σ_B.
+    cdnv : float
+        mean over c ≠ c' of (σ²_c + σ²_c')/(2‖μ_c − μ_c'‖²), σ²_c = mean_{i∈c} ‖h_i − μ_c‖² (Galanti et al. 2022).
+    equinorm : float
+        std_c ‖μ_c − μ_G‖ / mean_c ‖μ_c − μ_G‖ (NC2); ``equinorm_w`` the same for the rows of W.
+    equiangularity : float
+        std over c ≠ c' of cos(μ_c − μ_G, μ_c' − μ_G) (NC2).
+    max_angle : float
+        mean over c ≠ c' of |cos + 1/(K−1)| (NC2).
+    etf_distance : float
+        ‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F, G = M̃ᵀM̃; ``etf_floor`` its smallest possible value, √(2 − 2√(D/(K−1)))
+        when K − 1 > D (no simplex ETF fits in D dimensions), else 0.
+    self_duality : float
+        ‖Wᵀ/‖W‖_F − M̃/‖M̃‖_F‖²_F (Papyan's NC3); ``self_duality_wh`` ‖WM̃/‖WM̃‖_F − (I − 11ᵀ/K)/√(K−1)‖_F (Zhu
+        et al.). None without a classifier.
+    ncc_mismatch : float
+        NC4: fraction of samples whose classifier decision argmax_c(⟨w_c, h⟩ + b_c) differs from the nearest
+        class mean; None until :meth:`CollapseAccumulator.ncc_update` has seen data.
+    """
+
+    num_samples: int
+    num_classes: int
+    dim: int
+    nc1: float
+    nc1_trace: float
+    cdnv: float
+    equinorm: float
+    equiangularity: float
+    max_angle: float
+    etf_distance: float
+    etf_floor: float
+    equinorm_w: float | None
+    self_duality: float | None
+    self_duality_wh: float | None
+    ncc_mismatch: float | None
+    class_counts: list[int]
+    class_mean_norms: list[float]
+    class_variances: list[float]
+    missing_classes: list[int]
+    singleton_classes: list[int]
+    conventions: dict[str, str] = field(default_factory=dict)
+
+
+class CollapseAccumulator:
+    """Streaming neural-collapse statistics of D-dimensional features over K classes.
+
+    >>> acc = CollapseAccumulator(num_classes=3, dim=2)
+    >>> acc.update(torch.tensor([[1.0, 0.0], [1.1, 0.0], [0.0, 1.0], [0.0, 1.2], [-1.0, -1.0], [-1.0, -0.9]]),
+    ...            torch.tensor([0, 0, 1, 1, 2, 2]))
+    >>> round(acc.compute().nc1_trace, 6)
+    0.003566
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        global_mean: str = "unweighted",
+        rcond: float = 1e-10,
+    ) -> None:
+        check_scalar("num_classes", num_classes, int, low=2)
+        check_scalar("dim", dim, int, low=1)
+        check_choice("global_mean", global_mean, ("unweighted", "weighted"))
+        if not dtype.is_floating_point:
+            raise InvalidArgumentError(f"dtype must be a floating dtype, got {dtype}")
+        self.num_classes, self.dim, self.dtype = num_classes, dim, dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.global_mean, self.rcond = global_mean, rcond
+        self.reset()
+
+    # ----------------------------------------------------------------- state
+    def reset(self) -> None:
+        """Forget everything seen so far."""
+        k, d, options = self.num_classes, self.dim, {"dtype": self.dtype, "device": self.device}
+        self.counts = torch.zeros(k, dtype=torch.int64, device=self.device)
+        self.seen = torch.zeros(k, dtype=torch.bool, device=self.device)
+        self.shifts = torch.zeros(k, d, **options)
+        self.shifted_sums = torch.zeros(k, d, **options)
+        self.shifted_scatter = torch.zeros(d, d, **options)
+        self.shifted_squares = torch.zeros(k, **options)
+        self.ncc_mismatches = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.ncc_total = torch.zeros((), dtype=torch.int64, device=self.device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every running total (tensors only: safe to save with safetensors)."""
+        return {name: getattr(self, name).clone() for name in STATE}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state from :meth:`state_dict` (e.g. to resume a half-finished pass)."""
+        missing = [name for name in STATE if name not in state]
+        if missing:
+            raise InvalidArgumentError(f"collapse state lacks {missing}")
+        for name in STATE:
+            current = getattr(self, name)
+            value = state[name]
+            if value.shape != current.shape:
+                raise InvalidArgumentError(
+                    f"collapse state {name!r} has shape {tuple(value.shape)}, expected {tuple(current.shape)}"
+                )
+            setattr(self, name, value.to(device=current.device, dtype=current.dtype).clone())
+
+    # ---------------------------------------------------------------- update
+    def _check(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[1] != self.dim:
+            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+            raise InvalidArgumentError(f"features must have shape (B, {self.dim}), got {shape}; flatten or pool first")
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or len(labels) != len(features):
+            raise InvalidArgumentError(
+                f"labels must be a vector of {len(features)} class indices, got "
+                f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}"
+            )
+        labels = labels.to(device=self.device, dtype=torch.int64)
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise InvalidArgumentError(
+                f"labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}..{int(labels.max())}"
+            )
+        return features.to(device=self.device, dtype=self.dtype), labels
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of features (B, D) with their labels (B,)."""
+        features, labels = self._check(features, labels)
+        if not len(labels):
+            return
+        batch_counts = torch.bincount(labels, minlength=self.num_classes)
+        new = (batch_counts > 0) & ~self.seen
+        if bool(new.any()):  # first sight of a class: its shift is this batch's class mean
+            sums = torch.zeros_like(self.shifts).index_add_(0, labels, features)
+            self.shifts[new] = sums[new] / batch_counts[new, None].to(self.dtype)
+            self.seen |= new
+        centred = features - self.shifts[labels]  # exact where h ≈ s (Sterbenz)
+        self.shifted_sums.index_add_(0, labels, centred)
+        self.shifted_squares.index_add_(0, labels, centred.square().sum(dim=1))
+        self.shifted_scatter.addmm_(centred.T, centred)
+        self.counts += batch_counts
+
+    @torch.no_grad()
+    def ncc_update(self, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> None:
+        """NC4's pass: count samples whose classifier decision differs from the nearest class mean.
+
+        Needs the final class means, so it runs after the :meth:`update` pass (a second, cheap pass).
+        """
+        features, labels = self._check(features, labels)
+        weight, bias = self._classifier(weight, bias)
+        means = self._means()
+        decisions = features @ weight.T + (bias if bias is not None else 0.0)
+        present = self.counts > 0
+        distances = torch.cdist(features, means)
+        distances[:, ~present] = math.inf
+        self.ncc_mismatches += int((decisions.argmax(dim=1) != distances.argmin(dim=1)).sum())
+        self.ncc_total += len(labels)
+
+    # ----------------------------------------------------------------- merge
+    @torch.no_grad()
+    def _reshift(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(u, T, q) of this state expressed around the shifts ``target`` instead of its own (exact algebra):
+        with δ_c = s_c − t_c, u' = u + n δ, q' = q + 2⟨u, δ⟩ + n‖δ‖², T' = T + Σ_c (u_c δ_cᵀ + δ_c u_cᵀ + n_c δ_c δ_cᵀ)."""
+        delta = torch.where(self.seen[:, None], self.shifts - target, torch.zeros_like(target))
+        n = self.counts.to(self.dtype)
+        cross = self.shifted_sums.T @ delta
+        scatter = self.shifted_scatter + cross + cross.T + (delta * n[:, None]).T @ delta
+        sums = self.shifted_sums + n[:, None] * delta
+        squares = self.shifted_squares + 2 * (self.shifted_sums * delta).sum(dim=1) + n * delta.square().sum(dim=1)
+        return sums, scatter, squares
+
+    @torch.no_grad()
+    def merge(self, other: CollapseAccumulator) -> None:
+        """Fold another accumulator (a shard of the same data) into this one; the result equals one pass over both."""
+        if (other.num_classes, other.dim) != (self.num_classes, self.dim):
+            raise InvalidArgumentError(
+                f"cannot merge a ({other.num_classes} classes, dim {other.dim}) accumulator into a "
+                f"({self.num_classes} classes, dim {self.dim}) one"
+            )
+        other_view = _as(other, self.dtype, self.device)
+        adopt = other_view.seen & ~self.seen
+        self.shifts[adopt] = other_view.shifts[adopt]
+        self.seen |= other_view.seen
+        sums, scatter, squares = other_view._reshift(self.shifts)
+        self.shifted_sums += sums
+        self.shifted_scatter += scatter
+        self.shifted_squares += squares
+        self.counts += other_view.counts
+        self.ncc_mismatches += other_view.ncc_mismatches
+        self.ncc_total += other_view.ncc_total
+
+    @torch.no_grad()
+    def sync(self, group: object | None = None) -> None:
+        """All-reduce the state across a ``torch.distributed`` process group (gloo on CPU works).
+
+        Every rank re-centres its state on common shifts (the global class means, from an all-reduce of counts
+        and sums), then the running totals are summed: afterwards every rank holds the state of one pass over
+        all ranks' data.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise InvalidArgumentError("sync() needs torch.distributed to be initialized (init_process_group)")
+        n = self.counts.to(self.dtype)
+        totals = torch.cat([n[:, None], self.shifts * n[:, None] + self.shifted_sums], dim=1)
+        dist.all_reduce(totals, group=group)
+        global_counts = totals[:, 0]
+        common = torch.where(global_counts[:, None] > 0, totals[:, 1:] / global_counts.clamp(min=1)[:, None],
+                             torch.zeros_like(self.shifts))
+        sums, scatter, squares = self._reshift(common)
+        for tensor in (sums, scatter, squares, self.counts, self.ncc_mismatches, self.ncc_total):
+            dist.all_reduce(tensor, group=group)
+        self.shifts, self.shifted_sums, self.shifted_scatter, self.shifted_squares = common, sums, scatter, squares
+        self.seen = self.counts > 0
+
+    # --------------------------------------------------------------- compute
+    def _means(self) -> torch.Tensor:
+        n = self.counts.clamp(min=1).to(self.dtype)
+        return self.shifts + self.shifted_sums / n[:, None]
+
+    def _classifier(self, weight: torch.Tensor | None, bias: torch.Tensor | None):  # noqa: ANN202
+        if weight is None:
+            return None, None
+        weight = weight.detach().to(device=self.device, dtype=self.dtype)
+        if weight.shape != (self.num_classes, self.dim):
+            raise InvalidArgumentError(
+                f"weight must have shape ({self.num_classes}, {self.dim}) (one row per class), got {tuple(weight.shape)}"
+            )
+        if bias is not None:
+            bias = bias.detach().to(device=self.device, dtype=self.dtype)
+            if bias.shape != (self.num_classes,):
+                raise InvalidArgumentError(f"bias must have shape ({self.num_classes},), got {tuple(bias.shape)}")
+        return weight, bias
+
+    @torch.no_grad()
+    def compute(self, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> CollapseReport:
+        """The :class:`CollapseReport` of everything seen (``weight``/``bias``: the classifier after this layer)."""
+        weight, bias = self._classifier(weight, bias)
+        present = self.counts > 0
+        k = int(present.sum())
+        if k < 2:
+            raise InvalidArgumentError(
+                f"neural collapse needs samples of at least two classes; got samples of {k} (counts "
+                f"{self.counts.tolist()[:20]}{'…' if self.num_classes > 20 else ''})"
+            )
+        f64 = torch.float64
+        counts = self.counts[present].to(f64)
+        total = float(counts.sum())
+        sums = self.shifted_sums[present].to(f64)
+        offsets = sums / counts[:, None]
+        means = self.shifts[present].to(f64) + offsets
+        scatter = self.shifted_scatter.to(f64) - (offsets * counts[:, None]).T @ offsets
+        variances = (self.shifted_squares[present].to(f64) - counts * offsets.square().sum(dim=1)) / counts
+        variances = variances.clamp(min=0)
+        sigma_w = scatter / total
+        centre = means.mean(dim=0) if self.global_mean == "unweighted" else (counts[:, None] * means).sum(0) / total
+        centred = means - centre  # (k, D): rows μ_c − μ_G; M̃ = centredᵀ
+        sigma_b_trace = float(centred.square().sum()) / k
+
+        u, s, _ = torch.linalg.svd(centred.T, full_matrices=False)  # M̃ = U S Vᵀ
+        keep = s > self.rcond * s.max() if s.numel() and float(s.max()) > 0 else torch.zeros_like(s, dtype=torch.bool)
+        u, s = u[:, keep], s[keep]
+        # tr(Σ_W Σ_B^†)/K with Σ_B = U S² Uᵀ / K, so Σ_B^† = K U S^{-2} Uᵀ
+        nc1 = float(((u.T @ sigma_w) * u.T).sum(dim=1).div(s.square()).sum()) if len(s) else math.inf
+
+        norms = centred.norm(dim=1)
+        unit = centred / norms.clamp(min=1e-300)[:, None]
+        cosines = unit @ unit.T
+        off = ~torch.eye(k, dtype=torch.bool)
+        gram = centred @ centred.T
+        etf = (torch.eye(k, dtype=f64) - torch.full((k, k), 1.0 / k, dtype=f64)) / math.sqrt(k - 1)
+        distances = torch.cdist(means, means).square()
+        pair_variance = (variances[:, None] + variances[None, :]) / 2
+
+        report = {
+            "nc1": nc1,
+            "nc1_trace": float(sigma_w.trace()) / sigma_b_trace if sigma_b_trace > 0 else math.inf,
+            "cdnv": float((pair_variance[off] / distances[off]).mean()),
+            "equinorm": float(norms.std() / norms.mean()),
+            "equiangularity": float(cosines[off].std()),
+            "max_angle": float((cosines[off] + 1.0 / (k - 1)).abs().mean()),
+            "etf_distance": float((gram / gram.norm() - etf).norm()),
+            "etf_floor": math.sqrt(max(0.0, 2 - 2 * math.sqrt(self.dim / (k - 1)))) if k - 1 > self.dim else 0.0,
+        }
+        equinorm_w = self_duality = self_duality_wh = None
+        if weight is not None:
+            rows = weight[present].to(f64)
+            row_norms = rows.norm(dim=1)
+            equinorm_w = float(row_norms.std() / row_norms.mean())
+            self_duality = float((rows / rows.norm() - centred / centred.norm()).square().sum())
+            product = rows @ centred.T  # (W M̃) restricted to present classes
+            self_duality_wh = float((product / product.norm() - etf).norm())
+        ncc = float(self.ncc_mismatches) / float(self.ncc_total) if int(self.ncc_total) > 0 else None
+        return CollapseReport(
+            num_samples=int(total), num_classes=k, dim=self.dim, **report, equinorm_w=equinorm_w,
+            self_duality=self_duality, self_duality_wh=self_duality_wh, ncc_mismatch=ncc,
+            class_counts=self.counts.tolist(), class_mean_norms=norms.tolist(), class_variances=variances.tolist(),
+            missing_classes=torch.nonzero(~present).flatten().tolist(),
+            singleton_classes=torch.nonzero(self.counts == 1).flatten().tolist(),
+            conventions={"global_mean": self.global_mean, "sigma_w": "S_W / N", "sigma_b": "Σ (μ_c−μ_G)(μ_c−μ_G)ᵀ / K",
+                         "pseudo_inverse": f"SVD of M̃, singular values > {self.rcond:g}·max"},
+        )
+
+
+def _as(accumulator: CollapseAccumulator, dtype: torch.dtype, device: torch.device) -> CollapseAccumulator:
+    """``accumulator`` itself, or a copy of its state in another dtype/device."""
+    if accumulator.dtype == dtype and accumulator.device == device:
+        return accumulator
+    copy = CollapseAccumulator(accumulator.num_classes, accumulator.dim, dtype=dtype, device=device,
+                               global_mean=accumulator.global_mean, rcond=accumulator.rcond)
+    copy.load_state_dict(accumulator.state_dict())
+    return copy

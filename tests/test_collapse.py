@@ -1,0 +1,193 @@
+"""The collapse accumulator against a plain float64 full-matrix reference, planted geometries, streaming,
+merging, resuming and a two-process gloo sync."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from implicit_bias.errors import InvalidArgumentError
+from implicit_bias.metrics.collapse import CollapseAccumulator
+
+
+def reference(H, y, K, W=None, b=None):
+    """Textbook formulas on the whole feature matrix in float64 (numpy), no streaming."""
+    H, y = np.asarray(H, dtype=np.float64), np.asarray(y)
+    N, D = H.shape
+    means = np.stack([H[y == c].mean(axis=0) for c in range(K)])
+    mu_g = means.mean(axis=0)
+    M = (means - mu_g).T  # D×K
+    within = H - means[y]
+    sigma_w = within.T @ within / N
+    sigma_b = M @ M.T / K
+    nc1 = np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-10, hermitian=True)) / K
+    variances = np.array([np.mean(np.sum((H[y == c] - means[c]) ** 2, axis=1)) for c in range(K)])
+    cdnv = np.mean([(variances[i] + variances[j]) / (2 * np.sum((means[i] - means[j]) ** 2))
+                    for i in range(K) for j in range(K) if i != j])
+    norms = np.linalg.norm(M, axis=0)
+    cos = (M / norms).T @ (M / norms)
+    off = ~np.eye(K, dtype=bool)
+    G = M.T @ M
+    etf = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+    out = {
+        "nc1": nc1, "nc1_trace": np.trace(sigma_w) / np.trace(sigma_b), "cdnv": cdnv,
+        "equinorm": norms.std(ddof=1) / norms.mean(), "equiangularity": cos[off].std(ddof=1),
+        "max_angle": np.abs(cos[off] + 1 / (K - 1)).mean(), "etf_distance": np.linalg.norm(G / np.linalg.norm(G) - etf),
+    }
+    if W is not None:
+        W = np.asarray(W, dtype=np.float64)
+        out["equinorm_w"] = np.linalg.norm(W, axis=1).std(ddof=1) / np.linalg.norm(W, axis=1).mean()
+        out["self_duality"] = np.sum((W.T / np.linalg.norm(W) - M / np.linalg.norm(M)) ** 2)
+        WM = W @ M
+        out["self_duality_wh"] = np.linalg.norm(WM / np.linalg.norm(WM) - etf)
+        logits = H @ W.T + (np.asarray(b) if b is not None else 0)
+        nearest = np.argmin(((H[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+        out["ncc_mismatch"] = np.mean(logits.argmax(1) != nearest)
+    return out
+
+
+def gaussian_features(K=5, D=8, per_class=40, spread=1.0, scale=3.0, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    means = scale * torch.randn(K, D, generator=g, dtype=torch.float64)
+    y = torch.arange(K).repeat_interleave(per_class)
+    y = y[torch.randperm(len(y), generator=g)]
+    H = means[y] + spread * torch.randn(len(y), D, generator=g, dtype=torch.float64)
+    return H.to(dtype), y
+
+
+def full_report(H, y, K, W=None, b=None, batch=7, **options):
+    acc = CollapseAccumulator(K, H.shape[1], **options)
+    for chunk, labels in zip(H.split(batch), y.split(batch)):
+        acc.update(chunk, labels)
+    if W is not None:
+        for chunk, labels in zip(H.split(batch), y.split(batch)):
+            acc.ncc_update(chunk, labels, W, b)
+    return acc, acc.compute(W, b)
+
+
+@pytest.mark.parametrize("K,D", [(5, 8), (3, 2), (12, 4)])  # the last has K > D
+def test_matches_the_full_matrix_reference(K, D):
+    H, y = gaussian_features(K=K, D=D, seed=K)
+    g = torch.Generator().manual_seed(1)
+    W, b = torch.randn(K, D, generator=g, dtype=torch.float64), torch.randn(K, generator=g, dtype=torch.float64)
+    _, report = full_report(H, y, K, W, b)
+    expected = reference(H.numpy(), y.numpy(), K, W.numpy(), b.numpy())
+    for key, value in expected.items():
+        assert getattr(report, key) == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def test_planted_simplex_etf_is_perfectly_collapsed():
+    K, D, per_class = 4, 6, 5
+    etf = math.sqrt(K / (K - 1)) * (torch.eye(K) - 1.0 / K)  # K unit vectors with cos = −1/(K−1)
+    means = torch.zeros(K, D, dtype=torch.float64)
+    means[:, :K] = etf.double()
+    y = torch.arange(K).repeat(per_class)
+    H = 5.0 * means[y]
+    W = means.clone()  # self-dual classifier, W = M̃ᵀ up to scale
+    _, report = full_report(H, y, K, W, None)
+    assert report.nc1 == pytest.approx(0, abs=1e-20) and report.nc1_trace == pytest.approx(0, abs=1e-20)
+    assert report.etf_distance == pytest.approx(0, abs=1e-12) and report.etf_floor == 0
+    assert report.self_duality == pytest.approx(0, abs=1e-20) and report.self_duality_wh == pytest.approx(0, abs=1e-12)
+    assert report.equinorm == pytest.approx(0, abs=1e-12) and report.max_angle == pytest.approx(0, abs=1e-12)
+    assert report.ncc_mismatch == 0
+
+
+def test_analytic_gaussian_nc1():
+    # Two classes at ±m e₁ in D dims, isotropic spread σ²: Σ_B = m² e₁e₁ᵀ, Σ_W → σ²I, so NC1 → σ²/(2m²)
+    # and the trace ratio → Dσ²/m². Large N, so sampling error is ~1%.
+    D, m, sigma, n = 3, 2.0, 0.5, 40_000
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(2).repeat_interleave(n)
+    means = torch.zeros(2, D, dtype=torch.float64)
+    means[0, 0], means[1, 0] = m, -m
+    H = means[y] + sigma * torch.randn(2 * n, D, generator=g, dtype=torch.float64)
+    _, report = full_report(H, y, 2, batch=4096)
+    assert report.nc1 == pytest.approx(sigma**2 / (2 * m**2), rel=0.03)
+    assert report.nc1_trace == pytest.approx(D * sigma**2 / m**2, rel=0.03)
+
+
+def test_float32_stays_accurate_under_collapse():
+    # means ≈ 50 and spread 1e−3: the naive Σhhᵀ − Σ n μμᵀ loses every digit in float32
+    H64, y = gaussian_features(K=6, D=10, per_class=200, spread=1e-3, scale=50.0, seed=3)
+    H32 = H64.float()
+    expected = reference(H32.double().numpy(), y.numpy(), 6)
+    _, report = full_report(H32, y, 6, batch=64, dtype=torch.float32)
+    for key in ("nc1", "nc1_trace", "cdnv"):
+        assert getattr(report, key) == pytest.approx(expected[key], rel=1e-3), key
+
+
+def test_etf_floor_when_there_are_more_classes_than_dimensions():
+    H, y = gaussian_features(K=10, D=3, per_class=20, spread=0.01, seed=2)
+    _, report = full_report(H, y, 10)
+    assert report.etf_floor == pytest.approx(math.sqrt(2 - 2 * math.sqrt(3 / 9)))
+    assert report.etf_distance >= report.etf_floor - 1e-12
+
+
+def test_batch_order_and_size_do_not_matter():
+    H, y = gaussian_features(seed=4)
+    _, one = full_report(H, y, 5, batch=len(y))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(9))
+    _, shuffled = full_report(H[order], y[order], 5, batch=3)
+    for key in ("nc1", "nc1_trace", "cdnv", "equinorm", "etf_distance"):
+        assert getattr(shuffled, key) == pytest.approx(getattr(one, key), rel=1e-11), key
+
+
+def test_merged_shards_equal_one_pass_and_state_dict_resumes():
+    H, y = gaussian_features(seed=5)
+    whole, expected = full_report(H, y, 5)
+    first, second = CollapseAccumulator(5, 8), CollapseAccumulator(5, 8)
+    first.update(H[:70], y[:70])
+    second.update(H[70:], y[70:])
+    first.merge(second)
+    resumed = CollapseAccumulator(5, 8)
+    resumed.load_state_dict(first.state_dict())
+    for key in ("nc1", "nc1_trace", "cdnv", "equiangularity"):
+        assert getattr(resumed.compute(), key) == pytest.approx(getattr(expected, key), rel=1e-11), key
+
+
+def test_missing_and_singleton_classes_are_reported():
+    H, y = gaussian_features(K=4, D=3, per_class=5, seed=6)
+    keep = (y != 3)
+    keep[torch.nonzero(y == 2).flatten()[1:]] = False  # class 2 keeps one sample, class 3 none
+    acc = CollapseAccumulator(4, 3)
+    acc.update(H[keep], y[keep])
+    report = acc.compute()
+    assert report.missing_classes == [3] and report.singleton_classes == [2] and report.num_classes == 3
+
+
+def test_bad_inputs_are_refused():
+    acc = CollapseAccumulator(3, 4)
+    with pytest.raises(InvalidArgumentError, match=r"shape \(B, 4\)"):
+        acc.update(torch.zeros(5, 3), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(InvalidArgumentError, match="labels must lie in 0..2"):
+        acc.update(torch.zeros(2, 4), torch.tensor([0, 3]))
+    with pytest.raises(InvalidArgumentError, match="at least two classes"):
+        acc.update(torch.zeros(2, 4), torch.tensor([1, 1]))
+        acc.compute()
+
+
+def _sync_worker(rank, world, path, H, y):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
+    acc = CollapseAccumulator(5, 8)
+    acc.update(H[rank::world], y[rank::world])
+    acc.sync()
+    torch.save(acc.state_dict(), f"{path}.{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_sync_equals_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    H, y = gaussian_features(seed=7)
+    path = str(tmp_path / "rendezvous")
+    mp.spawn(_sync_worker, args=(2, path, H, y), nprocs=2, join=True)
+    _, expected = full_report(H, y, 5)
+    for rank in range(2):
+        acc = CollapseAccumulator(5, 8)
+        acc.load_state_dict(torch.load(f"{path}.{rank}.pt", weights_only=True))
+        for key in ("nc1", "nc1_trace", "cdnv", "equinorm", "etf_distance"):
+            assert getattr(acc.compute(), key) == pytest.approx(getattr(expected, key), rel=1e-11), key
