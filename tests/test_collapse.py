@@ -191,3 +191,51 @@ def test_two_process_gloo_sync_equals_one_process(tmp_path):
         acc.load_state_dict(torch.load(f"{path}.{rank}.pt", weights_only=True))
         for key in ("nc1", "nc1_trace", "cdnv", "equinorm", "etf_distance"):
             assert getattr(acc.compute(), key) == pytest.approx(getattr(expected, key), rel=1e-11), key
+
+
+class Scale(torch.nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return self.factor * x
+
+
+def test_collapse_by_layer_matches_the_accumulator_on_the_raw_features():
+    from collections import OrderedDict
+
+    from implicit_bias.metrics import collapse_by_layer
+
+    H, y = gaussian_features(K=4, D=6, per_class=30, seed=8)
+    head = torch.nn.Linear(6, 4).double()
+    model = torch.nn.Sequential(OrderedDict(first=Scale(1.0), second=Scale(3.0), head=head))
+    result = collapse_by_layer(model, (H, y), layers=["first", "second"], num_classes=4, batch_size=17)
+    _, direct = full_report(H, y, 4)
+    assert result["first"].train.nc1 == pytest.approx(direct.nc1, rel=1e-11)
+    assert result["second"].train.nc1 == pytest.approx(direct.nc1, rel=1e-11)  # NC1 is scale-invariant
+    assert result["second"].train.self_duality is not None and result["first"].train.self_duality is None
+    nearest = torch.cdist(H, torch.stack([H[y == c].mean(0) for c in range(4)])).argmin(1)
+    assert result["first"].ncc_train_accuracy == pytest.approx(float((nearest == y).double().mean()))
+    again = collapse_by_layer(model, (H, y), layers=["first"], num_classes=4, batch_size=1000)
+    assert again["first"].train.nc1 == pytest.approx(result["first"].train.nc1, rel=1e-12)
+
+
+def test_conv_maps_are_average_pooled_by_default():
+    from collections import OrderedDict
+
+    from implicit_bias.metrics import collapse_by_layer
+
+    g = torch.Generator().manual_seed(0)
+    maps = torch.randn(40, 3, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.arange(4).repeat(10)
+    maps += 2 * y[:, None, None, None]
+    model = torch.nn.Sequential(OrderedDict(conv=Scale(1.0), flat=torch.nn.Flatten(), head=torch.nn.Linear(48, 4).double()))
+    result = collapse_by_layer(model, (maps, y), layers=["conv"], num_classes=4)
+    _, pooled = full_report(maps.mean(dim=(2, 3)), y, 4)
+    assert result["conv"].train.nc1 == pytest.approx(pooled.nc1, rel=1e-11)
+    flattened = collapse_by_layer(model, (maps, y), layers=["conv"], num_classes=4, reduction="flatten")
+    assert flattened["conv"].train.dim == 48
+    projected = collapse_by_layer(model, (maps, y), layers=["conv"], num_classes=4, reduction="projection",
+                                  projection_dim=16)
+    assert projected["conv"].train.dim == 16

@@ -201,13 +201,17 @@ class CollapseAccumulator:
         """
         features, labels = self._check(features, labels)
         weight, bias = self._classifier(weight, bias)
-        means = self._means()
         decisions = features @ weight.T + (bias if bias is not None else 0.0)
-        present = self.counts > 0
-        distances = torch.cdist(features, means)
-        distances[:, ~present] = math.inf
-        self.ncc_mismatches += int((decisions.argmax(dim=1) != distances.argmin(dim=1)).sum())
+        self.ncc_mismatches += int((decisions.argmax(dim=1) != self.nearest_class_mean(features)).sum())
         self.ncc_total += len(labels)
+
+    @torch.no_grad()
+    def nearest_class_mean(self, features: torch.Tensor) -> torch.Tensor:
+        """argmin_c ‖h − μ_c‖ over the classes seen so far: the nearest-class-centre (NCC) classifier."""
+        features = features.to(device=self.device, dtype=self.dtype)
+        distances = torch.cdist(features, self._means())
+        distances[:, self.counts == 0] = math.inf
+        return distances.argmin(dim=1)
 
     # ----------------------------------------------------------------- merge
     @torch.no_grad()

@@ -1,0 +1,163 @@
+"""Neural collapse and nearest-class-centre accuracy at every layer, streamed over a dataset with forward hooks
+(Papyan et al. 2020 at the last layer; Rangamani et al. 2023 and Súkeník et al. 2023 layer-wise)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..data import Dataset
+from ..errors import InvalidArgumentError
+from ..models.features import capture_features, feature_names
+from ..models.inference import evaluation, model_device, model_dtype
+from ..validation import check_choice, check_scalar
+from .collapse import CollapseAccumulator, CollapseReport
+
+REDUCTIONS = ("avgpool", "flatten", "projection")
+
+
+@dataclass(frozen=True)
+class LayerCollapse:
+    """One layer's collapse report on the training split, its NCC accuracies (class means from the training
+    split), and the test split's report where there is one."""
+
+    train: CollapseReport
+    ncc_train_accuracy: float
+    test: CollapseReport | None
+    ncc_test_accuracy: float | None
+
+
+class FeatureReducer:
+    """Turns a layer's output into (B, D) features: conv maps (B, C, *spatial) are globally average-pooled
+    (``"avgpool"``, the default), flattened (``"flatten"``), or flattened and randomly projected to
+    ``projection_dim`` dimensions with a fixed Gaussian matrix scaled by 1/√p (``"projection"``, seeded per
+    layer so that every batch and split sees the same projection)."""
+
+    def __init__(self, reduction: str = "avgpool", projection_dim: int = 256, seed: int = 0) -> None:
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_scalar("projection_dim", projection_dim, int, low=1)
+        self.reduction, self.projection_dim, self.seed = reduction, projection_dim, seed
+        self.projections: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, output: torch.Tensor) -> torch.Tensor:
+        if output.ndim == 2:
+            return output
+        if output.ndim < 2:
+            return output.reshape(len(output), -1)
+        if self.reduction == "avgpool":
+            return output.mean(dim=tuple(range(2, output.ndim)))
+        flat = output.reshape(len(output), -1)
+        if self.reduction == "flatten":
+            return flat
+        if name not in self.projections:
+            generator = torch.Generator().manual_seed(self.seed + sum(map(ord, name)))
+            matrix = torch.randn(flat.shape[1], self.projection_dim, generator=generator, dtype=torch.float64)
+            self.projections[name] = (matrix / math.sqrt(self.projection_dim)).to(flat.device, flat.dtype)
+        return flat @ self.projections[name]
+
+
+def classifier_of(model: nn.Module) -> tuple[str | None, nn.Linear | None]:
+    """The last ``nn.Linear`` of the model and the name of the module whose output it reads (its feature
+    layer), when the model's top-level children end in it."""
+    children = list(model.named_children())
+    if not children or not isinstance(children[-1][1], nn.Linear):
+        return None, None
+    head = children[-1][1]
+    before = [name for name, _ in children[:-1]]
+    return (before[-1] if before else None), head
+
+
+def _batches(data: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable, batch_size: int) -> Iterable:
+    if isinstance(data, Dataset):
+        return list(zip(data.X.split(batch_size), data.y.split(batch_size)))
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return list(zip(data[0].split(batch_size), data[1].split(batch_size)))
+    return data  # an iterable of (X, y) batches, e.g. a DataLoader: it must be re-iterable (two passes)
+
+
+@torch.no_grad()
+def collapse_by_layer(
+    model: nn.Module,
+    data: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable,
+    layers: Sequence[str] | None = None,
+    *,
+    test: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 1024,
+    reduction: str = "avgpool",
+    projection_dim: int = 256,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, LayerCollapse]:
+    """Neural-collapse reports and NCC accuracies of ``layers`` (default: the model's feature layers).
+
+    Two streaming passes over the training data (statistics, then NCC decisions against the final class
+    means), and two over ``test`` (default: ``data.test`` for a :class:`Dataset`). The classifier after the
+    penultimate layer (the model's last ``nn.Linear``) enters that layer's report (NC3, NC4). ``data`` may be
+    a Dataset, an (X, y) pair, or a re-iterable of (X, y) batches such as a ``DataLoader``.
+    """
+    check_scalar("batch_size", batch_size, int, low=1)
+    layers = tuple(feature_names(model) if layers is None else layers)
+    if not layers:
+        raise InvalidArgumentError("the model has no feature layers to measure; pass layers=[...] by module name")
+    if test is None and isinstance(data, Dataset):
+        test = data.test
+    if num_classes is None:
+        if not isinstance(data, Dataset):
+            raise InvalidArgumentError("pass num_classes= when data is not a Dataset")
+        num_classes = data.num_classes
+    reducer = FeatureReducer(reduction, projection_dim, seed)
+    penultimate, head = classifier_of(model)
+    classifier = (head.weight, head.bias) if head is not None and head.out_features == num_classes else (None, None)
+    device, model_type = model_device(model), model_dtype(model)
+
+    def features_of(X: torch.Tensor) -> dict[str, torch.Tensor]:
+        _, captured = capture_features(model, X.to(device=device, dtype=model_type), layers)
+        return {name: reducer(name, output) for name, output in captured.items()}
+
+    def statistics(split: Iterable) -> dict[str, CollapseAccumulator]:
+        accumulators: dict[str, CollapseAccumulator] = {}
+        for X, y in split:
+            for name, features in features_of(X).items():
+                if name not in accumulators:
+                    accumulators[name] = CollapseAccumulator(num_classes, features.shape[1], dtype=dtype, device=device)
+                accumulators[name].update(features, y)
+        return accumulators
+
+    def ncc_accuracy(split: Iterable, means_from: dict[str, CollapseAccumulator],
+                     nc4: dict[str, CollapseAccumulator] | None) -> dict[str, float]:
+        correct = dict.fromkeys(layers, 0)
+        total = 0
+        for X, y in split:
+            y = y.to(device)
+            for name, features in features_of(X).items():
+                correct[name] += int((means_from[name].nearest_class_mean(features) == y).sum())
+                if nc4 is not None and name == penultimate and classifier[0] is not None:
+                    nc4[name].ncc_update(features, y, *classifier)
+            total += len(y)
+        return {name: correct[name] / total for name in layers}
+
+    with evaluation(model):
+        train_split = _batches(data, batch_size)
+        train_stats = statistics(train_split)
+        train_ncc = ncc_accuracy(train_split, train_stats, train_stats)
+        test_stats, test_ncc = None, None
+        if test is not None:
+            test_split = _batches(test, batch_size)
+            test_stats = statistics(test_split)
+            test_ncc = ncc_accuracy(test_split, train_stats, None)
+
+    result = {}
+    for name in layers:
+        weight, bias = classifier if name == penultimate else (None, None)
+        result[name] = LayerCollapse(
+            train=train_stats[name].compute(weight, bias),
+            ncc_train_accuracy=train_ncc[name],
+            test=test_stats[name].compute(weight, bias) if test_stats is not None else None,
+            ncc_test_accuracy=test_ncc[name] if test_ncc is not None else None,
+        )
+    return result
