@@ -77,7 +77,7 @@ def main() -> None:
         rates = measure(case, args.steps, args.repeats)
         table.add_row(case, f"{rates['hand loop']:.0f}", f"{rates['fit']:.0f}", f"{rates['fit'] / rates['hand loop']:.3f}",
                       f"{rates['hand loop, native CE']:.0f}", f"{rates['hand loop'] / rates['hand loop, native CE']:.3f}")
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def main() -> None:
                 cells += [f"> {args.budget}", "—", "—"]
         cells.append(f"{result['final_ratio']:.6f}")
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,13 @@
 """Registered reproductions of the literature's claims: ``reproduce(name, out_dir, quick=...)``."""
 
-from . import homogeneous_margin, ji_telgarsky_2020, lyu_li_2020, soudry_2018, tsilivis_2024  # noqa: F401  (each registers itself)
+from . import (  # noqa: F401  (importing a module registers its experiments)
+    homogeneous_margin,
+    ji_telgarsky_2020,
+    lyu_li_2020,
+    papyan_2020,
+    soudry_2018,
+    tsilivis_2024,
+)
 from .registry import EXPERIMENTS, Experiment, Outcome, register, reproduce, reproduce_all, resolve_config
 
 __all__ = ["EXPERIMENTS", "Experiment", "Outcome", "register", "reproduce", "reproduce_all", "resolve_config"]

@@ -12,8 +12,8 @@ shifted squares q_c    (K,)            Σ_{i∈c} ‖h_i − s_c‖²
 The class means are μ_c = s_c + u_c/n_c and the pooled within-class scatter is the shifted-data identity
 S_W = T − Σ_c n_c d_c d_cᵀ with d_c = u_c/n_c. Because s_c is close to μ_c, h − s_c is formed exactly
 (Sterbenz) and the correction is small, so the result keeps its precision at collapse, where the naive
-Σ hhᵀ − Σ n_c μ_c μ_cᵀ loses every digit. Each batch costs one D×D GEMM of inner size B (HᵀH-sized work) plus
-scatter-adds; merging two states re-centres one onto the other's shifts exactly (Chan et al.'s pairwise update
+Σ hhᵀ − Σ n_c μ_c μ_cᵀ loses every digit. Each batch costs the lower block triangle of one D×D GEMM of inner size B (less than
+HᵀH itself) plus scatter-adds; merging two states re-centres one onto the other's shifts exactly (Chan et al.'s pairwise update
 in shifted form).
 
 Conventions (explicit, also recorded in the report)
@@ -138,10 +138,30 @@ class CollapseAccumulator:
         self.shifted_squares = torch.zeros(k, **options)
         self.ncc_mismatches = torch.zeros((), dtype=torch.int64, device=self.device)
         self.ncc_total = torch.zeros((), dtype=torch.int64, device=self.device)
+        blocks = 4 if d >= 256 else 1
+        self._edges = [round(i * d / blocks) for i in range(blocks + 1)]
+
+    def _add_gram(self, centred: torch.Tensor) -> None:
+        """T += CᵀC on the lower block triangle only: with the columns of C in 4 blocks, 10 of the 16 block
+        products of a full GEMM (the symmetric rank-k update PyTorch lacks), ~25% less work. The lower triangle
+        of ``shifted_scatter`` is the valid one; :meth:`_scatter` mirrors it."""
+        edges = self._edges
+        for i in range(len(edges) - 1):
+            rows = centred[:, edges[i] : edges[i + 1]]
+            for j in range(i + 1):
+                block = self.shifted_scatter[edges[i] : edges[i + 1], edges[j] : edges[j + 1]]
+                block.addmm_(rows.T, centred[:, edges[j] : edges[j + 1]])
+
+    def _scatter(self) -> torch.Tensor:
+        """The full symmetric T from its valid lower triangle."""
+        lower = torch.tril(self.shifted_scatter)
+        return lower + torch.tril(self.shifted_scatter, diagonal=-1).T
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every running total (tensors only: safe to save with safetensors)."""
-        return {name: getattr(self, name).clone() for name in STATE}
+        state = {name: getattr(self, name).clone() for name in STATE}
+        state["shifted_scatter"] = self._scatter()
+        return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Restore a state from :meth:`state_dict` (e.g. to resume a half-finished pass)."""
@@ -189,7 +209,7 @@ class CollapseAccumulator:
         centred = features - self.shifts[labels]  # exact where h ≈ s (Sterbenz)
         self.shifted_sums.index_add_(0, labels, centred)
         self.shifted_squares.index_add_(0, labels, centred.square().sum(dim=1))
-        self.shifted_scatter.addmm_(centred.T, centred)
+        self._add_gram(centred)
         self.counts += batch_counts
 
     @torch.no_grad()
@@ -221,7 +241,7 @@ class CollapseAccumulator:
         delta = torch.where(self.seen[:, None], self.shifts - target, torch.zeros_like(target))
         n = self.counts.to(self.dtype)
         cross = self.shifted_sums.T @ delta
-        scatter = self.shifted_scatter + cross + cross.T + (delta * n[:, None]).T @ delta
+        scatter = self._scatter() + cross + cross.T + (delta * n[:, None]).T @ delta
         sums = self.shifted_sums + n[:, None] * delta
         squares = self.shifted_squares + 2 * (self.shifted_sums * delta).sum(dim=1) + n * delta.square().sum(dim=1)
         return sums, scatter, squares
@@ -306,7 +326,7 @@ class CollapseAccumulator:
         sums = self.shifted_sums[present].to(f64)
         offsets = sums / counts[:, None]
         means = self.shifts[present].to(f64) + offsets
-        scatter = self.shifted_scatter.to(f64) - (offsets * counts[:, None]).T @ offsets
+        scatter = self._scatter().to(f64) - (offsets * counts[:, None]).T @ offsets
         variances = (self.shifted_squares[present].to(f64) - counts * offsets.square().sum(dim=1)) / counts
         variances = variances.clamp(min=0)
         sigma_w = scatter / total

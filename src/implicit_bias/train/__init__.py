@@ -4,9 +4,9 @@ from .config import TrainConfig, resume_run, run
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .history import History
 from .loop import as_dataset, fit
-from .probes import PROBES, MarginProbe, Probe, ProbeContext, make_probe
+from .probes import PROBES, CollapseProbe, MarginProbe, Probe, ProbeContext, make_probe
 
 __all__ = [
-    "PROBES", "Checkpoint", "TrainConfig", "History", "MarginProbe", "Probe", "ProbeContext", "as_dataset", "fit",
+    "PROBES", "Checkpoint", "CollapseProbe", "TrainConfig", "History", "MarginProbe", "Probe", "ProbeContext", "as_dataset", "fit",
     "load_checkpoint", "make_probe", "resume_run", "run", "save_checkpoint",
 ]

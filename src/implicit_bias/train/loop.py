@@ -345,7 +345,7 @@ def _log_row(
     if data.test is not None:
         row["test_accuracy"] = _evaluate(model, data.test, loss, eval_batch_size)[2]
     row["lr"] = float(optimizer.param_groups[0]["lr"])
-    context = ProbeContext(step, model, data.X, data.y, outputs, log_value, loss, optimizer)
+    context = ProbeContext(step, model, data.X, data.y, outputs, log_value, loss, optimizer, data.num_classes)
     for probe in probes:
         try:
             values = probe(context)

@@ -18,6 +18,7 @@ from ..errors import InvalidArgumentError, NotHomogeneousError, NotSeparatedErro
 from ..losses import MARGIN_LOSSES, output_margins
 from ..metrics.direction import alignment, direction_cosine, flat_parameters, layer_norms
 from ..metrics.kkt import kkt_residual, support_size
+from ..metrics.layerwise import collapse_by_layer
 from ..metrics.margins import (
     homogeneity_degree,
     normalize_by_norm,
@@ -46,6 +47,8 @@ class ProbeContext:
     loss : str
         The loss name.
     optimizer : torch.optim.Optimizer
+    num_classes : int
+        K of the training data.
     """
 
     step: int
@@ -56,6 +59,7 @@ class ProbeContext:
     log_loss: float
     loss: str
     optimizer: torch.optim.Optimizer
+    num_classes: int = 2
 
     @property
     def margins(self) -> torch.Tensor:
@@ -164,6 +168,31 @@ def support_probe(context: ProbeContext) -> dict[str, float]:
     return {"support_count": float(support_size(context.margins, 3.0))}
 
 
+class CollapseProbe:
+    """Neural collapse of the training set at the model's feature layers (default: all of them), through
+    :func:`~implicit_bias.metrics.collapse_by_layer`: ``nc1/<layer>``, ``nc1_trace/<layer>``, ``cdnv/<layer>``,
+    ``equinorm/<layer>``, ``equiangularity/<layer>``, ``etf_distance/<layer>``, ``ncc_accuracy/<layer>`` and, at
+    the layer feeding the classifier, ``self_duality``, ``self_duality_wh`` and ``ncc_mismatch`` (NC3, NC4)."""
+
+    KEYS = ("nc1", "nc1_trace", "cdnv", "equinorm", "equiangularity", "etf_distance", "self_duality",
+            "self_duality_wh", "ncc_mismatch")
+
+    def __init__(self, layers: list[str] | None = None, reduction: str = "avgpool") -> None:
+        self.layers, self.reduction = layers, reduction
+
+    def __call__(self, context: ProbeContext) -> dict[str, float]:
+        result = collapse_by_layer(context.model, (context.X, context.y), self.layers,
+                                   num_classes=context.num_classes, reduction=self.reduction)
+        row = {}
+        for layer, measured in result.items():
+            for key in self.KEYS:
+                value = getattr(measured.train, key)
+                if value is not None:
+                    row[f"{key}/{layer}"] = float(value)
+            row[f"ncc_accuracy/{layer}"] = measured.ncc_train_accuracy
+        return row
+
+
 PROBES: dict[str, Callable[[], Probe]] = {
     "margins": MarginProbe,
     "norms": lambda: norms_probe,
@@ -171,6 +200,7 @@ PROBES: dict[str, Callable[[], Probe]] = {
     "direction": DirectionProbe,
     "kkt": KKTProbe,
     "support": lambda: support_probe,
+    "collapse": CollapseProbe,
 }
 
 

@@ -1,0 +1,131 @@
+"""``papyan-2020`` and ``deep-collapse``: neural collapse in the terminal phase of training (Papyan, Han & Donoho
+2020), and its progression through the layers (Rangamani et al. 2023)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data import load
+from ..metrics import collapse_by_layer
+from ..models import build
+from ..report import plot_series
+from ..train import CollapseProbe, fit
+from .registry import Experiment, Outcome, register
+
+NC_METRICS = {
+    "NC1 tr(Σ_W Σ_B†)/K": "nc1",
+    "NC2 ETF distance": "etf_distance",
+    "NC2 equinorm": "equinorm",
+    "NC3 self-duality": "self_duality",
+    "NC4 NCC mismatch": "ncc_mismatch",
+}
+
+
+@dataclass(frozen=True)
+class CollapseConfig:
+    per_class: int = 50
+    depth: int = 4
+    width: int = 128
+    norm: str = "batchnorm"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    steps: int = 4000
+    log_points: int = 20
+    seed: int = 0
+    device: str = "cpu"
+
+
+def _train(config: CollapseConfig, probes: list, progress: bool):  # noqa: ANN202
+    data = load("digits", per_class=config.per_class, standardize=True, seed=config.seed)
+    model = build(f"mlp:depth={config.depth},width={config.width},norm={config.norm}", data.input_shape,
+                  data.num_classes, seed=config.seed)
+    history = fit(model, data, loss="cross-entropy", optimizer="sgd", steps=config.steps, lr=config.lr,
+                  optimizer_options={"momentum": config.momentum, "weight_decay": config.weight_decay},
+                  probes=probes, log_points=config.log_points, device=config.device, seed=config.seed,
+                  progress=progress)
+    return data, model, history
+
+
+def run_papyan(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:
+    layer = f"layer{config.depth - 1}"
+    data, model, history = _train(config, [CollapseProbe(layers=[layer])], progress)
+    perfect = [row["step"] for row in history if row["accuracy"] == 1.0]
+    numbers: dict[str, float | int | bool] = {"step_zero_training_error": perfect[0] if perfect else -1,
+                                              "final_test_accuracy": history.last.get("test_accuracy", float("nan"))}
+    for label, key in NC_METRICS.items():
+        steps, values = history.column(f"{key}/{layer}")
+        at_fit = dict(zip(steps, values)).get(perfect[0]) if perfect else None
+        numbers[f"{key}_initial"], numbers[f"{key}_final"] = values[0], values[-1]
+        if at_fit is not None:
+            numbers[f"{key}_at_zero_error"] = at_fit
+        plot_series(folder / f"{key}.png", {label: (steps, values)}, title=f"{label} at {layer}", xlabel="step",
+                    ylabel=key, logy=key != "ncc_mismatch", marks={"0 train error": perfect[0]} if perfect else None)
+    numbers["nc1_reduction"] = numbers["nc1_initial"] / numbers["nc1_final"]
+    passed = bool(
+        perfect
+        and numbers["nc1_reduction"] >= 100
+        and numbers["etf_distance_final"] < numbers["etf_distance_at_zero_error"]
+        and numbers["equinorm_final"] < numbers["equinorm_at_zero_error"]
+        and numbers["self_duality_final"] < numbers["self_duality_at_zero_error"]
+        and numbers["ncc_mismatch_final"] <= 0.01
+    )
+    notes = (
+        f"A {config.depth}-layer MLP ({config.norm}) on standardized digits, cross-entropy, SGD with momentum and "
+        "weight decay, full batch, trained far past zero training error; metrics of the last hidden layer "
+        "(class means from the whole training set, unweighted global mean). Passes when training reaches zero "
+        "error, NC1 falls by at least 100× over training, the ETF distance, equinorm and self-duality are "
+        "smaller at the end than at zero error, and NC4's mismatch ends at ≤ 1%."
+    )
+    return Outcome(passed=passed, numbers=numbers, figures=[f"{key}.png" for key in NC_METRICS.values()],
+                   notes=notes)
+
+
+def run_deep_collapse(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:
+    data, model, history = _train(config, [], progress)
+    layers = collapse_by_layer(model, data)
+    names = list(layers)
+    nc1 = [layers[name].train.nc1 for name in names]
+    numbers: dict[str, float | int | bool] = {f"nc1/{name}": value for name, value in zip(names, nc1)}
+    numbers.update({f"ncc_train_accuracy/{name}": layers[name].ncc_train_accuracy for name in names})
+    numbers["final_accuracy"] = history.last["accuracy"]
+    numbers["nc1_first_over_last"] = nc1[0] / nc1[-1]
+    decreasing = all(b < a for a, b in zip(nc1, nc1[1:]))
+    plot_series(folder / "nc1_by_layer.png", {"NC1 after training": (list(range(1, len(nc1) + 1)), nc1)},
+                title="NC1 through the layers", xlabel="hidden layer", ylabel="NC1", logx=False, logy=True)
+    notes = (
+        f"A {config.depth}-layer MLP trained as in papyan-2020; NC1 of every hidden layer's training features at "
+        "the end. Passes when NC1 decreases strictly from each hidden layer to the next (Rangamani et al. 2023: "
+        "within-class variability is progressively reduced through the layers)."
+    )
+    return Outcome(passed=bool(decreasing and numbers["final_accuracy"] == 1.0), numbers=numbers,
+                   figures=["nc1_by_layer.png"], notes=notes)
+
+
+register(
+    Experiment(
+        name="papyan-2020",
+        claim="Trained past zero error, the last-layer features collapse to their class means (NC1), the means "
+        "form a simplex ETF (NC2) aligned with the classifier (NC3), which acts as nearest-class-centre (NC4).",
+        quick=CollapseConfig(),
+        full=CollapseConfig(per_class=150, width=512, steps=30_000, log_points=40),
+        runner=run_papyan,
+        key_number="nc1_reduction",
+        reference="Papyan, V., Han, X. Y. & Donoho, D. L. (2020). Prevalence of neural collapse during the terminal "
+        "phase of deep learning training. PNAS.",
+    )
+)
+
+register(
+    Experiment(
+        name="deep-collapse",
+        claim="After training, within-class variability (NC1) decreases from layer to layer.",
+        quick=CollapseConfig(depth=6),
+        full=CollapseConfig(depth=8, per_class=150, width=512, steps=30_000),
+        runner=run_deep_collapse,
+        key_number="nc1_first_over_last",
+        reference="Rangamani, A., Lindegaard, M., Galanti, T. & Poggio, T. (2023). Feature learning in deep "
+        "classifiers through intermediate neural collapse. ICML.",
+    )
+)
