@@ -125,8 +125,12 @@ def floor(batches, K: int, dtype: torch.dtype) -> tuple[float, int, float]:
     return float("nan"), scatter.numel() * scatter.element_size(), time.perf_counter() - start
 
 
-METHODS = {"(i) ours": ours, "(ii) naive per-class loops": naive, "(iii) one-hot GEMM, two-pass": one_hot,
-           "(iv) floor: D×D GEMM per batch": floor}
+METHODS = {
+    "(i) ours": ours,
+    "(ii) naive per-class loops": naive,
+    "(iii) one-hot GEMM, two-pass": one_hot,
+    "(iv) floor: D×D GEMM per batch": floor,
+}
 
 
 def main() -> None:
@@ -135,10 +139,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tenth of the samples (for a smoke run)")
     args = parser.parse_args()
     settings = [(512, 100, 100_000), (2048, 1000, 20_000)]
-    table = Table(title=f"Neural-collapse accumulation, batches of {BATCH}, {torch.get_num_threads()} threads, "
-                        f"median of {args.repeats}")
-    for column in ("D, K, N", "dtype", "method", "samples/s", "pass / floor", "total / floor", "throughput / (iii)",
-                   "state MB", "NC1 rel. error"):
+    table = Table(
+        title=f"Neural-collapse accumulation, batches of {BATCH}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}"
+    )
+    for column in (
+        "D, K, N",
+        "dtype",
+        "method",
+        "samples/s",
+        "pass / floor",
+        "total / floor",
+        "throughput / (iii)",
+        "state MB",
+        "NC1 rel. error",
+    ):
         table.add_column(column, justify="right")
     for D, K, N in settings:
         N = max(N // 10, 20 * K) if args.quick else N
@@ -158,10 +173,17 @@ def main() -> None:
             one_hot_time = rows["(iii) one-hot GEMM, two-pass"][0]
             for name, (seconds, streamed, nc1, state) in rows.items():
                 error = abs(nc1 - truth) / abs(truth) if nc1 == nc1 else float("nan")
-                table.add_row(f"{D}, {K}, {N}", str(dtype).removeprefix("torch."), name, f"{N / seconds:,.0f}",
-                              f"{streamed / floor_time:.2f}", f"{seconds / floor_time:.2f}",
-                              f"{one_hot_time / seconds:.2f}", f"{state / 2**20:.1f}",
-                              "—" if error != error else f"{error:.1e}")
+                table.add_row(
+                    f"{D}, {K}, {N}",
+                    str(dtype).removeprefix("torch."),
+                    name,
+                    f"{N / seconds:,.0f}",
+                    f"{streamed / floor_time:.2f}",
+                    f"{seconds / floor_time:.2f}",
+                    f"{one_hot_time / seconds:.2f}",
+                    f"{state / 2**20:.1f}",
+                    "—" if error != error else f"{error:.1e}",
+                )
     Console(width=200).print(table)
 
 

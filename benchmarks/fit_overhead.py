@@ -23,9 +23,19 @@ from implicit_bias.models import build
 from implicit_bias.train import MarginProbe, fit
 
 CASES = {
-    "mlp on gaussians (tiny, overhead-bound)": ("gaussians", {"num_classes": 3, "dim": 2}, "mlp:depth=2,width=50,bias=false", None),
+    "mlp on gaussians (tiny, overhead-bound)": (
+        "gaussians",
+        {"num_classes": 3, "dim": 2},
+        "mlp:depth=2,width=50,bias=false",
+        None,
+    ),
     "mlp on digits (full batch)": ("digits", {}, "mlp:depth=3,width=256,bias=false", None),
-    "cnn on digits (minibatch 128)": ("digits", {}, "cnn:padding=same,bias=false,channels=[16,32],hidden=256", 128),
+    "cnn on digits (minibatch 128)": (
+        "digits",
+        {},
+        "cnn:padding=same,bias=false,channels=[16,32],hidden=256",
+        128,
+    ),
 }
 
 
@@ -56,8 +66,17 @@ def measure(case, steps, repeats):
             model = build(spec, data.input_shape, data.num_classes, seed=0).double()
             start = time.perf_counter()
             if name == "fit":
-                fit(model, data, loss="cross-entropy", optimizer="gd", steps=steps, lr=0.01, batch_size=batch_size,
-                    probes=[MarginProbe()], progress=False)
+                fit(
+                    model,
+                    data,
+                    loss="cross-entropy",
+                    optimizer="gd",
+                    steps=steps,
+                    lr=0.01,
+                    batch_size=batch_size,
+                    probes=[MarginProbe()],
+                    progress=False,
+                )
             else:
                 hand_loop(model, data.X, data.y, steps, 0.01, batch_size, native=name.endswith("native CE"))
             timings[name].append(time.perf_counter() - start)
@@ -69,14 +88,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    table = Table(title=f"fit overhead: steps/s (best of {args.repeats}, {args.steps} steps, float64, "
-                        f"{torch.get_num_threads()} threads)")
+    table = Table(
+        title=f"fit overhead: steps/s (best of {args.repeats}, {args.steps} steps, float64, "
+        f"{torch.get_num_threads()} threads)"
+    )
     for column in ("case", "hand loop", "fit", "fit / hand", "native CE loop", "log-space / native"):
         table.add_column(column, justify="right")
     for case in CASES:
         rates = measure(case, args.steps, args.repeats)
-        table.add_row(case, f"{rates['hand loop']:.0f}", f"{rates['fit']:.0f}", f"{rates['fit'] / rates['hand loop']:.3f}",
-                      f"{rates['hand loop, native CE']:.0f}", f"{rates['hand loop'] / rates['hand loop, native CE']:.3f}")
+        table.add_row(
+            case,
+            f"{rates['hand loop']:.0f}",
+            f"{rates['fit']:.0f}",
+            f"{rates['fit'] / rates['hand loop']:.3f}",
+            f"{rates['hand loop, native CE']:.0f}",
+            f"{rates['hand loop'] / rates['hand loop, native CE']:.3f}",
+        )
     Console(width=200).print(table)
 
 

@@ -68,8 +68,10 @@ def main() -> None:
     methods = {"gd": gd_lr, "normalized-gd": smooth, "loss-based": smooth, "dual-accelerated": smooth}
     results = {name: race(name, lr, data.X, data.y, svm.margin, args.budget) for name, lr in methods.items()}
 
-    table = Table(title=f"Steps to a fraction of the SVM margin γ* = {svm.margin:.6g} "
-                        f"(linear-separable n=1000, d=50; budget {args.budget} steps)")
+    table = Table(
+        title=f"Steps to a fraction of the SVM margin γ* = {svm.margin:.6g} "
+        f"(linear-separable n=1000, d=50; budget {args.budget} steps)"
+    )
     table.add_column("method")
     for target in TARGETS:
         table.add_column(f"steps to {target:.1%}", justify="right")

@@ -31,8 +31,24 @@ def test_version_and_list():
 
 def test_train_show_and_resume(tmp_path):
     run_dir = tmp_path / "run"
-    result = invoke("train", "--dataset", "xor", "--model", "mlp:width=16", "--loss", "logistic", "--steps", 50,
-                    "--lr", "0.1", "-d", "noise=0.2", "--run-dir", run_dir, "--no-progress")
+    result = invoke(
+        "train",
+        "--dataset",
+        "xor",
+        "--model",
+        "mlp:width=16",
+        "--loss",
+        "logistic",
+        "--steps",
+        50,
+        "--lr",
+        "0.1",
+        "-d",
+        "noise=0.2",
+        "--run-dir",
+        run_dir,
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     assert {"config.yaml", "metrics.csv", "checkpoint.safetensors", "train.log"} <= {p.name for p in run_dir.iterdir()}
     shown = invoke("show", run_dir, "--last", 3)
@@ -45,16 +61,36 @@ def test_train_show_and_resume(tmp_path):
 def test_train_from_a_config_file_with_overrides(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("dataset: gaussians\ndata_options: {num_classes: 2}\nsteps: 20\nprobes: []\n")
-    result = invoke("train", "--config", config, "--steps", 10, "-o", "momentum=0.9", "--optimizer", "sgd",
-                    "--run-dir", tmp_path / "r", "--no-progress")
+    result = invoke(
+        "train",
+        "--config",
+        config,
+        "--steps",
+        10,
+        "-o",
+        "momentum=0.9",
+        "--optimizer",
+        "sgd",
+        "--run-dir",
+        tmp_path / "r",
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     assert "momentum: 0.9" in (tmp_path / "r" / "config.yaml").read_text()
     assert "steps: 10" in (tmp_path / "r" / "config.yaml").read_text()
 
 
 def test_reproduce_writes_result_figures_and_report(tmp_path):
-    result = invoke("reproduce", "homogeneous-margin", "--quick", "--set", "steps=1500", "--out", tmp_path,
-                    "--no-progress")
+    result = invoke(
+        "reproduce",
+        "homogeneous-margin",
+        "--quick",
+        "--set",
+        "steps=1500",
+        "--out",
+        tmp_path,
+        "--no-progress",
+    )
     assert result.exit_code == 0, result.output
     folder = tmp_path / "homogeneous-margin"
     payload = json.loads((folder / "result.json").read_text())
@@ -64,22 +100,25 @@ def test_reproduce_writes_result_figures_and_report(tmp_path):
     assert "PASSED" in (folder / "report.md").read_text()
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["train", "--model", "mlp:depth=0", "--steps", "1"], "depth must be >= 1"),
-    (["train", "--loss", "hinge"], "unknown loss 'hinge'"),
-    (["train", "--optimizer", "sgd", "-o", "momentun=0.9"], "'momentun'"),
-    (["train", "-d", "noise"], "must look like key=value"),
-    (["train", "--config", "missing.yaml"], "no such file"),
-    (["train", "--dataset", "mnist", "-d", "path=/nonexistent"], "does not exist"),
-    (["show", "nowhere"], "not a run directory"),
-    (["resume", "nowhere"], "no such file"),
-    (["reproduce", "no-such-claim"], "unknown experiment 'no-such-claim'"),
-    (["reproduce"], "either an experiment NAME or --all"),
-    (["reproduce", "homogeneous-margin", "--set", "stepz=3"], "'stepz'"),
-    (["reproduce", "homogeneous-margin", "--set", "steps=many"], "steps must be int"),
-    (["train", "--device", "cuda:0"] , "CUDA"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "--model", "mlp:depth=0", "--steps", "1"], "depth must be >= 1"),
+        (["train", "--loss", "hinge"], "unknown loss 'hinge'"),
+        (["train", "--optimizer", "sgd", "-o", "momentun=0.9"], "'momentun'"),
+        (["train", "-d", "noise"], "must look like key=value"),
+        (["train", "--config", "missing.yaml"], "no such file"),
+        (["train", "--dataset", "mnist", "-d", "path=/nonexistent"], "does not exist"),
+        (["show", "nowhere"], "not a run directory"),
+        (["resume", "nowhere"], "no such file"),
+        (["reproduce", "no-such-claim"], "unknown experiment 'no-such-claim'"),
+        (["reproduce"], "either an experiment NAME or --all"),
+        (["reproduce", "homogeneous-margin", "--set", "stepz=3"], "'stepz'"),
+        (["reproduce", "homogeneous-margin", "--set", "steps=many"], "steps must be int"),
+        (["train", "--device", "cuda:0"], "CUDA"),
+    ],
+)
 def test_user_errors_print_one_line_and_exit_2(tmp_path, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
     import torch

@@ -2,7 +2,6 @@
 merging, resuming and a two-process gloo sync."""
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -24,17 +23,27 @@ def reference(H, y, K, W=None, b=None):
     sigma_b = M @ M.T / K
     nc1 = np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-10, hermitian=True)) / K
     variances = np.array([np.mean(np.sum((H[y == c] - means[c]) ** 2, axis=1)) for c in range(K)])
-    cdnv = np.mean([(variances[i] + variances[j]) / (2 * np.sum((means[i] - means[j]) ** 2))
-                    for i in range(K) for j in range(K) if i != j])
+    cdnv = np.mean(
+        [
+            (variances[i] + variances[j]) / (2 * np.sum((means[i] - means[j]) ** 2))
+            for i in range(K)
+            for j in range(K)
+            if i != j
+        ]
+    )
     norms = np.linalg.norm(M, axis=0)
     cos = (M / norms).T @ (M / norms)
     off = ~np.eye(K, dtype=bool)
     G = M.T @ M
     etf = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
     out = {
-        "nc1": nc1, "nc1_trace": np.trace(sigma_w) / np.trace(sigma_b), "cdnv": cdnv,
-        "equinorm": norms.std(ddof=1) / norms.mean(), "equiangularity": cos[off].std(ddof=1),
-        "max_angle": np.abs(cos[off] + 1 / (K - 1)).mean(), "etf_distance": np.linalg.norm(G / np.linalg.norm(G) - etf),
+        "nc1": nc1,
+        "nc1_trace": np.trace(sigma_w) / np.trace(sigma_b),
+        "cdnv": cdnv,
+        "equinorm": norms.std(ddof=1) / norms.mean(),
+        "equiangularity": cos[off].std(ddof=1),
+        "max_angle": np.abs(cos[off] + 1 / (K - 1)).mean(),
+        "etf_distance": np.linalg.norm(G / np.linalg.norm(G) - etf),
     }
     if W is not None:
         W = np.asarray(W, dtype=np.float64)
@@ -71,7 +80,10 @@ def full_report(H, y, K, W=None, b=None, batch=7, **options):
 def test_matches_the_full_matrix_reference(K, D):
     H, y = gaussian_features(K=K, D=D, seed=K)
     g = torch.Generator().manual_seed(1)
-    W, b = torch.randn(K, D, generator=g, dtype=torch.float64), torch.randn(K, generator=g, dtype=torch.float64)
+    W, b = (
+        torch.randn(K, D, generator=g, dtype=torch.float64),
+        torch.randn(K, generator=g, dtype=torch.float64),
+    )
     _, report = full_report(H, y, K, W, b)
     expected = reference(H.numpy(), y.numpy(), K, W.numpy(), b.numpy())
     for key, value in expected.items():
@@ -149,7 +161,7 @@ def test_merged_shards_equal_one_pass_and_state_dict_resumes():
 
 def test_missing_and_singleton_classes_are_reported():
     H, y = gaussian_features(K=4, D=3, per_class=5, seed=6)
-    keep = (y != 3)
+    keep = y != 3
     keep[torch.nonzero(y == 2).flatten()[1:]] = False  # class 2 keeps one sample, class 3 none
     acc = CollapseAccumulator(4, 3)
     acc.update(H[keep], y[keep])
@@ -230,12 +242,15 @@ def test_conv_maps_are_average_pooled_by_default():
     maps = torch.randn(40, 3, 4, 4, generator=g, dtype=torch.float64)
     y = torch.arange(4).repeat(10)
     maps += 2 * y[:, None, None, None]
-    model = torch.nn.Sequential(OrderedDict(conv=Scale(1.0), flat=torch.nn.Flatten(), head=torch.nn.Linear(48, 4).double()))
+    model = torch.nn.Sequential(
+        OrderedDict(conv=Scale(1.0), flat=torch.nn.Flatten(), head=torch.nn.Linear(48, 4).double())
+    )
     result = collapse_by_layer(model, (maps, y), layers=["conv"], num_classes=4)
     _, pooled = full_report(maps.mean(dim=(2, 3)), y, 4)
     assert result["conv"].train.nc1 == pytest.approx(pooled.nc1, rel=1e-11)
     flattened = collapse_by_layer(model, (maps, y), layers=["conv"], num_classes=4, reduction="flatten")
     assert flattened["conv"].train.dim == 48
-    projected = collapse_by_layer(model, (maps, y), layers=["conv"], num_classes=4, reduction="projection",
-                                  projection_dim=16)
+    projected = collapse_by_layer(
+        model, (maps, y), layers=["conv"], num_classes=4, reduction="projection", projection_dim=16
+    )
     assert projected["conv"].train.dim == 16

@@ -21,8 +21,14 @@ def hard_margin_svm(X: np.ndarray, signs: np.ndarray) -> np.ndarray:
     def negative_dual(alpha):
         return 0.5 * alpha @ gram @ alpha - alpha.sum(), gram @ alpha - 1.0
 
-    result = minimize(negative_dual, np.zeros(len(X)), jac=True, method="L-BFGS-B",
-                      bounds=[(0, None)] * len(X), options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000})
+    result = minimize(
+        negative_dual,
+        np.zeros(len(X)),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None)] * len(X),
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
+    )
     return Z.T @ result.x
 
 
@@ -108,9 +114,14 @@ def write_idx(path, array: np.ndarray, compress: bool) -> None:
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_idx_files_round_trip(tmp_path, compress):
     rng = np.random.default_rng(0)
-    images = {"train": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
-              "test": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)}
-    labels = {"train": rng.integers(0, 10, 12).astype(np.uint8), "test": rng.integers(0, 10, 5).astype(np.uint8)}
+    images = {
+        "train": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+        "test": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
+    }
+    labels = {
+        "train": rng.integers(0, 10, 12).astype(np.uint8),
+        "test": rng.integers(0, 10, 5).astype(np.uint8),
+    }
     for split, (image_name, label_name) in MNIST_FILES.items():
         suffix = ".gz" if compress else ""
         write_idx(tmp_path / f"{image_name}{suffix}", images[split], compress)
@@ -151,8 +162,16 @@ def write_cifar(folder, names, rng, per_batch=4):
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, per_batch).tolist()
         with open(folder / name, "wb") as handle:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * per_batch}, handle, protocol=2)
+            pickle.dump(
+                {
+                    b"batch_label": name.encode(),
+                    b"labels": labels,
+                    b"data": data,
+                    b"filenames": [b"x.png"] * per_batch,
+                },
+                handle,
+                protocol=2,
+            )
         written[name] = (data, labels)
     return written
 
@@ -183,7 +202,9 @@ def test_cifar_pickle_with_a_foreign_global_is_refused(tmp_path):
 
 def test_cifar_missing_batches_are_named(tmp_path):
     write_cifar(tmp_path, ["data_batch_1"], np.random.default_rng(3))
-    with pytest.raises(MissingFileError, match="lacks data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch"):
+    with pytest.raises(
+        MissingFileError, match="lacks data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch"
+    ):
         load("cifar10", path=str(tmp_path))
 
 

@@ -9,7 +9,8 @@ import pytest
 import implicit_bias
 
 MODULES = sorted(
-    info.name for info in pkgutil.walk_packages(implicit_bias.__path__, "implicit_bias.")
+    info.name
+    for info in pkgutil.walk_packages(implicit_bias.__path__, "implicit_bias.")
     if not info.name.endswith("__main__")
 )
 

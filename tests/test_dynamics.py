@@ -34,8 +34,17 @@ def toy_model():
 def test_each_optimizer_converges_to_its_own_max_margin_direction(name):
     options = {"normalize": True} if name in ("sign", "coordinate") else {}
     model = toy_model()
-    fit(model, (TOY_X, TOY_Y), loss="exponential", optimizer=name, optimizer_options=options, steps=2000, lr=0.5,
-        log_points=5, progress=False)
+    fit(
+        model,
+        (TOY_X, TOY_Y),
+        loss="exponential",
+        optimizer=name,
+        optimizer_options=options,
+        steps=2000,
+        lr=0.5,
+        log_points=5,
+        progress=False,
+    )
     expected = torch.tensor(TOY_DIRECTIONS[name], dtype=torch.float64)
     assert direction_cosine(model.weight.flatten(), expected) > 1 - 1e-6
 
@@ -45,8 +54,17 @@ def test_adam_follows_sign_descent_without_eps_and_drifts_to_gradient_descent_wi
     weights = {}
     for eps in (0.0, 1.0):
         model = toy_model()
-        fit(model, (TOY_X, TOY_Y), loss="exponential", optimizer="adam", optimizer_options={"eps": eps},
-            steps=3000, lr=0.5, log_points=5, progress=False)
+        fit(
+            model,
+            (TOY_X, TOY_Y),
+            loss="exponential",
+            optimizer="adam",
+            optimizer_options={"eps": eps},
+            steps=3000,
+            lr=0.5,
+            log_points=5,
+            progress=False,
+        )
         weights[eps] = model.weight.flatten()
 
     def cos(weight, direction):
@@ -83,15 +101,35 @@ def planted_model(data, q_min):
     return model
 
 
-@pytest.mark.parametrize("name,options", [
-    ("gd", {}), ("sgd", {"momentum": 0.9}), ("adam", {"eps": 0.0}), ("adam", {"eps": 1e-8}), ("normalized-gd", {}),
-    ("loss-based", {}), ("sign", {}), ("sign", {"normalize": True}), ("coordinate", {"normalize": True}), ("dual-accelerated", {}),
-])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("gd", {}),
+        ("sgd", {"momentum": 0.9}),
+        ("adam", {"eps": 0.0}),
+        ("adam", {"eps": 1e-8}),
+        ("normalized-gd", {}),
+        ("loss-based", {}),
+        ("sign", {}),
+        ("sign", {"normalize": True}),
+        ("coordinate", {"normalize": True}),
+        ("dual-accelerated", {}),
+    ],
+)
 def test_no_nan_at_log_loss_minus_ten_thousand(name, options):
     data = load("linear-separable", n=50, dim=4, margin=0.5, seed=2)
     model = planted_model(data, q_min=1e4)
-    history = fit(model, data, loss="exponential", optimizer=name, optimizer_options=options, steps=30, lr=0.1,
-                  log_points=10, progress=False)
+    history = fit(
+        model,
+        data,
+        loss="exponential",
+        optimizer=name,
+        optimizer_options=options,
+        steps=30,
+        lr=0.1,
+        log_points=10,
+        progress=False,
+    )
     assert history.rows[0]["log_loss"] < -9990
     assert all(math.isfinite(row["log_loss"]) and row["accuracy"] == 1.0 for row in history)
     assert torch.isfinite(model.head.weight).all()
@@ -110,15 +148,19 @@ def test_loss_based_schedule_grows_alpha_and_rolls_back():
         value = loss()
         optimizer.zero_grad()
         value.backward()
-        before = (parameter.item(), optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["previous_log_loss"])
+        before = (
+            parameter.item(),
+            optimizer.param_groups[0]["lr"],
+            optimizer.param_groups[0]["previous_log_loss"],
+        )
         optimizer.step(log_loss=float(value))
         trajectory.append((before, float(value), parameter.item(), optimizer.param_groups[0]["lr"]))
     accepted_losses = []
     for (theta, alpha, previous), value, theta_after, alpha_after in trajectory:
         if previous is not None and value > previous:
-            assert alpha_after == pytest.approx(alpha / 2 ** 0.1)
+            assert alpha_after == pytest.approx(alpha / 2**0.1)
         else:
-            assert alpha_after == pytest.approx(alpha * (2 ** 0.2 if previous is not None else 1.0))
+            assert alpha_after == pytest.approx(alpha * (2**0.2 if previous is not None else 1.0))
             accepted_losses.append(value)
     assert optimizer.param_groups[0]["rejected"] > 0
     assert accepted_losses == sorted(accepted_losses, reverse=True)

@@ -80,7 +80,9 @@ def test_log_softplus_log_is_continuous_at_the_branch_switch():
     s = torch.tensor([-20.0 - 1e-12, -20.0, -20.0 + 1e-12], dtype=torch.float64)
     values = log_softplus_log(s)
     for v, point in zip(values, s):
-        assert float(v) == pytest.approx(float(mpmath.log(mpmath.log1p(mpmath.exp(mpmath.mpf(float(point)))))), rel=1e-15)
+        assert float(v) == pytest.approx(
+            float(mpmath.log(mpmath.log1p(mpmath.exp(mpmath.mpf(float(point)))))), rel=1e-15
+        )
 
 
 @pytest.mark.parametrize("loss", ["exponential", "logistic", "cross-entropy"])

@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 from torch import nn
@@ -96,8 +95,14 @@ def svm_dual(data):
 
     Z = (data.X * (2 * data.y - 1)[:, None].double()).numpy()
     gram = Z @ Z.T
-    result = minimize(lambda a: (0.5 * a @ gram @ a - a.sum(), gram @ a - 1.0), np.zeros(len(Z)), jac=True,
-                      method="L-BFGS-B", bounds=[(0, None)] * len(Z), options={"ftol": 1e-15, "gtol": 1e-12})
+    result = minimize(
+        lambda a: (0.5 * a @ gram @ a - a.sum(), gram @ a - 1.0),
+        np.zeros(len(Z)),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None)] * len(Z),
+        options={"ftol": 1e-15, "gtol": 1e-12},
+    )
     return Z, result.x
 
 

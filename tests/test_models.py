@@ -13,11 +13,47 @@ CASES = [
     ("mlp:depth=2,width=8,norm=batchnorm,activation=leaky_relu", (5,), 3, (3,), {"layer1": (8,)}),
     ("mlp:depth=2,width=8,norm=layernorm,activation=identity", (5,), 3, (3,), {"layer1": (8,)}),
     ("cnn", (1, 28, 28), 10, (10,), {"block1": (32, 12, 12), "block2": (64, 5, 5), "fc1": (1024,)}),
-    ("cnn:padding=same,channels=[4,8],hidden=16", (1, 8, 8), 10, (10,), {"block1": (4, 4, 4), "block2": (8, 2, 2), "fc1": (16,)}),
-    ("cnn:padding=same,channels=[4,8],hidden=16", (40,), 10, (10,), {"block1": (4, 20), "block2": (8, 10), "fc1": (16,)}),
-    ("resnet:width=4", (3, 16, 16), 10, (10,), {"stem": (4, 16, 16), "stage1": (4, 16, 16), "stage2": (8, 8, 8), "stage3": (16, 4, 4), "flatten": (16,)}),
-    ("resnet:width=4,norm=none,stages=2", (40,), 4, (4,), {"stem": (4, 40), "stage1": (4, 40), "stage2": (8, 20), "flatten": (8,)}),
-    ("resnet:width=8,norm=groupnorm,stages=1,blocks=2", (2, 6, 6), 3, (3,), {"stem": (8, 6, 6), "stage1": (8, 6, 6), "flatten": (8,)}),
+    (
+        "cnn:padding=same,channels=[4,8],hidden=16",
+        (1, 8, 8),
+        10,
+        (10,),
+        {"block1": (4, 4, 4), "block2": (8, 2, 2), "fc1": (16,)},
+    ),
+    (
+        "cnn:padding=same,channels=[4,8],hidden=16",
+        (40,),
+        10,
+        (10,),
+        {"block1": (4, 20), "block2": (8, 10), "fc1": (16,)},
+    ),
+    (
+        "resnet:width=4",
+        (3, 16, 16),
+        10,
+        (10,),
+        {
+            "stem": (4, 16, 16),
+            "stage1": (4, 16, 16),
+            "stage2": (8, 8, 8),
+            "stage3": (16, 4, 4),
+            "flatten": (16,),
+        },
+    ),
+    (
+        "resnet:width=4,norm=none,stages=2",
+        (40,),
+        4,
+        (4,),
+        {"stem": (4, 40), "stage1": (4, 40), "stage2": (8, 20), "flatten": (8,)},
+    ),
+    (
+        "resnet:width=8,norm=groupnorm,stages=1,blocks=2",
+        (2, 6, 6),
+        3,
+        (3,),
+        {"stem": (8, 6, 6), "stage1": (8, 6, 6), "flatten": (8,)},
+    ),
 ]
 
 
@@ -59,13 +95,16 @@ def test_binary_data_gets_a_single_output_unless_asked():
     assert build("mlp:outputs=2", (4,), 2)(torch.randn(3, 4)).shape == (3, 2)
 
 
-@pytest.mark.parametrize("spec,shape,degree", [
-    ("linear:bias=false", (6,), 1),
-    ("mlp:depth=3,width=12,bias=false", (6,), 3),
-    ("mlp:depth=4,width=12,bias=false,activation=leaky_relu", (6,), 4),
-    ("mlp:depth=2,width=12,bias=false,activation=identity", (6,), 2),
-    ("cnn:bias=false,padding=same,channels=[4,8],hidden=16", (1, 8, 8), 4),
-])
+@pytest.mark.parametrize(
+    "spec,shape,degree",
+    [
+        ("linear:bias=false", (6,), 1),
+        ("mlp:depth=3,width=12,bias=false", (6,), 3),
+        ("mlp:depth=4,width=12,bias=false,activation=leaky_relu", (6,), 4),
+        ("mlp:depth=2,width=12,bias=false,activation=identity", (6,), 2),
+        ("cnn:bias=false,padding=same,channels=[4,8],hidden=16", (1, 8, 8), 4),
+    ],
+)
 def test_bias_free_networks_are_homogeneous_of_their_depth(spec, shape, degree):
     model = build(spec, shape, 3, seed=0).double()
     assert homogeneity_degree(model, torch.randn(9, *shape, dtype=torch.float64)) == degree
@@ -81,7 +120,12 @@ def test_networks_with_biases_are_not_homogeneous(spec):
 
 def test_spec_parsing_round_trips():
     name, options = parse_spec("cnn:channels=[8, 16],padding=same,bias=false,hidden=1e3")
-    assert name == "cnn" and options == {"channels": [8, 16], "padding": "same", "bias": False, "hidden": 1000.0}
+    assert name == "cnn" and options == {
+        "channels": [8, 16],
+        "padding": "same",
+        "bias": False,
+        "hidden": 1000.0,
+    }
     assert parse_spec(format_spec(name, options)) == (name, options)
 
 

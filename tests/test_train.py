@@ -1,7 +1,6 @@
 """The training loop: histories, terminal-phase numerics, errors, checkpoints and exact resumption."""
 
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -23,8 +22,16 @@ def test_fit_on_a_tensor_pair_with_plus_minus_labels_logs_on_log_time():
     data = load("linear-separable", n=60, dim=4, seed=0)
     y_pm = 2 * data.y - 1
     model = build("linear:bias=false", data.input_shape, 2, seed=0)
-    history = fit(model, (data.X, y_pm), loss="logistic", optimizer="gd", steps=300, lr=0.5, log_points=20,
-                  progress=False)
+    history = fit(
+        model,
+        (data.X, y_pm),
+        loss="logistic",
+        optimizer="gd",
+        steps=300,
+        lr=0.5,
+        log_points=20,
+        progress=False,
+    )
     steps = [row["step"] for row in history]
     assert steps[0] == 0 and steps[-1] == 300 and steps == sorted(set(steps))
     assert history.last["accuracy"] == 1.0 and history.last["log_loss"] < history.rows[0]["log_loss"]
@@ -34,8 +41,17 @@ def test_fit_on_a_tensor_pair_with_plus_minus_labels_logs_on_log_time():
 def test_normalized_gd_goes_deep_into_the_terminal_phase_and_reaches_the_svm_margin():
     data = load("linear-separable", n=100, dim=5, margin=0.2, seed=4)
     model = build("linear:bias=false", data.input_shape, 2, seed=0)
-    history = fit(model, data, loss="exponential", optimizer="normalized-gd", steps=3000, lr=10.0,
-                  probes=[MarginProbe(degree=1)], log_points=30, progress=False)
+    history = fit(
+        model,
+        data,
+        loss="exponential",
+        optimizer="normalized-gd",
+        steps=3000,
+        lr=10.0,
+        probes=[MarginProbe(degree=1)],
+        log_points=30,
+        progress=False,
+    )
     log_losses = [row["log_loss"] for row in history]
     assert min(log_losses) < -1000  # ℒ < 1e-434: far below the smallest float64
     assert all(math.isfinite(v) for row in history for v in row.values())
@@ -58,8 +74,18 @@ def test_fit_keeps_the_callers_rng_and_is_reproducible():
     results = []
     for seed in (1, 1, 2):
         model = build("mlp:width=16", data.input_shape, 3, seed=0)
-        fit(model, data, loss="cross-entropy", optimizer="sgd", steps=40, lr=0.1, batch_size=32, seed=seed,
-            optimizer_options={"momentum": 0.9}, progress=False)
+        fit(
+            model,
+            data,
+            loss="cross-entropy",
+            optimizer="sgd",
+            steps=40,
+            lr=0.1,
+            batch_size=32,
+            seed=seed,
+            optimizer_options={"momentum": 0.9},
+            progress=False,
+        )
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(results[0], results[1]) and not torch.equal(results[0], results[2])
@@ -68,8 +94,17 @@ def test_fit_keeps_the_callers_rng_and_is_reproducible():
 def test_float32_mse_with_batchnorm_trains():
     data = load("digits", per_class=10, seed=0)
     model = build("mlp:depth=3,width=32,norm=batchnorm", data.input_shape, 10, seed=0)
-    history = fit(model, data, loss="mse", optimizer="adam", steps=100, lr=1e-2, dtype="float32", batch_size=25,
-                  progress=False)
+    history = fit(
+        model,
+        data,
+        loss="mse",
+        optimizer="adam",
+        steps=100,
+        lr=1e-2,
+        dtype="float32",
+        batch_size=25,
+        progress=False,
+    )
     assert history.last["log_loss"] < history.rows[0]["log_loss"] and history.last["accuracy"] > 0.9
 
 
@@ -86,17 +121,35 @@ def interrupt_at(step):
     return probe
 
 
-@pytest.mark.parametrize("optimizer,options,batch_size", [
-    ("adam", {"eps": 1e-10}, 16), ("sgd", {"momentum": 0.9, "weight_decay": 1e-3}, 20), ("normalized-gd", {}, None),
-])
+@pytest.mark.parametrize(
+    "optimizer,options,batch_size",
+    [
+        ("adam", {"eps": 1e-10}, 16),
+        ("sgd", {"momentum": 0.9, "weight_decay": 1e-3}, 20),
+        ("normalized-gd", {}, None),
+    ],
+)
 def test_resume_after_an_interruption_is_bit_identical(tmp_path, optimizer, options, batch_size):
     data = load("gaussians", num_classes=3, dim=3, seed=1)
 
     def train(run_dir, probes=(), resume=False):
         model = build("mlp:depth=3,width=16,bias=false", data.input_shape, 3, seed=0)
-        fit(model, data, loss="cross-entropy", optimizer=optimizer, optimizer_options=options, steps=120, lr=0.05,
-            batch_size=batch_size, probes=probes, run_dir=run_dir, resume=resume, checkpoint_seconds=0.0,
-            log_points=15, progress=False)
+        fit(
+            model,
+            data,
+            loss="cross-entropy",
+            optimizer=optimizer,
+            optimizer_options=options,
+            steps=120,
+            lr=0.05,
+            batch_size=batch_size,
+            probes=probes,
+            run_dir=run_dir,
+            resume=resume,
+            checkpoint_seconds=0.0,
+            log_points=15,
+            progress=False,
+        )
         return model
 
     reference = train(tmp_path / "a")
@@ -112,14 +165,32 @@ def test_resume_after_an_interruption_is_bit_identical(tmp_path, optimizer, opti
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    config = TrainConfig(dataset="gaussians", data_options={"num_classes": 4, "dim": 5, "n_per_class": 100},
-                         model="mlp:depth=3,width=64,bias=false", loss="exponential", optimizer="sgd",
-                         optimizer_options={"momentum": 0.9}, steps=6000, lr=0.01, batch_size=50,
-                         checkpoint_seconds=0.05, log_points=40)
+    config = TrainConfig(
+        dataset="gaussians",
+        data_options={"num_classes": 4, "dim": 5, "n_per_class": 100},
+        model="mlp:depth=3,width=64,bias=false",
+        loss="exponential",
+        optimizer="sgd",
+        optimizer_options={"momentum": 0.9},
+        steps=6000,
+        lr=0.01,
+        batch_size=50,
+        checkpoint_seconds=0.05,
+        log_points=40,
+    )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "implicit_bias.cli", "train", "--config", str(tmp_path / "config.yaml"),
-               "--run-dir", str(killed), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "implicit_bias.cli",
+        "train",
+        "--config",
+        str(tmp_path / "config.yaml"),
+        "--run-dir",
+        str(killed),
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while not (killed / CHECKPOINT_FILE).exists() and time.monotonic() < deadline:
@@ -174,7 +245,17 @@ def test_config_files_are_validated(tmp_path):
 def test_margin_probe_on_a_network_with_biases_logs_what_is_defined(tmp_path):
     data = load("gaussians", seed=0)
     model = build("mlp:width=16", data.input_shape, 3, seed=0)
-    history = fit(model, data, loss="exponential", optimizer="gd", steps=200, lr=0.05, probes=[MarginProbe()],
-                  run_dir=tmp_path / "r", log_points=5, progress=False)
+    history = fit(
+        model,
+        data,
+        loss="exponential",
+        optimizer="gd",
+        steps=200,
+        lr=0.05,
+        probes=[MarginProbe()],
+        run_dir=tmp_path / "r",
+        log_points=5,
+        progress=False,
+    )
     assert all("q_min" in row and "normalized_margin" not in row for row in history)
     assert "no normalized margins for this model" in (tmp_path / "r" / "train.log").read_text()

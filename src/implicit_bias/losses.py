@@ -49,8 +49,7 @@ def canonical_labels(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     if outputs.ndim not in (1, 2) or outputs.shape[0] != y.shape[0]:
         raise InvalidArgumentError(
-            f"model outputs must have shape (N,) or (N, K) with N = len(y) = {y.shape[0]}, "
-            f"got {tuple(outputs.shape)}"
+            f"model outputs must have shape (N,) or (N, K) with N = len(y) = {y.shape[0]}, got {tuple(outputs.shape)}"
         )
     if is_binary_output(outputs):
         values = set(torch.unique(y).tolist())

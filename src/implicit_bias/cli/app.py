@@ -56,7 +56,8 @@ def version_callback(value: bool) -> None:
 @app.callback()
 def main_options(
     version: Annotated[
-        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+        bool,
+        typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """Measure the implicit biases of gradient-trained networks and reproduce the literature's claims."""
@@ -65,13 +66,26 @@ def main_options(
 @app.command()
 @user_errors
 def train(
-    config: Annotated[Optional[Path], typer.Option(help="A YAML config (keys of TrainConfig); options below override it.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name (see `implicit-bias list`). Default: gaussians.")] = None,
-    data_option: Annotated[Optional[list[str]], typer.Option("--data-option", "-d", help="Dataset option key=value (repeatable).")] = None,
+    config: Annotated[
+        Optional[Path], typer.Option(help="A YAML config (keys of TrainConfig); options below override it.")
+    ] = None,
+    dataset: Annotated[
+        Optional[str], typer.Option(help="Dataset name (see `implicit-bias list`). Default: gaussians.")
+    ] = None,
+    data_option: Annotated[
+        Optional[list[str]],
+        typer.Option("--data-option", "-d", help="Dataset option key=value (repeatable)."),
+    ] = None,
     model: Annotated[Optional[str], typer.Option(help="Model spec, e.g. 'mlp:depth=3,width=64,bias=false'.")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="exponential | logistic | cross-entropy | mse. Default: exponential.")] = None,
+    loss: Annotated[
+        Optional[str],
+        typer.Option(help="exponential | logistic | cross-entropy | mse. Default: exponential."),
+    ] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="Optimizer name. Default: gd.")] = None,
-    optimizer_option: Annotated[Optional[list[str]], typer.Option("--optimizer-option", "-o", help="Optimizer option key=value, e.g. momentum=0.9 (repeatable).")] = None,
+    optimizer_option: Annotated[
+        Optional[list[str]],
+        typer.Option("--optimizer-option", "-o", help="Optimizer option key=value, e.g. momentum=0.9 (repeatable)."),
+    ] = None,
     steps: Annotated[Optional[int], typer.Option(help="Number of optimizer steps. Default: 1000.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate. Default: 0.05.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size. Default: full batch.")] = None,
@@ -88,14 +102,25 @@ def train(
 
     base = TrainConfig.from_file(config) if config is not None else TrainConfig()
     given = {
-        "dataset": dataset, "model": model, "loss": loss, "optimizer": optimizer, "steps": steps, "lr": lr,
-        "batch_size": batch_size, "dtype": dtype, "device": device, "seed": seed,
+        "dataset": dataset,
+        "model": model,
+        "loss": loss,
+        "optimizer": optimizer,
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "dtype": dtype,
+        "device": device,
+        "seed": seed,
     }
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if data_option:
         overrides["data_options"] = {**base.data_options, **parse_assignments(data_option, "--data-option")}
     if optimizer_option:
-        overrides["optimizer_options"] = {**base.optimizer_options, **parse_assignments(optimizer_option, "--optimizer-option")}
+        overrides["optimizer_options"] = {
+            **base.optimizer_options,
+            **parse_assignments(optimizer_option, "--optimizer-option"),
+        }
     if probe:
         overrides["probes"] = list(probe)
     resolved = dataclass_from_mapping(TrainConfig, overrides, base=base, source="options")
@@ -193,14 +218,19 @@ def list_components() -> None:
 @user_errors
 def reproduce(
     name: Annotated[Optional[str], typer.Argument(help="The experiment to run (see `implicit-bias list`).")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Run every registered experiment and write an index report.")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Run every registered experiment and write an index report.")
+    ] = False,
     quick: Annotated[bool, typer.Option(help="The quick preset (each under about a minute on 2 cores).")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field, key=value (repeatable).")] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a config field, key=value (repeatable).")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder. Default: runs/reproduce-<time>.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a registered experiment (or --all): it checks its claim and writes result.json, figures and a report."""
-    from ..experiments import EXPERIMENTS, reproduce as run_experiment, reproduce_all
+    from ..experiments import EXPERIMENTS, reproduce_all
+    from ..experiments import reproduce as run_experiment
 
     if all_ == (name is not None):
         raise InvalidArgumentError("give either an experiment NAME or --all")
@@ -216,8 +246,11 @@ def reproduce(
             key = EXPERIMENTS[result["name"]].key_number
             value = result["numbers"].get(key)
             table.add_row(
-                result["name"], result["claim"], "[green]yes[/]" if result["passed"] else "[red]no[/]",
-                f"{key} = {value:.4g}" if isinstance(value, (int, float)) else "", f"{result['seconds']:.1f}",
+                result["name"],
+                result["claim"],
+                "[green]yes[/]" if result["passed"] else "[red]no[/]",
+                f"{key} = {value:.4g}" if isinstance(value, (int, float)) else "",
+                f"{result['seconds']:.1f}",
             )
 
         reproduce_all(folder, quick=quick, progress=progress, on_result=add)
@@ -225,7 +258,9 @@ def reproduce(
         console.print(f"index report: [bold]{folder / 'index.md'}[/]")
         return
     assert name is not None
-    result = run_experiment(name, folder / name, quick=quick, overrides=parse_assignments(set_ or [], "--set"), progress=progress)
+    result = run_experiment(
+        name, folder / name, quick=quick, overrides=parse_assignments(set_ or [], "--set"), progress=progress
+    )
     verdict = "[green]PASSED[/]" if result["passed"] else "[red]FAILED[/]"
     console.print(f"{name}: {verdict} in {result['seconds']:.1f} s — {result['claim']}")
     for key, value in result["numbers"].items():

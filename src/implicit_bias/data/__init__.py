@@ -96,4 +96,3 @@ def load(
     if dtype is not None:
         dataset = dataset.to(dtype=_as_dtype(dtype))
     return dataset
-

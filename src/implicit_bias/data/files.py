@@ -33,8 +33,7 @@ def _find(folder: Path, name: str, what: str, expected: list[str]) -> Path:
         if candidate.is_file():
             return candidate
     raise MissingFileError(
-        f"{what}: no file {name!r} (or {name}.gz) in {str(folder)!r}; expected the files "
-        f"{', '.join(expected)}"
+        f"{what}: no file {name!r} (or {name}.gz) in {str(folder)!r}; expected the files {', '.join(expected)}"
     )
 
 
@@ -128,8 +127,7 @@ def cifar10(*, path: str | None = None) -> Dataset:
     missing = [name for name in expected if not (folder / name).is_file()]
     if missing:
         raise MissingFileError(
-            f"cifar10: {str(folder)!r} lacks {', '.join(missing)}; expected the python batches "
-            f"{', '.join(expected)}"
+            f"cifar10: {str(folder)!r} lacks {', '.join(missing)}; expected the python batches {', '.join(expected)}"
         )
 
     def split(names: list[str]) -> Dataset:

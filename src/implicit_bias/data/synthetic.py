@@ -69,9 +69,7 @@ def gaussians(
     return train.replace(test=test, info={"means": means})
 
 
-def xor(
-    *, seed: int = 0, n_per_cluster: int = 25, test_per_cluster: int = 25, noise: float = 0.3
-) -> Dataset:
+def xor(*, seed: int = 0, n_per_cluster: int = 25, test_per_cluster: int = 25, noise: float = 0.3) -> Dataset:
     """The XOR problem: four clusters at (±1, ±1); label 1 where the coordinates have the same sign."""
     check_scalar("n_per_cluster", n_per_cluster, int, low=1)
     check_scalar("test_per_cluster", test_per_cluster, int, low=0)

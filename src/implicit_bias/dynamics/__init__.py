@@ -10,6 +10,14 @@ from .schedule import log_spaced_steps
 from .steepest import SteepestDescent
 
 __all__ = [
-    "OPTIMIZERS", "DualAccelerated", "LogAdam", "LogLossOptimizer", "LossBasedLR", "SteepestDescent",
-    "log_spaced_steps", "make_optimizer", "optimizer_options", "steps_on_log_loss",
+    "OPTIMIZERS",
+    "DualAccelerated",
+    "LogAdam",
+    "LogLossOptimizer",
+    "LossBasedLR",
+    "SteepestDescent",
+    "log_spaced_steps",
+    "make_optimizer",
+    "optimizer_options",
+    "steps_on_log_loss",
 ]

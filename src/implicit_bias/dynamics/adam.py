@@ -40,8 +40,15 @@ class LogAdam(LogLossOptimizer):
         beta1, beta2 = (float(b) for b in betas)
         check_scalar("betas[0]", beta1, float, low=0.0, high=1.0, high_inclusive=False)
         check_scalar("betas[1]", beta2, float, low=0.0, high=1.0, high_inclusive=False)
-        super().__init__(params, {"lr": float(lr), "betas": (beta1, beta2), "eps": float(eps),
-                                  "weight_decay": float(weight_decay)})
+        super().__init__(
+            params,
+            {
+                "lr": float(lr),
+                "betas": (beta1, beta2),
+                "eps": float(eps),
+                "weight_decay": float(weight_decay),
+            },
+        )
 
     @torch.no_grad()
     def step(self, closure: None = None, *, log_loss: float) -> None:  # type: ignore[override]
@@ -50,13 +57,20 @@ class LogAdam(LogLossOptimizer):
             state = self.state[parameter]
             grad = parameter.grad
             if not state:
-                state.update(step=0, frame_m=log_loss, frame_v=log_loss,
-                             exp_avg=torch.zeros_like(parameter), exp_avg_sq=torch.zeros_like(parameter))
+                state.update(
+                    step=0,
+                    frame_m=log_loss,
+                    frame_v=log_loss,
+                    exp_avg=torch.zeros_like(parameter),
+                    exp_avg_sq=torch.zeros_like(parameter),
+                )
             state["step"] += 1
             frame_m = max(state["frame_m"] + _log(beta1), log_loss)
             frame_v = max(state["frame_v"] + 0.5 * _log(beta2), log_loss)
             m, v = state["exp_avg"], state["exp_avg_sq"]
-            m.mul_(beta1 * math.exp(state["frame_m"] - frame_m)).add_(grad, alpha=(1 - beta1) * math.exp(log_loss - frame_m))
+            m.mul_(beta1 * math.exp(state["frame_m"] - frame_m)).add_(
+                grad, alpha=(1 - beta1) * math.exp(log_loss - frame_m)
+            )
             v.mul_(beta2 * math.exp(2 * (state["frame_v"] - frame_v))).addcmul_(
                 grad, grad, value=(1 - beta2) * math.exp(2 * (log_loss - frame_v))
             )

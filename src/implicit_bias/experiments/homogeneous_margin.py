@@ -36,8 +36,12 @@ class HomogeneousMarginConfig:
 def run_homogeneous_margin(config: HomogeneousMarginConfig, folder: Path, progress: bool) -> Outcome:
     train = TrainConfig(
         dataset="gaussians",
-        data_options={"num_classes": config.num_classes, "dim": config.dim, "n_per_class": config.n_per_class,
-                      "separation": config.separation},
+        data_options={
+            "num_classes": config.num_classes,
+            "dim": config.dim,
+            "n_per_class": config.n_per_class,
+            "separation": config.separation,
+        },
         model=f"mlp:depth=2,width={config.width},bias=false",
         loss="exponential",
         optimizer="gd",
@@ -75,8 +79,10 @@ def run_homogeneous_margin(config: HomogeneousMarginConfig, folder: Path, progre
     loss_steps, log_losses = history.column("log_loss")
     plot_series(
         folder / "margins.png",
-        {"smoothed margin γ̃ = log(1/ℒ)/‖θ‖²": (smooth_steps, smooth),
-         "normalized margin γ̄ = q_min/‖θ‖²": (margin_steps, margin)},
+        {
+            "smoothed margin γ̃ = log(1/ℒ)/‖θ‖²": (smooth_steps, smooth),
+            "normalized margin γ̄ = q_min/‖θ‖²": (margin_steps, margin),
+        },
         title="Bias-free 2-layer ReLU MLP, exponential loss, GD",
         ylabel="margin",
         marks={"ℒ < 1": smooth_steps[0]} if smooth_steps else None,
@@ -98,8 +104,7 @@ register(
         claim="Once a homogeneous network fits its data, GD never decreases its smoothed margin and increases "
         "its normalized margin (Lyu & Li 2020, Thm 4.1).",
         quick=HomogeneousMarginConfig(),
-        full=HomogeneousMarginConfig(num_classes=5, dim=10, n_per_class=100, width=200, steps=200_000,
-                                     log_points=300),
+        full=HomogeneousMarginConfig(num_classes=5, dim=10, n_per_class=100, width=200, steps=200_000, log_points=300),
         runner=run_homogeneous_margin,
         key_number="normalized_margin_growth",
         reference="Lyu, K. & Li, J. (2020). Gradient descent maximizes the margin of homogeneous neural networks.",

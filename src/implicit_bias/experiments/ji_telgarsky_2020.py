@@ -31,8 +31,14 @@ class JiTelgarskyConfig:
 
 
 def run_ji_telgarsky(config: JiTelgarskyConfig, folder: Path, progress: bool) -> Outcome:
-    data = load("gaussians", num_classes=config.num_classes, dim=config.dim, n_per_class=config.n_per_class,
-                separation=config.separation, seed=config.seed)
+    data = load(
+        "gaussians",
+        num_classes=config.num_classes,
+        dim=config.dim,
+        n_per_class=config.n_per_class,
+        separation=config.separation,
+        seed=config.seed,
+    )
     spec = f"mlp:depth={config.depth},width={config.width},bias=false"
     runs = {
         "flow (normalized-gd, degree L)": ("normalized-gd", {"degree": config.depth}, config.lr_flow),
@@ -42,9 +48,20 @@ def run_ji_telgarsky(config: JiTelgarskyConfig, folder: Path, progress: bool) ->
     alignment_curves, direction_curves = {}, {}
     for label, (optimizer, options, lr) in runs.items():
         model = build(spec, data.input_shape, data.num_classes, seed=config.seed)
-        history = fit(model, data, loss="exponential", optimizer=optimizer, optimizer_options=options,
-                      steps=config.steps, lr=lr, probes=[make_probe("alignment"), make_probe("direction")],
-                      log_points=config.log_points, device=config.device, seed=config.seed, progress=progress)
+        history = fit(
+            model,
+            data,
+            loss="exponential",
+            optimizer=optimizer,
+            optimizer_options=options,
+            steps=config.steps,
+            lr=lr,
+            probes=[make_probe("alignment"), make_probe("direction")],
+            log_points=config.log_points,
+            device=config.device,
+            seed=config.seed,
+            progress=progress,
+        )
         steps, alignments = history.column("alignment")
         direction_steps, cosines = history.column("direction_cosine")
         alignment_curves[label] = (steps, alignments)
@@ -52,7 +69,8 @@ def run_ji_telgarsky(config: JiTelgarskyConfig, folder: Path, progress: bool) ->
         key = optimizer
         numbers[f"{key}_final_alignment"] = alignments[-1]
         numbers[f"{key}_alignment_decade_earlier"] = dict(zip(steps, alignments))[
-            min(steps, key=lambda s: abs(s - config.steps / 10))]
+            min(steps, key=lambda s: abs(s - config.steps / 10))
+        ]
         numbers[f"{key}_final_one_minus_cosine"] = 1 - cosines[-1]
         numbers[f"{key}_final_log_loss"] = history.last["log_loss"]
     flow = "normalized-gd"
@@ -60,8 +78,13 @@ def run_ji_telgarsky(config: JiTelgarskyConfig, folder: Path, progress: bool) ->
     aligned = numbers[f"{flow}_final_alignment"] > 0.99
     converging = numbers[f"{flow}_final_one_minus_cosine"] < 1e-3
     plot_series(folder / "alignment.png", alignment_curves, title="Alignment cos(θ, −∇ℒ)", ylabel="alignment")
-    plot_series(folder / "direction.png", direction_curves, title="1 − cos(θ_t, θ_prev) between logged steps",
-                ylabel="1 − cos", logy=True)
+    plot_series(
+        folder / "direction.png",
+        direction_curves,
+        title="1 − cos(θ_t, θ_prev) between logged steps",
+        ylabel="1 − cos",
+        logy=True,
+    )
     notes = (
         "Bias-free ReLU MLP (L-homogeneous), exponential loss. The flow run takes steps η∇log ℒ/‖θ‖^{2(L−1)}, a "
         "time change of gradient flow that keeps each step small against the loss curvature, so it follows the "
@@ -69,8 +92,12 @@ def run_ji_telgarsky(config: JiTelgarskyConfig, folder: Path, progress: bool) ->
         "run's alignment exceeds 0.99 and is still rising over the last decade, and consecutive logged directions "
         "differ by 1 − cos < 1e−3."
     )
-    return Outcome(passed=bool(rising and aligned and converging), numbers=numbers,
-                   figures=["alignment.png", "direction.png"], notes=notes)
+    return Outcome(
+        passed=bool(rising and aligned and converging),
+        numbers=numbers,
+        figures=["alignment.png", "direction.png"],
+        notes=notes,
+    )
 
 
 register(
@@ -79,8 +106,9 @@ register(
         claim="On a homogeneous network, gradient flow's parameters converge in direction and align with the "
         "negative gradient: cos(θ, −∇ℒ) → 1.",
         quick=JiTelgarskyConfig(),
-        full=JiTelgarskyConfig(depth=3, width=100, dim=20, num_classes=5, n_per_class=100, steps=200_000,
-                               log_points=80),
+        full=JiTelgarskyConfig(
+            depth=3, width=100, dim=20, num_classes=5, n_per_class=100, steps=200_000, log_points=80
+        ),
         runner=run_ji_telgarsky,
         key_number="normalized-gd_final_alignment",
         reference="Ji, Z. & Telgarsky, M. (2020). Directional convergence and alignment in deep learning. NeurIPS.",

@@ -55,15 +55,35 @@ def run_lyu_li(config: LyuLiConfig, folder: Path, progress: bool) -> Outcome:
         for loss in config.mlp_losses if model_name == "mlp" else config.cnn_losses:
             gd_lr = config.gd_lr_exponential if loss == "exponential" else config.gd_lr_cross_entropy
             warm = build(spec, data.input_shape, data.num_classes, seed=config.seed)
-            fit(warm, data, loss=loss, optimizer="gd", steps=config.warmup_steps, lr=gd_lr, log_points=5,
-                device=config.device, seed=config.seed, progress=progress)
+            fit(
+                warm,
+                data,
+                loss=loss,
+                optimizer="gd",
+                steps=config.warmup_steps,
+                lr=gd_lr,
+                log_points=5,
+                device=config.device,
+                seed=config.seed,
+                progress=progress,
+            )
             final = {}
             for schedule, lr in (("gd", gd_lr), ("loss-based", config.initial_alpha)):
                 tag = f"{model_name}/{loss}/{schedule}"
                 model = copy.deepcopy(warm)
-                history = fit(model, data, loss=loss, optimizer=schedule, steps=config.steps, lr=lr,
-                              probes=[MarginProbe(degree=degree), make_probe("kkt")], log_points=config.log_points,
-                              device=config.device, seed=config.seed, progress=progress)
+                history = fit(
+                    model,
+                    data,
+                    loss=loss,
+                    optimizer=schedule,
+                    steps=config.steps,
+                    lr=lr,
+                    probes=[MarginProbe(degree=degree), make_probe("kkt")],
+                    log_points=config.log_points,
+                    device=config.device,
+                    seed=config.seed,
+                    progress=progress,
+                )
                 fit_steps, smoothed = history.column("smoothed_margin")
                 margin_steps, margin = history.column("normalized_margin")
                 epsilon = history.column("kkt_epsilon")[1]
@@ -81,14 +101,20 @@ def run_lyu_li(config: LyuLiConfig, folder: Path, progress: bool) -> Outcome:
             ratio = final["loss-based"] / final["gd"] if not math.isnan(final["gd"]) else math.inf
             numbers[f"{model_name}/{loss} loss-based / gd margin"] = ratio
             larger &= not math.isnan(final["loss-based"]) and ratio > 1
-        plot_series(folder / f"{model_name}_margins.png", curves, title=f"Bias-free {model_name.upper()} on digits",
-                    ylabel=f"q_min / ‖θ‖^{degree}", logy=True)
+        plot_series(
+            folder / f"{model_name}_margins.png",
+            curves,
+            title=f"Bias-free {model_name.upper()} on digits",
+            ylabel=f"q_min / ‖θ‖^{degree}",
+            logy=True,
+        )
         figures.append(f"{model_name}_margins.png")
     ratios = [v for k, v in numbers.items() if k.endswith("margin") and "/ gd" in k and math.isfinite(v)]
     numbers["smallest_margin_ratio"] = min(ratios) if ratios else math.inf
     numbers["runs_whose_kkt_residual_fell"] = f"{sum(kkt_falls)} of {len(kkt_falls)}"
     notes = (
-        "Passes when (i) every constant-lr GD run's smoothed margin, once all points are fit, never decreases between logged "
+        "Passes when (i) every constant-lr GD run's smoothed margin, once all points are fit, never decreases "
+        "between logged "
         f"steps (relative tolerance {config.tolerance:g}); (ii) for each model and loss the loss-based schedule "
         "ends with a larger normalized margin than constant-lr GD after the same number of steps (a GD run that "
         "never fits has no margin and counts as smaller; Lyu & Li report ≈ 7× on MNIST after 10 000 epochs); "

@@ -39,12 +39,26 @@ class CollapseConfig:
 
 def _train(config: CollapseConfig, probes: list, progress: bool):  # noqa: ANN202
     data = load("digits", per_class=config.per_class, standardize=True, seed=config.seed)
-    model = build(f"mlp:depth={config.depth},width={config.width},norm={config.norm}", data.input_shape,
-                  data.num_classes, seed=config.seed)
-    history = fit(model, data, loss="cross-entropy", optimizer="sgd", steps=config.steps, lr=config.lr,
-                  optimizer_options={"momentum": config.momentum, "weight_decay": config.weight_decay},
-                  probes=probes, log_points=config.log_points, device=config.device, seed=config.seed,
-                  progress=progress)
+    model = build(
+        f"mlp:depth={config.depth},width={config.width},norm={config.norm}",
+        data.input_shape,
+        data.num_classes,
+        seed=config.seed,
+    )
+    history = fit(
+        model,
+        data,
+        loss="cross-entropy",
+        optimizer="sgd",
+        steps=config.steps,
+        lr=config.lr,
+        optimizer_options={"momentum": config.momentum, "weight_decay": config.weight_decay},
+        probes=probes,
+        log_points=config.log_points,
+        device=config.device,
+        seed=config.seed,
+        progress=progress,
+    )
     return data, model, history
 
 
@@ -52,16 +66,25 @@ def run_papyan(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:
     layer = f"layer{config.depth - 1}"
     data, model, history = _train(config, [CollapseProbe(layers=[layer])], progress)
     perfect = [row["step"] for row in history if row["accuracy"] == 1.0]
-    numbers: dict[str, float | int | bool] = {"step_zero_training_error": perfect[0] if perfect else -1,
-                                              "final_test_accuracy": history.last.get("test_accuracy", float("nan"))}
+    numbers: dict[str, float | int | bool] = {
+        "step_zero_training_error": perfect[0] if perfect else -1,
+        "final_test_accuracy": history.last.get("test_accuracy", float("nan")),
+    }
     for label, key in NC_METRICS.items():
         steps, values = history.column(f"{key}/{layer}")
         at_fit = dict(zip(steps, values)).get(perfect[0]) if perfect else None
         numbers[f"{key}_initial"], numbers[f"{key}_final"] = values[0], values[-1]
         if at_fit is not None:
             numbers[f"{key}_at_zero_error"] = at_fit
-        plot_series(folder / f"{key}.png", {label: (steps, values)}, title=f"{label} at {layer}", xlabel="step",
-                    ylabel=key, logy=key != "ncc_mismatch", marks={"0 train error": perfect[0]} if perfect else None)
+        plot_series(
+            folder / f"{key}.png",
+            {label: (steps, values)},
+            title=f"{label} at {layer}",
+            xlabel="step",
+            ylabel=key,
+            logy=key != "ncc_mismatch",
+            marks={"0 train error": perfect[0]} if perfect else None,
+        )
     numbers["nc1_reduction"] = numbers["nc1_initial"] / numbers["nc1_final"]
     passed = bool(
         perfect
@@ -78,8 +101,7 @@ def run_papyan(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:
         "error, NC1 falls by at least 100× over training, the ETF distance, equinorm and self-duality are "
         "smaller at the end than at zero error, and NC4's mismatch ends at ≤ 1%."
     )
-    return Outcome(passed=passed, numbers=numbers, figures=[f"{key}.png" for key in NC_METRICS.values()],
-                   notes=notes)
+    return Outcome(passed=passed, numbers=numbers, figures=[f"{key}.png" for key in NC_METRICS.values()], notes=notes)
 
 
 def run_deep_collapse(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:
@@ -92,15 +114,26 @@ def run_deep_collapse(config: CollapseConfig, folder: Path, progress: bool) -> O
     numbers["final_accuracy"] = history.last["accuracy"]
     numbers["nc1_first_over_last"] = nc1[0] / nc1[-1]
     decreasing = all(b < a for a, b in zip(nc1, nc1[1:]))
-    plot_series(folder / "nc1_by_layer.png", {"NC1 after training": (list(range(1, len(nc1) + 1)), nc1)},
-                title="NC1 through the layers", xlabel="hidden layer", ylabel="NC1", logx=False, logy=True)
+    plot_series(
+        folder / "nc1_by_layer.png",
+        {"NC1 after training": (list(range(1, len(nc1) + 1)), nc1)},
+        title="NC1 through the layers",
+        xlabel="hidden layer",
+        ylabel="NC1",
+        logx=False,
+        logy=True,
+    )
     notes = (
         f"A {config.depth}-layer MLP trained as in papyan-2020; NC1 of every hidden layer's training features at "
         "the end. Passes when NC1 decreases strictly from each hidden layer to the next (Rangamani et al. 2023: "
         "within-class variability is progressively reduced through the layers)."
     )
-    return Outcome(passed=bool(decreasing and numbers["final_accuracy"] == 1.0), numbers=numbers,
-                   figures=["nc1_by_layer.png"], notes=notes)
+    return Outcome(
+        passed=bool(decreasing and numbers["final_accuracy"] == 1.0),
+        numbers=numbers,
+        figures=["nc1_by_layer.png"],
+        notes=notes,
+    )
 
 
 register(

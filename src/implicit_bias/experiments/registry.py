@@ -7,7 +7,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +85,9 @@ def reproduce(
     experiment = EXPERIMENTS[name]
     folder = Path(out_dir)
     if folder.exists() and any(folder.iterdir()):
-        raise InvalidArgumentError(f"{str(folder)!r} is not empty; choose a new output folder so no result is overwritten")
+        raise InvalidArgumentError(
+            f"{str(folder)!r} is not empty; choose a new output folder so no result is overwritten"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     config_dict = dataclasses.asdict(config)
     write_yaml(folder / "config.yaml", {"experiment": name, "quick": quick, **config_dict, "versions": versions()})
@@ -105,8 +107,13 @@ def reproduce(
     return result
 
 
-def reproduce_all(out_dir: str | Path, *, quick: bool = False, progress: bool = True,
-                  on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def reproduce_all(
+    out_dir: str | Path,
+    *,
+    quick: bool = False,
+    progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Run every registered experiment into ``out_dir/<name>`` and write ``out_dir/index.md``."""
     if not EXPERIMENTS:
         raise InvalidArgumentError("no experiments are registered")

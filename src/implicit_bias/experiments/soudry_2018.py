@@ -48,8 +48,14 @@ def direction_probe(svm_direction: torch.Tensor) -> Callable[[ProbeContext], dic
 
 
 def run_soudry(config: SoudryConfig, folder: Path, progress: bool) -> Outcome:
-    data = load("linear-separable", n=config.n, dim=config.dim, margin=config.margin,
-                support_pairs=config.support_pairs, seed=config.seed)
+    data = load(
+        "linear-separable",
+        n=config.n,
+        dim=config.dim,
+        margin=config.margin,
+        support_pairs=config.support_pairs,
+        seed=config.seed,
+    )
     svm = hard_margin_svm(data.X, data.y)
     smooth_step = 1.0 / float(data.X.square().sum(dim=1).max())  # 1/max‖x‖²: the dual's smoothness allows it
     numbers: dict[str, float | int | bool] = {"svm_margin": svm.margin, "planted_margin": config.margin}
@@ -58,10 +64,19 @@ def run_soudry(config: SoudryConfig, folder: Path, progress: bool) -> Outcome:
     for method in METHODS:
         model = build("linear:bias=false,init_scale=0", data.input_shape, 2)  # w₀ = 0
         gd_lr = config.gd_step * len(data) / float(torch.linalg.matrix_norm(data.X, ord=2)) ** 2  # × N: fit's mean
-        history = fit(model, data, loss="exponential", optimizer=method, steps=config.steps,
-                      lr=gd_lr if method == "gd" else smooth_step,
-                      probes=[MarginProbe(degree=1), direction_probe(torch.as_tensor(svm.weight))],
-                      log_points=config.log_points, device=config.device, seed=config.seed, progress=progress)
+        history = fit(
+            model,
+            data,
+            loss="exponential",
+            optimizer=method,
+            steps=config.steps,
+            lr=gd_lr if method == "gd" else smooth_step,
+            probes=[MarginProbe(degree=1), direction_probe(torch.as_tensor(svm.weight))],
+            log_points=config.log_points,
+            device=config.device,
+            seed=config.seed,
+            progress=progress,
+        )
         steps, margins = history.column("normalized_margin")
         gaps = [1 - m / svm.margin for m in margins]
         gap_curves[method] = _positive(steps, gaps)
@@ -77,10 +92,20 @@ def run_soudry(config: SoudryConfig, folder: Path, progress: bool) -> Outcome:
     logarithmic = -0.5 < numbers["gd_gap_exponent"] < 0
     power = all(numbers[f"{m}_gap_exponent"] < -0.5 for m in METHODS[1:])
     ordered = numbers["dual-accelerated_final_gap"] < numbers["normalized-gd_final_gap"] < numbers["gd_final_gap"]
-    plot_series(folder / "margin_gap.png", gap_curves, title="Gap to the SVM margin, 1 − γ(w_t)/γ*", ylabel="gap",
-                logy=True)
-    plot_series(folder / "angle.png", angle_curves, title="Angle between w_t and the SVM direction",
-                ylabel="radians", logy=True)
+    plot_series(
+        folder / "margin_gap.png",
+        gap_curves,
+        title="Gap to the SVM margin, 1 − γ(w_t)/γ*",
+        ylabel="gap",
+        logy=True,
+    )
+    plot_series(
+        folder / "angle.png",
+        angle_curves,
+        title="Angle between w_t and the SVM direction",
+        ylabel="radians",
+        logy=True,
+    )
     notes = (
         "The SVM (no intercept) is solved independently (dual L-BFGS-B, then an exact solve on the support set); "
         "all methods start at w = 0; GD's constant step is 1/‖X‖₂² on the summed loss (its smoothness at w = 0), "
@@ -90,8 +115,12 @@ def run_soudry(config: SoudryConfig, folder: Path, progress: bool) -> Outcome:
         "and the final gaps are ordered dual-accelerated < normalized GD < GD. angle·log t for GD (spread over the "
         "last two decades) shows how close GD's direction is to the c/log t regime of Soudry et al. (Thm 3)."
     )
-    return Outcome(passed=bool(logarithmic and power and ordered), numbers=numbers,
-                   figures=["margin_gap.png", "angle.png"], notes=notes)
+    return Outcome(
+        passed=bool(logarithmic and power and ordered),
+        numbers=numbers,
+        figures=["margin_gap.png", "angle.png"],
+        notes=notes,
+    )
 
 
 def _positive(steps: list[int], values: list[float]) -> tuple[list[int], list[float]]:

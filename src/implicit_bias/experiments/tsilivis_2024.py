@@ -19,8 +19,11 @@ from ..train import MarginProbe, fit
 from .registry import Experiment, Outcome, register
 
 NORM_KEYS = {"ℓ2": "normalized_margin", "ℓ∞": "normalized_margin_linf", "ℓ1": "normalized_margin_l1"}
-STEEPEST = {"gd (ℓ2)": ("normalized-gd", {}), "sign (ℓ∞)": ("sign", {"normalize": True}),
-            "coordinate (ℓ1)": ("coordinate", {"normalize": True})}
+STEEPEST = {
+    "gd (ℓ2)": ("normalized-gd", {}),
+    "sign (ℓ∞)": ("sign", {"normalize": True}),
+    "coordinate (ℓ1)": ("coordinate", {"normalize": True}),
+}
 
 
 @dataclass(frozen=True)
@@ -41,18 +44,43 @@ class TsilivisConfig:
 
 
 def run_tsilivis(config: TsilivisConfig, folder: Path, progress: bool) -> Outcome:
-    data = load("gaussians", num_classes=2, dim=config.dim, n_per_class=config.n_per_class,
-                separation=config.separation, seed=config.seed)
-    rates = {"normalized-gd": config.lr_gd, "sign": config.lr_sign, "coordinate": config.lr_coordinate,
-             "adam": config.lr_adam}
-    runs = {**STEEPEST, "adam ε=0": ("adam", {"eps": 0.0}), f"adam ε={config.adam_eps:g}": ("adam", {"eps": config.adam_eps})}
+    data = load(
+        "gaussians",
+        num_classes=2,
+        dim=config.dim,
+        n_per_class=config.n_per_class,
+        separation=config.separation,
+        seed=config.seed,
+    )
+    rates = {
+        "normalized-gd": config.lr_gd,
+        "sign": config.lr_sign,
+        "coordinate": config.lr_coordinate,
+        "adam": config.lr_adam,
+    }
+    runs = {
+        **STEEPEST,
+        "adam ε=0": ("adam", {"eps": 0.0}),
+        f"adam ε={config.adam_eps:g}": ("adam", {"eps": config.adam_eps}),
+    }
     table: dict[str, dict[str, float]] = {}
     curves = {}
     for label, (optimizer, options) in runs.items():
         model = build(f"mlp:depth=2,width={config.width},bias=false", data.input_shape, 2, seed=config.seed)
-        history = fit(model, data, loss="exponential", optimizer=optimizer, optimizer_options=options,
-                      steps=config.steps, lr=rates[optimizer], probes=[MarginProbe(degree=2)],
-                      log_points=config.log_points, device=config.device, seed=config.seed, progress=progress)
+        history = fit(
+            model,
+            data,
+            loss="exponential",
+            optimizer=optimizer,
+            optimizer_options=options,
+            steps=config.steps,
+            lr=rates[optimizer],
+            probes=[MarginProbe(degree=2)],
+            log_points=config.log_points,
+            device=config.device,
+            seed=config.seed,
+            progress=progress,
+        )
         table[label] = {norm: history.last[key] for norm, key in NORM_KEYS.items()}
         if label in STEEPEST:
             own = NORM_KEYS[label.split("(")[1].rstrip(")")]
@@ -62,8 +90,7 @@ def run_tsilivis(config: TsilivisConfig, folder: Path, progress: bool) -> Outcom
     }
     steepest = list(STEEPEST)
     diagonal = all(
-        table[label][norm] == max(table[other][norm] for other in steepest)
-        for label, norm in zip(steepest, NORM_KEYS)
+        table[label][norm] == max(table[other][norm] for other in steepest) for label, norm in zip(steepest, NORM_KEYS)
     )
     adam_zero, adam_eps = table["adam ε=0"], table[f"adam ε={config.adam_eps:g}"]
     adam_geometry = adam_zero["ℓ∞"] > adam_eps["ℓ∞"] and adam_eps["ℓ2"] > adam_zero["ℓ2"]
@@ -73,19 +100,33 @@ def run_tsilivis(config: TsilivisConfig, folder: Path, progress: bool) -> Outcom
         table[label][norm] / max(table[other][norm] for other in steepest if other != label)
         for label, norm in zip(steepest, NORM_KEYS)
     )
-    plot_bars(folder / "margins_by_norm.png", {norm: {label: table[label][norm] / max(table[o][norm] for o in table)
-                                                       for label in table} for norm in NORM_KEYS},
-              title="Normalized margin in each norm (relative to the best run)", ylabel="γ_p / max γ_p")
-    plot_series(folder / "own_norm_margins.png", curves, title="Each optimizer's margin in its own norm",
-                ylabel="q_min / ‖θ‖_p²")
+    plot_bars(
+        folder / "margins_by_norm.png",
+        {
+            norm: {label: table[label][norm] / max(table[o][norm] for o in table) for label in table}
+            for norm in NORM_KEYS
+        },
+        title="Normalized margin in each norm (relative to the best run)",
+        ylabel="γ_p / max γ_p",
+    )
+    plot_series(
+        folder / "own_norm_margins.png",
+        curves,
+        title="Each optimizer's margin in its own norm",
+        ylabel="q_min / ‖θ‖_p²",
+    )
     notes = (
         "Steepest-descent runs use loss-normalized steps (gradient of log ℒ). `own_norm_advantage_min` is the "
         "smallest ratio, over the three norms, of the matching optimizer's margin to the best other optimizer's. "
         "Passes when every optimizer is best in its own norm and Adam with ε > 0 has a larger ℓ2 and a smaller ℓ∞ "
         "margin than Adam with ε = 0."
     )
-    return Outcome(passed=bool(diagonal and adam_geometry), numbers=numbers,
-                   figures=["margins_by_norm.png", "own_norm_margins.png"], notes=notes)
+    return Outcome(
+        passed=bool(diagonal and adam_geometry),
+        numbers=numbers,
+        figures=["margins_by_norm.png", "own_norm_margins.png"],
+        notes=notes,
+    )
 
 
 register(

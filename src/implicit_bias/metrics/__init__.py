@@ -2,13 +2,31 @@
 
 from .collapse import CollapseAccumulator, CollapseReport
 from .direction import alignment, direction_cosine, flat_parameters, layer_norms
-from .layerwise import FeatureReducer, LayerCollapse, collapse_by_layer
 from .kkt import KKTCertificate, KKTResidual, kkt_certificate, kkt_residual, support_count
-from .svm import SVMSolution, hard_margin_svm
+from .layerwise import FeatureReducer, LayerCollapse, collapse_by_layer
 from .margins import homogeneity_degree, margins, normalized_margin, parameter_norm, smoothed_margin
+from .svm import SVMSolution, hard_margin_svm
 
 __all__ = [
-    "CollapseAccumulator", "CollapseReport", "FeatureReducer", "KKTCertificate", "LayerCollapse", "KKTResidual", "SVMSolution", "hard_margin_svm", "alignment", "collapse_by_layer", "direction_cosine", "flat_parameters", "homogeneity_degree",
-    "kkt_certificate", "kkt_residual", "layer_norms", "margins", "normalized_margin", "parameter_norm",
-    "smoothed_margin", "support_count",
+    "CollapseAccumulator",
+    "CollapseReport",
+    "FeatureReducer",
+    "KKTCertificate",
+    "LayerCollapse",
+    "KKTResidual",
+    "SVMSolution",
+    "hard_margin_svm",
+    "alignment",
+    "collapse_by_layer",
+    "direction_cosine",
+    "flat_parameters",
+    "homogeneity_degree",
+    "kkt_certificate",
+    "kkt_residual",
+    "layer_norms",
+    "margins",
+    "normalized_margin",
+    "parameter_norm",
+    "smoothed_margin",
+    "support_count",
 ]

@@ -12,9 +12,9 @@ shifted squares q_c    (K,)            Σ_{i∈c} ‖h_i − s_c‖²
 The class means are μ_c = s_c + u_c/n_c and the pooled within-class scatter is the shifted-data identity
 S_W = T − Σ_c n_c d_c d_cᵀ with d_c = u_c/n_c. Because s_c is close to μ_c, h − s_c is formed exactly
 (Sterbenz) and the correction is small, so the result keeps its precision at collapse, where the naive
-Σ hhᵀ − Σ n_c μ_c μ_cᵀ loses every digit. Each batch costs the lower block triangle of one D×D GEMM of inner size B (less than
-HᵀH itself) plus scatter-adds; merging two states re-centres one onto the other's shifts exactly (Chan et al.'s pairwise update
-in shifted form).
+Σ hhᵀ − Σ n_c μ_c μ_cᵀ loses every digit. Each batch costs the lower block triangle of one D×D GEMM of inner
+size B (less than HᵀH itself) plus scatter-adds; merging two states re-centres one onto the other's shifts
+exactly (Chan et al.'s pairwise update in shifted form).
 
 Conventions (explicit, also recorded in the report)
 ---------------------------------------------------
@@ -41,7 +41,16 @@ import torch
 from ..errors import InvalidArgumentError
 from ..validation import check_choice, check_scalar
 
-STATE = ("counts", "shifts", "seen", "shifted_sums", "shifted_scatter", "shifted_squares", "ncc_mismatches", "ncc_total")
+STATE = (
+    "counts",
+    "shifts",
+    "seen",
+    "shifted_sums",
+    "shifted_scatter",
+    "shifted_squares",
+    "ncc_mismatches",
+    "ncc_total",
+)
 
 
 @dataclass(frozen=True)
@@ -213,8 +222,13 @@ class CollapseAccumulator:
         self.counts += batch_counts
 
     @torch.no_grad()
-    def ncc_update(self, features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                   bias: torch.Tensor | None = None) -> None:
+    def ncc_update(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> None:
         """NC4's pass: count samples whose classifier decision differs from the nearest class mean.
 
         Needs the final class means, so it runs after the :meth:`update` pass (a second, cheap pass).
@@ -237,7 +251,8 @@ class CollapseAccumulator:
     @torch.no_grad()
     def _reshift(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(u, T, q) of this state expressed around the shifts ``target`` instead of its own (exact algebra):
-        with δ_c = s_c − t_c, u' = u + n δ, q' = q + 2⟨u, δ⟩ + n‖δ‖², T' = T + Σ_c (u_c δ_cᵀ + δ_c u_cᵀ + n_c δ_c δ_cᵀ)."""
+        with δ_c = s_c − t_c: u' = u + n δ, q' = q + 2⟨u, δ⟩ + n‖δ‖²,
+        T' = T + Σ_c (u_c δ_cᵀ + δ_c u_cᵀ + n_c δ_c δ_cᵀ)."""
         delta = torch.where(self.seen[:, None], self.shifts - target, torch.zeros_like(target))
         n = self.counts.to(self.dtype)
         cross = self.shifted_sums.T @ delta
@@ -282,12 +297,20 @@ class CollapseAccumulator:
         totals = torch.cat([n[:, None], self.shifts * n[:, None] + self.shifted_sums], dim=1)
         dist.all_reduce(totals, group=group)
         global_counts = totals[:, 0]
-        common = torch.where(global_counts[:, None] > 0, totals[:, 1:] / global_counts.clamp(min=1)[:, None],
-                             torch.zeros_like(self.shifts))
+        common = torch.where(
+            global_counts[:, None] > 0,
+            totals[:, 1:] / global_counts.clamp(min=1)[:, None],
+            torch.zeros_like(self.shifts),
+        )
         sums, scatter, squares = self._reshift(common)
         for tensor in (sums, scatter, squares, self.counts, self.ncc_mismatches, self.ncc_total):
             dist.all_reduce(tensor, group=group)
-        self.shifts, self.shifted_sums, self.shifted_scatter, self.shifted_squares = common, sums, scatter, squares
+        self.shifts, self.shifted_sums, self.shifted_scatter, self.shifted_squares = (
+            common,
+            sums,
+            scatter,
+            squares,
+        )
         self.seen = self.counts > 0
 
     # --------------------------------------------------------------- compute
@@ -301,7 +324,8 @@ class CollapseAccumulator:
         weight = weight.detach().to(device=self.device, dtype=self.dtype)
         if weight.shape != (self.num_classes, self.dim):
             raise InvalidArgumentError(
-                f"weight must have shape ({self.num_classes}, {self.dim}) (one row per class), got {tuple(weight.shape)}"
+                f"weight must have shape ({self.num_classes}, {self.dim}) (one row per class), "
+                f"got {tuple(weight.shape)}"
             )
         if bias is not None:
             bias = bias.detach().to(device=self.device, dtype=self.dtype)
@@ -369,13 +393,25 @@ class CollapseAccumulator:
             self_duality_wh = float((product / product.norm() - etf).norm())
         ncc = float(self.ncc_mismatches) / float(self.ncc_total) if int(self.ncc_total) > 0 else None
         return CollapseReport(
-            num_samples=int(total), num_classes=k, dim=self.dim, **report, equinorm_w=equinorm_w,
-            self_duality=self_duality, self_duality_wh=self_duality_wh, ncc_mismatch=ncc,
-            class_counts=self.counts.tolist(), class_mean_norms=norms.tolist(), class_variances=variances.tolist(),
+            num_samples=int(total),
+            num_classes=k,
+            dim=self.dim,
+            **report,
+            equinorm_w=equinorm_w,
+            self_duality=self_duality,
+            self_duality_wh=self_duality_wh,
+            ncc_mismatch=ncc,
+            class_counts=self.counts.tolist(),
+            class_mean_norms=norms.tolist(),
+            class_variances=variances.tolist(),
             missing_classes=torch.nonzero(~present).flatten().tolist(),
             singleton_classes=torch.nonzero(self.counts == 1).flatten().tolist(),
-            conventions={"global_mean": self.global_mean, "sigma_w": "S_W / N", "sigma_b": "Σ (μ_c−μ_G)(μ_c−μ_G)ᵀ / K",
-                         "pseudo_inverse": f"SVD of M̃, singular values > {self.rcond:g}·max"},
+            conventions={
+                "global_mean": self.global_mean,
+                "sigma_w": "S_W / N",
+                "sigma_b": "Σ (μ_c−μ_G)(μ_c−μ_G)ᵀ / K",
+                "pseudo_inverse": f"SVD of M̃, singular values > {self.rcond:g}·max",
+            },
         )
 
 
@@ -383,7 +419,13 @@ def _as(accumulator: CollapseAccumulator, dtype: torch.dtype, device: torch.devi
     """``accumulator`` itself, or a copy of its state in another dtype/device."""
     if accumulator.dtype == dtype and accumulator.device == device:
         return accumulator
-    copy = CollapseAccumulator(accumulator.num_classes, accumulator.dim, dtype=dtype, device=device,
-                               global_mean=accumulator.global_mean, rcond=accumulator.rcond)
+    copy = CollapseAccumulator(
+        accumulator.num_classes,
+        accumulator.dim,
+        dtype=dtype,
+        device=device,
+        global_mean=accumulator.global_mean,
+        rcond=accumulator.rcond,
+    )
     copy.load_state_dict(accumulator.state_dict())
     return copy

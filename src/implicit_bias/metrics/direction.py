@@ -60,9 +60,9 @@ def alignment(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str = "e
     with evaluation(model), torch.enable_grad():
         value = log_loss(model(X), y.to(X.device), loss)
         grads = torch.autograd.grad(value, parameters, allow_unused=True)
-    gradient = torch.cat([
-        (g if g is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64) for g, p in zip(grads, parameters)
-    ])
+    gradient = torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64) for g, p in zip(grads, parameters)]
+    )
     theta = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in parameters])
     return _cosine(theta, -gradient, "the alignment")
 

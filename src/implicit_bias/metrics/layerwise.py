@@ -128,8 +128,11 @@ def collapse_by_layer(
                 accumulators[name].update(features, y)
         return accumulators
 
-    def ncc_accuracy(split: Iterable, means_from: dict[str, CollapseAccumulator],
-                     nc4: dict[str, CollapseAccumulator] | None) -> dict[str, float]:
+    def ncc_accuracy(
+        split: Iterable,
+        means_from: dict[str, CollapseAccumulator],
+        nc4: dict[str, CollapseAccumulator] | None,
+    ) -> dict[str, float]:
         correct = dict.fromkeys(layers, 0)
         total = 0
         for X, y in split:

@@ -45,8 +45,14 @@ def hard_margin_svm(X: torch.Tensor, y: torch.Tensor, *, support_tol: float = 1e
         g = gram @ alpha
         return 0.5 * alpha @ g - alpha.sum(), g - 1.0
 
-    result = minimize(negative_dual, np.zeros(len(Z)), jac=True, method="L-BFGS-B", bounds=[(0, None)] * len(Z),
-                      options={"ftol": 1e-16, "gtol": 1e-12, "maxiter": 100_000, "maxcor": 30})
+    result = minimize(
+        negative_dual,
+        np.zeros(len(Z)),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0, None)] * len(Z),
+        options={"ftol": 1e-16, "gtol": 1e-12, "maxiter": 100_000, "maxcor": 30},
+    )
     alpha = result.x
     if not np.isfinite(result.fun) or alpha.sum() > 1e12:
         raise NotSeparatedError("the hard-margin SVM has no solution: the data are not linearly separable")

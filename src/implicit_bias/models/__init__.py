@@ -34,8 +34,16 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": MLP, "
 COMMON_OPTIONS = ("outputs", "init_scale")
 
 __all__ = [
-    "BUILDERS", "CNN", "MLP", "ResNet", "build", "builder_options", "capture_features", "feature_names",
-    "format_spec", "parse_spec",
+    "BUILDERS",
+    "CNN",
+    "MLP",
+    "ResNet",
+    "build",
+    "builder_options",
+    "capture_features",
+    "feature_names",
+    "format_spec",
+    "parse_spec",
 ]
 
 

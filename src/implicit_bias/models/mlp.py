@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import math
+from collections import OrderedDict
 
 from torch import nn
 

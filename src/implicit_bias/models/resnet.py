@@ -39,8 +39,9 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Sequential):
-    """A small ResNet: ``stem`` (conv3 → norm → relu) → ``stage1`` … ``stage{stages}`` (``blocks`` basic blocks each; width
-    doubles and resolution halves from stage 2 on) → ``pool`` (global average) → ``flatten`` → ``head``."""
+    """A small ResNet: ``stem`` (conv3 → norm → relu) → ``stage1`` … ``stage{stages}`` (``blocks`` basic blocks
+    each; width doubles and resolution halves from stage 2 on) → ``pool`` (global average) → ``flatten`` →
+    ``head``."""
 
     def __init__(
         self,
@@ -63,7 +64,14 @@ class ResNet(nn.Sequential):
         for stage in range(1, stages + 1):
             cout = width * 2 ** (stage - 1)
             stage_blocks = [
-                BasicBlock(dims, cin if b == 0 else cout, cout, 2 if (b == 0 and stage > 1) else 1, bias=bias, norm=norm)
+                BasicBlock(
+                    dims,
+                    cin if b == 0 else cout,
+                    cout,
+                    2 if (b == 0 and stage > 1) else 1,
+                    bias=bias,
+                    norm=norm,
+                )
                 for b in range(blocks)
             ]
             layers[f"stage{stage}"] = nn.Sequential(*stage_blocks)
@@ -72,4 +80,8 @@ class ResNet(nn.Sequential):
         layers["flatten"] = nn.Flatten()
         layers["head"] = nn.Linear(cin, num_outputs, bias=bias)
         super().__init__(OrderedDict(layers))
-        self.feature_names: tuple[str, ...] = ("stem", *(f"stage{s}" for s in range(1, stages + 1)), "flatten")
+        self.feature_names: tuple[str, ...] = (
+            "stem",
+            *(f"stage{s}" for s in range(1, stages + 1)),
+            "flatten",
+        )

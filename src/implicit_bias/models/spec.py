@@ -53,6 +53,8 @@ def format_spec(name: str, options: Mapping[str, Any]) -> str:
     """The string form of a spec (inverse of :func:`parse_spec` for scalar and list values)."""
     if not options:
         return name
-    rendered = ",".join(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                        for k, v in options.items())
+    rendered = ",".join(
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in options.items()
+    )
     return f"{name}:{rendered}"

@@ -65,7 +65,12 @@ def plot_history(history: History, folder: str | Path, *, skip: Sequence[str] = 
 
 
 def plot_bars(
-    path: str | Path, table: Mapping[str, Mapping[str, float]], *, title: str, ylabel: str = "", logy: bool = False
+    path: str | Path,
+    table: Mapping[str, Mapping[str, float]],
+    *,
+    title: str,
+    ylabel: str = "",
+    logy: bool = False,
 ) -> Path:
     """Grouped bars: one group per outer key of ``table``, one bar per inner key (the same inner keys each)."""
     path = Path(path)

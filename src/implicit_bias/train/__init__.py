@@ -1,12 +1,25 @@
 """Training runs: ``fit`` (the Python API), probes, history, checkpoints and run directories."""
 
-from .config import TrainConfig, resume_run, run
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, resume_run, run
 from .history import History
 from .loop import as_dataset, fit
 from .probes import PROBES, CollapseProbe, MarginProbe, Probe, ProbeContext, make_probe
 
 __all__ = [
-    "PROBES", "Checkpoint", "CollapseProbe", "TrainConfig", "History", "MarginProbe", "Probe", "ProbeContext", "as_dataset", "fit",
-    "load_checkpoint", "make_probe", "resume_run", "run", "save_checkpoint",
+    "PROBES",
+    "Checkpoint",
+    "CollapseProbe",
+    "TrainConfig",
+    "History",
+    "MarginProbe",
+    "Probe",
+    "ProbeContext",
+    "as_dataset",
+    "fit",
+    "load_checkpoint",
+    "make_probe",
+    "resume_run",
+    "run",
+    "save_checkpoint",
 ]

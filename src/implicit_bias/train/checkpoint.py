@@ -103,7 +103,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             history=History(json.loads(metadata["history"])),
             extra=json.loads(metadata["extra"]),
         )
-    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (
+        SafetensorError,
+        ValueError,
+        KeyError,
+        TypeError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+    ) as error:
         raise CorruptFileError(f"{str(path)!r} is not a readable implicit-bias checkpoint: {error}") from None
 
 

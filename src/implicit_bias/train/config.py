@@ -96,5 +96,9 @@ def resume_run(run_dir: str | Path, *, progress: bool = True) -> History:
             "model of its own); resume it with implicit_bias.train.fit(..., run_dir=..., resume=True)"
         )
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return run(TrainConfig.from_mapping({k: v for k, v in values.items() if k in fields}, source=str(config_path)),
-               run_dir, resume=True, progress=progress)
+    return run(
+        TrainConfig.from_mapping({k: v for k, v in values.items() if k in fields}, source=str(config_path)),
+        run_dir,
+        resume=True,
+        progress=progress,
+    )

@@ -60,4 +60,3 @@ class History:
         for record in csv.DictReader(io.StringIO(text)):
             rows.append({k: float(v) for k, v in record.items() if v not in ("", None)})
         return cls(rows)
-

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from ..data import Dataset
@@ -170,16 +177,26 @@ def fit(
     elif isinstance(optimizer, torch.optim.Optimizer):
         optimizer_name = type(optimizer).__name__
     else:
-        raise InvalidArgumentError(f"optimizer must be a name or a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        raise InvalidArgumentError(
+            f"optimizer must be a name or a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
     on_log_loss = steps_on_log_loss(optimizer)
     first = predict(model, dataset.X[:1])
     canonical_labels(first.expand(len(dataset), *first.shape[1:]), dataset.y)  # outputs fit the labels
 
     run_path = Path(run_dir) if run_dir is not None else None
     settings = {
-        "loss": loss, "optimizer": optimizer_name, "optimizer_options": dict(optimizer_options or {}), "steps": steps,
-        "lr": lr, "batch_size": batch_size, "dtype": str(dtype).removeprefix("torch."), "device": str(device),
-        "seed": seed, "reduction": reduction, "log_points": log_points,
+        "loss": loss,
+        "optimizer": optimizer_name,
+        "optimizer_options": dict(optimizer_options or {}),
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": str(device),
+        "seed": seed,
+        "reduction": reduction,
+        "log_points": log_points,
     }
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -189,10 +206,24 @@ def fit(
         handler = _attach_log(run_path)
         try:
             return _loop(
-                model, dataset, optimizer, on_log_loss, loss=loss, reduction=reduction, steps=steps, start=start,
-                batch_size=batch_size, seed=seed, probes=probes, run_path=run_path, history=history,
-                elapsed=elapsed, log_steps=log_spaced_steps(steps, log_points), eval_batch_size=eval_batch_size,
-                checkpoint_seconds=checkpoint_seconds, progress=progress,
+                model,
+                dataset,
+                optimizer,
+                on_log_loss,
+                loss=loss,
+                reduction=reduction,
+                steps=steps,
+                start=start,
+                batch_size=batch_size,
+                seed=seed,
+                probes=probes,
+                run_path=run_path,
+                history=history,
+                elapsed=elapsed,
+                log_steps=log_spaced_steps(steps, log_points),
+                eval_batch_size=eval_batch_size,
+                checkpoint_seconds=checkpoint_seconds,
+                progress=progress,
             )
         finally:
             if handler is not None:
@@ -265,7 +296,11 @@ def _loop(
         nonlocal last_save
         if run_path is not None:
             save_checkpoint(
-                run_path / CHECKPOINT_FILE, step=step, model=model, optimizer=optimizer, history=history,
+                run_path / CHECKPOINT_FILE,
+                step=step,
+                model=model,
+                optimizer=optimizer,
+                history=history,
                 extra={"elapsed": time.perf_counter() - clock},
             )
             last_save = time.perf_counter()
@@ -324,7 +359,12 @@ def _loop(
             if time.perf_counter() - last_save >= checkpoint_seconds:
                 save(done)
             if progress and (done % refresh == 0 or done == steps):
-                bar.update(task, completed=done, log_loss=f"{value:.4g}", accuracy=f"{_accuracy(outputs.detach(), y):.3f}")
+                bar.update(
+                    task,
+                    completed=done,
+                    log_loss=f"{value:.4g}",
+                    accuracy=f"{_accuracy(outputs.detach(), y):.3f}",
+                )
         save(steps)
     logger.info("finished at step %d", steps)
     return history
@@ -350,7 +390,9 @@ def _log_row(
         try:
             values = probe(context)
         except ImplicitBiasError as error:
-            raise type(error)(f"probe {getattr(probe, '__name__', type(probe).__name__)} failed at step {step}: {error}") from None
+            raise type(error)(
+                f"probe {getattr(probe, '__name__', type(probe).__name__)} failed at step {step}: {error}"
+            ) from None
         for key, value in values.items():
             if math.isfinite(value):
                 row[key] = float(value)

@@ -103,12 +103,20 @@ class MarginProbe:
             return row
         try:
             q_min = require_separated(q)
-            row.update({f"normalized_margin{suffix}": normalize_by_norm(q_min, norm, self.degree)
-                        for suffix, norm in norms.items()})
+            row.update(
+                {
+                    f"normalized_margin{suffix}": normalize_by_norm(q_min, norm, self.degree)
+                    for suffix, norm in norms.items()
+                }
+            )
             if context.loss in MARGIN_LOSSES:
                 numerator = require_fit_loss(context.loss, context.log_loss)
-                row.update({f"smoothed_margin{suffix}": normalize_by_norm(numerator, norm, self.degree)
-                            for suffix, norm in norms.items()})
+                row.update(
+                    {
+                        f"smoothed_margin{suffix}": normalize_by_norm(numerator, norm, self.degree)
+                        for suffix, norm in norms.items()
+                    }
+                )
         except NotSeparatedError:
             pass
         return row
@@ -158,8 +166,14 @@ class KKTProbe:
                 self.degree = math.nan
         if math.isnan(self.degree):
             return {}
-        epsilon, delta = kkt_residual(context.model, context.X, context.y, degree=self.degree, slack=self.slack,
-                                      max_points=self.max_points)
+        epsilon, delta = kkt_residual(
+            context.model,
+            context.X,
+            context.y,
+            degree=self.degree,
+            slack=self.slack,
+            max_points=self.max_points,
+        )
         return {"kkt_epsilon": epsilon, "kkt_delta": delta}
 
 
@@ -174,15 +188,29 @@ class CollapseProbe:
     ``equinorm/<layer>``, ``equiangularity/<layer>``, ``etf_distance/<layer>``, ``ncc_accuracy/<layer>`` and, at
     the layer feeding the classifier, ``self_duality``, ``self_duality_wh`` and ``ncc_mismatch`` (NC3, NC4)."""
 
-    KEYS = ("nc1", "nc1_trace", "cdnv", "equinorm", "equiangularity", "etf_distance", "self_duality",
-            "self_duality_wh", "ncc_mismatch")
+    KEYS = (
+        "nc1",
+        "nc1_trace",
+        "cdnv",
+        "equinorm",
+        "equiangularity",
+        "etf_distance",
+        "self_duality",
+        "self_duality_wh",
+        "ncc_mismatch",
+    )
 
     def __init__(self, layers: list[str] | None = None, reduction: str = "avgpool") -> None:
         self.layers, self.reduction = layers, reduction
 
     def __call__(self, context: ProbeContext) -> dict[str, float]:
-        result = collapse_by_layer(context.model, (context.X, context.y), self.layers,
-                                   num_classes=context.num_classes, reduction=self.reduction)
+        result = collapse_by_layer(
+            context.model,
+            (context.X, context.y),
+            self.layers,
+            num_classes=context.num_classes,
+            reduction=self.reduction,
+        )
         row = {}
         for layer, measured in result.items():
             for key in self.KEYS:
