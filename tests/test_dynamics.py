@@ -86,7 +86,7 @@ def test_log_adam_matches_torch_adam_while_the_loss_is_representable():
             optimizer.zero_grad()
             if isinstance(optimizer, LogAdam):
                 value.backward()
-                optimizer.step(log_loss=float(value))
+                optimizer.step(log_loss=float(value.detach()))
             else:
                 torch.exp(value).backward()
                 optimizer.step()
