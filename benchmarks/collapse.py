@@ -46,7 +46,8 @@ def make_batches(D: int, K: int, N: int, dtype: torch.dtype, seed: int = 0) -> l
 
 def nc1_from(scatter: torch.Tensor, means: torch.Tensor, N: int) -> float:
     """tr(Σ_W Σ_B^†)/K from a within-class scatter and the class means (float64, SVD pseudo-inverse)."""
-    centred = (means - means.mean(0)).T.double()
+    means = means.double()  # centre in float64 (as the accumulator does), so M̃'s columns sum to 0 to 1e−16
+    centred = (means - means.mean(0)).T
     u, s, _ = torch.linalg.svd(centred, full_matrices=False)
     keep = s > 1e-10 * s.max()
     u, s = u[:, keep], s[keep]

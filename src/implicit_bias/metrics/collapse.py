@@ -350,10 +350,10 @@ class CollapseAccumulator:
         sums = self.shifted_sums[present].to(f64)
         offsets = sums / counts[:, None]
         means = self.shifts[present].to(f64) + offsets
-        scatter = self._scatter().to(f64) - (offsets * counts[:, None]).T @ offsets
+        shifted = self._scatter().to(f64)  # S_W = T − Oᵀ diag(n) O with O the rows d_c: never formed, only applied
         variances = (self.shifted_squares[present].to(f64) - counts * offsets.square().sum(dim=1)) / counts
         variances = variances.clamp(min=0)
-        sigma_w = scatter / total
+        within_trace = (float(shifted.trace()) - float((counts * offsets.square().sum(dim=1)).sum())) / total
         centre = means.mean(dim=0) if self.global_mean == "unweighted" else (counts[:, None] * means).sum(0) / total
         centred = means - centre  # (k, D): rows μ_c − μ_G; M̃ = centredᵀ
         sigma_b_trace = float(centred.square().sum()) / k
@@ -361,8 +361,9 @@ class CollapseAccumulator:
         u, s, _ = torch.linalg.svd(centred.T, full_matrices=False)  # M̃ = U S Vᵀ
         keep = s > self.rcond * s.max() if s.numel() and float(s.max()) > 0 else torch.zeros_like(s, dtype=torch.bool)
         u, s = u[:, keep], s[keep]
-        # tr(Σ_W Σ_B^†)/K with Σ_B = U S² Uᵀ / K, so Σ_B^† = K U S^{-2} Uᵀ
-        nc1 = float(((u.T @ sigma_w) * u.T).sum(dim=1).div(s.square()).sum()) if len(s) else math.inf
+        # tr(Σ_W Σ_B^†)/K with Σ_B = U S² Uᵀ / K, so Σ_B^† = K U S^{-2} Uᵀ: Σ_j u_jᵀ Σ_W u_j / s_j²
+        projected = (shifted @ u - offsets.T @ (counts[:, None] * (offsets @ u))) / total  # Σ_W U
+        nc1 = float((projected * u).sum(dim=0).div(s.square()).sum()) if len(s) else math.inf
 
         norms = centred.norm(dim=1)
         unit = centred / norms.clamp(min=1e-300)[:, None]
@@ -375,7 +376,7 @@ class CollapseAccumulator:
 
         report = {
             "nc1": nc1,
-            "nc1_trace": float(sigma_w.trace()) / sigma_b_trace if sigma_b_trace > 0 else math.inf,
+            "nc1_trace": within_trace / sigma_b_trace if sigma_b_trace > 0 else math.inf,
             "cdnv": float((pair_variance[off] / distances[off]).mean()),
             "equinorm": float(norms.std() / norms.mean()),
             "equiangularity": float(cosines[off].std()),
