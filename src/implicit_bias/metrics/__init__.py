@@ -2,6 +2,7 @@
 
 from .collapse import CollapseAccumulator, CollapseReport
 from .direction import alignment, direction_cosine, flat_parameters, layer_norms
+from .effective_depth import EffectiveDepth, effective_depth
 from .kkt import KKTCertificate, KKTResidual, kkt_certificate, kkt_residual, support_count
 from .layerwise import FeatureReducer, LayerCollapse, collapse_by_layer
 from .margins import homogeneity_degree, margins, normalized_margin, parameter_norm, smoothed_margin
@@ -18,7 +19,7 @@ __all__ = [
     "hard_margin_svm",
     "alignment",
     "collapse_by_layer",
-    "direction_cosine",
+    "direction_cosine", "effective_depth",
     "flat_parameters",
     "homogeneity_degree",
     "kkt_certificate",
