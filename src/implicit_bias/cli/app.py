@@ -25,6 +25,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console()
+if not console.is_terminal:  # logs and pipes: wide enough that tables keep one line per row
+    console = Console(width=160)
 errors = Console(stderr=True)
 
 
@@ -240,7 +242,7 @@ def reproduce(
             raise InvalidArgumentError("--set applies to one experiment; it cannot be combined with --all")
         table = Table(title=f"reproductions ({'quick' if quick else 'full'})")
         for column in ("experiment", "claim", "passed", "key number", "seconds"):
-            table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=60 if column == "claim" else None)
+            table.add_column(column, no_wrap=column != "claim", max_width=60 if column == "claim" else None)
 
         def add(result: dict[str, Any]) -> None:
             key = EXPERIMENTS[result["name"]].key_number
