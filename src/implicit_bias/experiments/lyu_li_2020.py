@@ -129,8 +129,9 @@ def run_lyu_li(config: LyuLiConfig, folder: Path, progress: bool) -> Outcome:
 register(
     Experiment(
         name="lyu-li-2020",
-        claim="On homogeneous networks the smoothed margin never decreases after fitting; the loss-based "
-        "learning rate reaches a larger normalized margin than constant lr in the same steps; the KKT residual falls.",
+        claim="On homogeneous networks GD's smoothed margin never decreases after fitting, and the loss-based "
+        "learning rate reaches a larger normalized margin than constant lr in the same steps (KKT residuals "
+        "reported).",
         quick=LyuLiConfig(),
         full=LyuLiConfig(per_class=100, width=256, cnn_channels=16, warmup_steps=5000, steps=20_000, log_points=60),
         runner=run_lyu_li,
