@@ -20,6 +20,7 @@ of (iii), NC1 within 1e−6 in float64.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -173,7 +174,7 @@ def main() -> None:
             floor_time = rows["(iv) floor: D×D GEMM per batch"][0]
             one_hot_time = rows["(iii) one-hot GEMM, two-pass"][0]
             for name, (seconds, streamed, nc1, state) in rows.items():
-                error = abs(nc1 - truth) / abs(truth) if nc1 == nc1 else float("nan")
+                error = abs(nc1 - truth) / abs(truth) if not math.isnan(nc1) else math.nan
                 table.add_row(
                     f"{D}, {K}, {N}",
                     str(dtype).removeprefix("torch."),
@@ -183,7 +184,7 @@ def main() -> None:
                     f"{seconds / floor_time:.2f}",
                     f"{one_hot_time / seconds:.2f}",
                     f"{state / 2**20:.1f}",
-                    "—" if error != error else f"{error:.1e}",
+                    "—" if math.isnan(error) else f"{error:.1e}",
                 )
     Console(width=200).print(table)
 

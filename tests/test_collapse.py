@@ -14,7 +14,7 @@ from implicit_bias.metrics.collapse import CollapseAccumulator
 def reference(H, y, K, W=None, b=None):
     """Textbook formulas on the whole feature matrix in float64 (numpy), no streaming."""
     H, y = np.asarray(H, dtype=np.float64), np.asarray(y)
-    N, D = H.shape
+    N = H.shape[0]
     means = np.stack([H[y == c].mean(axis=0) for c in range(K)])
     mu_g = means.mean(axis=0)
     M = (means - mu_g).T  # D×K
@@ -148,7 +148,7 @@ def test_batch_order_and_size_do_not_matter():
 
 def test_merged_shards_equal_one_pass_and_state_dict_resumes():
     H, y = gaussian_features(seed=5)
-    whole, expected = full_report(H, y, 5)
+    _, expected = full_report(H, y, 5)
     first, second = CollapseAccumulator(5, 8), CollapseAccumulator(5, 8)
     first.update(H[:70], y[:70])
     second.update(H[70:], y[70:])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import inspect
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -69,33 +70,33 @@ def main_options(
 @user_errors
 def train(
     config: Annotated[
-        Optional[Path], typer.Option(help="A YAML config (keys of TrainConfig); options below override it.")
+        Path | None, typer.Option(help="A YAML config (keys of TrainConfig); options below override it.")
     ] = None,
     dataset: Annotated[
-        Optional[str], typer.Option(help="Dataset name (see `implicit-bias list`). Default: gaussians.")
+        str | None, typer.Option(help="Dataset name (see `implicit-bias list`). Default: gaussians.")
     ] = None,
     data_option: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--data-option", "-d", help="Dataset option key=value (repeatable)."),
     ] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model spec, e.g. 'mlp:depth=3,width=64,bias=false'.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model spec, e.g. 'mlp:depth=3,width=64,bias=false'.")] = None,
     loss: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="exponential | logistic | cross-entropy | mse. Default: exponential."),
     ] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="Optimizer name. Default: gd.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="Optimizer name. Default: gd.")] = None,
     optimizer_option: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--optimizer-option", "-o", help="Optimizer option key=value, e.g. momentum=0.9 (repeatable)."),
     ] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Number of optimizer steps. Default: 1000.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate. Default: 0.05.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size. Default: full batch.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="float64 | float32. Default: float64.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu | cuda. Default: cpu.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed. Default: 0.")] = None,
-    probe: Annotated[Optional[list[str]], typer.Option(help="Probe name (repeatable). Default: margins.")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option(help="Run directory. Default: runs/train-<time>.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Number of optimizer steps. Default: 1000.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate. Default: 0.05.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size. Default: full batch.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float64 | float32. Default: float64.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda. Default: cpu.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed. Default: 0.")] = None,
+    probe: Annotated[list[str] | None, typer.Option(help="Probe name (repeatable). Default: margins.")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run directory. Default: runs/train-<time>.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a model and write a run directory (config, metrics table, checkpoint, log)."""
@@ -195,7 +196,7 @@ def list_components() -> None:
     from ..experiments import EXPERIMENTS
     from ..losses import LOSSES
     from ..models import BUILDERS, builder_options
-    from ..train import PROBES
+    from ..train import PROBES, make_probe
 
     table = Table(title="implicit-bias components", show_lines=False)
     table.add_column("kind", style="bold")
@@ -210,7 +211,7 @@ def list_components() -> None:
     for name in OPTIMIZERS:
         table.add_row("optimizer", name, ", ".join(optimizer_options(name)))
     for name in PROBES:
-        table.add_row("probe", name, "")
+        table.add_row("probe", name, (inspect.getdoc(make_probe(name)) or "").split("\n")[0])
     for name, experiment in EXPERIMENTS.items():
         table.add_row("experiment", name, experiment.claim)
     console.print(table)
@@ -219,15 +220,15 @@ def list_components() -> None:
 @app.command()
 @user_errors
 def reproduce(
-    name: Annotated[Optional[str], typer.Argument(help="The experiment to run (see `implicit-bias list`).")] = None,
+    name: Annotated[str | None, typer.Argument(help="The experiment to run (see `implicit-bias list`).")] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Run every registered experiment and write an index report.")
     ] = False,
     quick: Annotated[bool, typer.Option(help="The quick preset (each under about a minute on 2 cores).")] = False,
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override a config field, key=value (repeatable).")
+        list[str] | None, typer.Option("--set", help="Override a config field, key=value (repeatable).")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder. Default: runs/reproduce-<time>.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder. Default: runs/reproduce-<time>.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a registered experiment (or --all): it checks its claim and writes result.json, figures and a report."""

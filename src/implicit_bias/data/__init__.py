@@ -43,7 +43,7 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 }
 COMMON_OPTIONS = ("seed", "classes", "per_class", "standardize", "dtype")
 
-__all__ = ["Dataset", "LOADERS", "load", "corrupt_labels", "read_idx", "loader_options"]
+__all__ = ["LOADERS", "Dataset", "corrupt_labels", "load", "loader_options", "read_idx"]
 
 
 def loader_options(name: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import gzip
 import io
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def mnist(*, path: str | None = None) -> Dataset:
 class CifarUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the globals a CIFAR python batch uses; anything else is refused."""
 
-    ALLOWED = {
+    ALLOWED: ClassVar[dict[tuple[str, str], tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"): ("numpy", "ndarray"),

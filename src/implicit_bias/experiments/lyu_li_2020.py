@@ -84,7 +84,7 @@ def run_lyu_li(config: LyuLiConfig, folder: Path, progress: bool) -> Outcome:
                     seed=config.seed,
                     progress=progress,
                 )
-                fit_steps, smoothed = history.column("smoothed_margin")
+                smoothed = history.column("smoothed_margin")[1]
                 margin_steps, margin = history.column("normalized_margin")
                 epsilon = history.column("kkt_epsilon")[1]
                 final[schedule] = margin[-1] if margin_steps and margin_steps[-1] == config.steps else math.nan

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ class CollapseConfig:
     device: str = "cpu"
 
 
-def _train(config: CollapseConfig, probes: list, progress: bool):  # noqa: ANN202
+def _train(config: CollapseConfig, probes: list, progress: bool):
     data = load("digits", per_class=config.per_class, standardize=True, seed=config.seed)
     model = build(
         f"mlp:depth={config.depth},width={config.width},norm={config.norm}",
@@ -64,7 +65,7 @@ def _train(config: CollapseConfig, probes: list, progress: bool):  # noqa: ANN20
 
 def run_papyan(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:
     layer = f"layer{config.depth - 1}"
-    data, model, history = _train(config, [CollapseProbe(layers=[layer])], progress)
+    history = _train(config, [CollapseProbe(layers=[layer])], progress)[2]
     perfect = [row["step"] for row in history if row["accuracy"] == 1.0]
     numbers: dict[str, float | int | bool] = {
         "step_zero_training_error": perfect[0] if perfect else -1,
@@ -113,7 +114,7 @@ def run_deep_collapse(config: CollapseConfig, folder: Path, progress: bool) -> O
     numbers.update({f"ncc_train_accuracy/{name}": layers[name].ncc_train_accuracy for name in names})
     numbers["final_accuracy"] = history.last["accuracy"]
     numbers["nc1_first_over_last"] = nc1[0] / nc1[-1]
-    decreasing = all(b < a for a, b in zip(nc1, nc1[1:]))
+    decreasing = all(b < a for a, b in itertools.pairwise(nc1))
     plot_series(
         folder / "nc1_by_layer.png",
         {"NC1 after training": (list(range(1, len(nc1) + 1)), nc1)},

@@ -318,7 +318,7 @@ class CollapseAccumulator:
         n = self.counts.clamp(min=1).to(self.dtype)
         return self.shifts + self.shifted_sums / n[:, None]
 
-    def _classifier(self, weight: torch.Tensor | None, bias: torch.Tensor | None):  # noqa: ANN202
+    def _classifier(self, weight: torch.Tensor | None, bias: torch.Tensor | None):
         if weight is None:
             return None, None
         weight = weight.detach().to(device=self.device, dtype=self.dtype)

@@ -3,4 +3,4 @@
 from .figures import plot_bars, plot_history, plot_series
 from .markdown import experiment_report, index_report
 
-__all__ = ["experiment_report", "plot_bars", "plot_history", "index_report", "plot_series"]
+__all__ = ["experiment_report", "index_report", "plot_bars", "plot_history", "plot_series"]
