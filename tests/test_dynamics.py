@@ -154,7 +154,7 @@ def test_loss_based_schedule_grows_alpha_and_rolls_back():
             optimizer.param_groups[0]["previous_log_loss"],
         )
         optimizer.step(log_loss=float(value.detach()))
-        trajectory.append((before, float(value), parameter.item(), optimizer.param_groups[0]["lr"]))
+        trajectory.append((before, float(value.detach()), parameter.item(), optimizer.param_groups[0]["lr"]))
     accepted_losses = []
     for (theta, alpha, previous), value, theta_after, alpha_after in trajectory:
         if previous is not None and value > previous:
