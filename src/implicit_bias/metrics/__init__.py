@@ -2,7 +2,7 @@
 
 from .collapse import CollapseAccumulator, CollapseReport
 from .direction import alignment, direction_cosine, flat_parameters, layer_norms
-from .effective_depth import EffectiveDepth, effective_depth
+from .effective_depth import DepthBound, EffectiveDepth, MinimalDepth, depth_bound, effective_depth, minimal_ncc_depth
 from .kkt import KKTCertificate, KKTResidual, kkt_certificate, kkt_residual, support_count
 from .layerwise import FeatureReducer, LayerCollapse, collapse_by_layer
 from .margins import homogeneity_degree, margins, normalized_margin, parameter_norm, smoothed_margin
@@ -11,14 +11,17 @@ from .svm import SVMSolution, hard_margin_svm
 __all__ = [
     "CollapseAccumulator",
     "CollapseReport",
+    "DepthBound",
     "EffectiveDepth",
     "FeatureReducer",
     "KKTCertificate",
     "KKTResidual",
     "LayerCollapse",
+    "MinimalDepth",
     "SVMSolution",
     "alignment",
     "collapse_by_layer",
+    "depth_bound",
     "direction_cosine",
     "effective_depth",
     "flat_parameters",
@@ -28,6 +31,7 @@ __all__ = [
     "kkt_residual",
     "layer_norms",
     "margins",
+    "minimal_ncc_depth",
     "normalized_margin",
     "parameter_norm",
     "smoothed_margin",

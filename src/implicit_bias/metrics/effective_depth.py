@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..data import Dataset
+from ..errors import InvalidArgumentError
+from ..models.features import feature_names
 from ..validation import check_scalar
 from .layerwise import collapse_by_layer
 
@@ -65,3 +67,68 @@ def effective_depth(
     return EffectiveDepth(
         depth, float(eps), names, train_error, test_error, [measured[name].train.cdnv for name in names]
     )
+
+
+@dataclass(frozen=True)
+class MinimalDepth:
+    """d^ε_min(G, S): the smallest depth whose trained network NCC-fits S, and each tried depth's NCC error at
+    its last feature layer."""
+
+    depth: int | None
+    eps: float
+    errors: dict[int, float]
+
+
+def minimal_ncc_depth(
+    train: Callable[[int], nn.Module],
+    data: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable,
+    depths: Sequence[int],
+    *,
+    eps: float = 0.01,
+    num_classes: int | None = None,
+    batch_size: int = 1024,
+) -> MinimalDepth:
+    """Minimal NCC depth (Galanti, Galanti & Ben-Shaul 2022, §3): over ``depths`` in increasing order,
+    ``train(depth)`` returns a network of the family G trained on ``data`` (e.g. with a fraction p of corrupted
+    labels); the first depth whose last feature layer's NCC classifier errs on at most ``eps`` of ``data`` is
+    d^ε_min(G, S). Stops at the first depth that fits."""
+    check_scalar("eps", eps, (int, float), low=0.0, high=1.0)
+    errors: dict[int, float] = {}
+    for depth in sorted(depths):
+        model = train(depth)
+        layers = feature_names(model)
+        if not layers:
+            raise InvalidArgumentError(f"the depth-{depth} network has no feature layer to classify from")
+        measured = collapse_by_layer(model, data, [layers[-1]], num_classes=num_classes, batch_size=batch_size)
+        errors[depth] = 1.0 - measured[layers[-1]].ncc_train_accuracy
+        if errors[depth] <= eps:
+            return MinimalDepth(depth, float(eps), errors)
+    return MinimalDepth(None, float(eps), errors)
+
+
+@dataclass(frozen=True)
+class DepthBound:
+    """The leading terms of Galanti, Galanti & Ben-Shaul's bound on the expected test error (their Prop. 1):
+    E err ≤ P[d^ε(f trained on S₁) ≥ d^ε_min(G, S₁ ∪ S̃₂)] + (1 + α) p (+ δ terms, not estimated here)."""
+
+    probability: float
+    noise_term: float
+    bound: float
+    runs: int
+
+
+def depth_bound(
+    effective_depths: Sequence[int | None], minimal_depth_noisy: int, noise: float, *, alpha: float = 0.0
+) -> DepthBound:
+    """Estimate the bound's probability term as the fraction of independent runs on clean data S₁ whose
+    ε-effective depth is at least d^ε_min on S₁ ∪ S̃₂ (a fraction ``noise`` = p of S̃₂'s labels corrupted); a run
+    with no effective depth counts as deep. Returns it with (1 + α)p and their sum, to set beside the measured
+    test error."""
+    check_scalar("noise", noise, (int, float), low=0.0, high=1.0)
+    check_scalar("alpha", alpha, (int, float), low=0.0)
+    if not effective_depths:
+        raise InvalidArgumentError("depth_bound needs the effective depths of at least one run")
+    deep = [d is None or d >= minimal_depth_noisy for d in effective_depths]
+    probability = sum(deep) / len(deep)
+    noise_term = (1 + alpha) * noise
+    return DepthBound(probability, noise_term, probability + noise_term, len(deep))
