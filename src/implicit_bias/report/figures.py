@@ -60,7 +60,8 @@ def plot_history(history: History, folder: str | Path, *, skip: Sequence[str] = 
         if name in skip:
             continue
         steps, values = history.column(name)
-        paths.append(plot_series(Path(folder) / f"{name}.png", {name: (steps, values)}, title=name, ylabel=name))
+        filename = name.replace("/", "__") + ".png"  # probe keys such as nc1/layer1
+        paths.append(plot_series(Path(folder) / filename, {name: (steps, values)}, title=name, ylabel=name))
     return paths
 
 
