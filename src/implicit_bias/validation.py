@@ -139,3 +139,11 @@ def parse_assignments(items: Iterable[str], what: str) -> dict[str, Any]:
             raise InvalidArgumentError(f"{what} {item!r} must look like key=value")
         result[key.strip()] = parse_value(value)
     return result
+
+
+def check_float_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch dtype from a dtype or its name (``"float64"``); anything else is refused."""
+    resolved = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise InvalidArgumentError(f"dtype must be a floating dtype such as 'float64' or 'float32', got {dtype!r}")
+    return resolved

@@ -24,8 +24,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidArgumentError
-from ..validation import check_choice, check_keys
+from ..validation import check_choice, check_float_dtype, check_keys
 from .builtin import digits, mnist1d
 from .dataset import Dataset, balanced_subsample, corrupt_labels, select_classes
 from .dataset import standardize as standardize_features
@@ -51,15 +50,6 @@ def loader_options(name: str) -> dict[str, Any]:
     check_choice("dataset", name, LOADERS)
     parameters = inspect.signature(LOADERS[name]).parameters
     return {key: p.default for key, p in parameters.items() if key != "seed"}
-
-
-def _as_dtype(value: torch.dtype | str) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        return value
-    dtype = getattr(torch, str(value), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InvalidArgumentError(f"dtype must be a floating torch dtype such as 'float64', got {value!r}")
-    return dtype
 
 
 def load(
@@ -94,5 +84,5 @@ def load(
     if standardize:
         dataset = standardize_features(dataset)
     if dtype is not None:
-        dataset = dataset.to(dtype=_as_dtype(dtype))
+        dataset = dataset.to(dtype=check_float_dtype(dtype))
     return dataset

@@ -26,7 +26,7 @@ from ..dynamics import log_spaced_steps, make_optimizer, steps_on_log_loss
 from ..errors import ImplicitBiasError, InvalidArgumentError, NumericalError
 from ..losses import LOSSES, canonical_labels, log_loss, output_margins
 from ..models.inference import predict
-from ..validation import check_choice, check_features_labels, check_scalar
+from ..validation import check_choice, check_features_labels, check_float_dtype, check_scalar
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .history import History
 from .probes import Probe, ProbeContext
@@ -47,14 +47,6 @@ def as_dataset(data: Dataset | tuple[torch.Tensor, torch.Tensor]) -> Dataset:
     if bool((y == -1).any()) and set(torch.unique(y).tolist()) <= {-1, 1}:
         y = (y + 1) // 2
     return Dataset(X, y, max(2, int(y.max()) + 1), "tensors")
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """A floating torch dtype from a dtype or its name (``"float64"``)."""
-    resolved = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise InvalidArgumentError(f"dtype must be a floating dtype such as 'float64' or 'float32', got {dtype!r}")
-    return resolved
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
@@ -168,7 +160,7 @@ def fit(
     if batch_size is not None:
         check_scalar("batch_size", batch_size, int, low=1)
     dataset = as_dataset(data)
-    dtype, device = resolve_dtype(dtype), resolve_device(device)
+    dtype, device = check_float_dtype(dtype), resolve_device(device)
     model.to(device=device, dtype=dtype)
     dataset = dataset.to(dtype=dtype, device=device)
     if isinstance(optimizer, str):
