@@ -37,3 +37,12 @@ class NotHomogeneousError(ImplicitBiasError):
 
 class NumericalError(ImplicitBiasError, ArithmeticError):
     """A computation produced NaN or infinity and could not recover."""
+
+
+class NotQuasiHomogeneousError(ImplicitBiasError):
+    """A network contains an operation that breaks quasi-homogeneity (Kunin et al. 2023), or no non-negative
+    rates satisfy its constraints."""
+
+
+class UntraceableModelError(ImplicitBiasError):
+    """The graph tracer cannot follow a model (data-dependent control flow, an unsupported operation)."""

@@ -1,5 +1,6 @@
 """Metrics of implicit bias. Each cites its paper and formula in its docstring."""
 
+from .asymmetric import asymmetric_margin, empirical_rates, lambda_seminorm, rate_group_norms
 from .collapse import CollapseAccumulator, CollapseReport
 from .direction import alignment, direction_cosine, flat_parameters, layer_norms
 from .effective_depth import DepthBound, EffectiveDepth, MinimalDepth, depth_bound, effective_depth, minimal_ncc_depth
@@ -20,20 +21,24 @@ __all__ = [
     "MinimalDepth",
     "SVMSolution",
     "alignment",
+    "asymmetric_margin",
     "collapse_by_layer",
     "depth_bound",
     "direction_cosine",
     "effective_depth",
+    "empirical_rates",
     "flat_parameters",
     "hard_margin_svm",
     "homogeneity_degree",
     "kkt_certificate",
     "kkt_residual",
+    "lambda_seminorm",
     "layer_norms",
     "margins",
     "minimal_ncc_depth",
     "normalized_margin",
     "parameter_norm",
+    "rate_group_norms",
     "smoothed_margin",
     "support_count",
 ]

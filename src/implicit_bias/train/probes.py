@@ -14,8 +14,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import InvalidArgumentError, NotHomogeneousError, NotSeparatedError
+from ..errors import (
+    InvalidArgumentError,
+    NotHomogeneousError,
+    NotQuasiHomogeneousError,
+    NotSeparatedError,
+    UntraceableModelError,
+)
 from ..losses import MARGIN_LOSSES, output_margins
+from ..metrics.asymmetric import lambda_seminorm, rate_group_norms
 from ..metrics.direction import alignment, direction_cosine, flat_parameters, layer_norms
 from ..metrics.kkt import kkt_residual, support_size
 from ..metrics.layerwise import collapse_by_layer
@@ -26,6 +33,8 @@ from ..metrics.margins import (
     require_fit_loss,
     require_separated,
 )
+from ..models.inference import evaluation
+from ..symmetry.rates import Rates, infer_rates
 from ..validation import check_choice
 
 
@@ -123,8 +132,45 @@ class MarginProbe:
 
 
 def norms_probe(context: ProbeContext) -> dict[str, float]:
-    """‖W‖_F of every parameter tensor, as ``norm/<parameter name>``."""
-    return {f"norm/{name}": value for name, value in layer_norms(context.model).items()}
+    """‖W‖_F of every parameter tensor, as ``norm/<parameter name>``, and the output scale ``output_rms`` =
+    (mean Φ²)^{1/2} over the training set (together they give :func:`~implicit_bias.metrics.empirical_rates`)."""
+    row = {f"norm/{name}": value for name, value in layer_norms(context.model).items()}
+    row["output_rms"] = float(context.outputs.pow(2).mean().sqrt())
+    return row
+
+
+class AsymmetricMarginProbe:
+    """``lambda_seminorm`` ‖θ‖_{Λmax}, ``rate_norm/<λ>`` per rate group and, once every point is fit,
+    ``asymmetric_margin`` q_min/‖θ‖_{Λmax}^{1/λ_max} (Kunin et al. 2023, Thm 4.1).
+
+    Rates are inferred on the first call (``choice``, see :func:`~implicit_bias.symmetry.infer_rates`, with the
+    model in evaluation mode, as margins are measured) unless given. A model that is not quasi-homogeneous is
+    reported once in the run's log and the probe logs nothing.
+    """
+
+    def __init__(self, rates: Mapping[str, float] | None = None, choice: str = "uniform") -> None:
+        self.rates = None if rates is None else Rates(rates)
+        self.choice, self.failed = choice, False
+
+    def __call__(self, context: ProbeContext) -> dict[str, float]:
+        if self.rates is None and not self.failed:
+            try:
+                with evaluation(context.model):
+                    self.rates = infer_rates(context.model, context.X[:64], self.choice)
+            except (NotQuasiHomogeneousError, UntraceableModelError) as error:
+                self.failed = True
+                logger.warning("asymmetric probe: no asymmetric margin for this model: %s", error)
+        if self.rates is None:
+            return {}
+        norm = lambda_seminorm(context.model, self.rates)
+        row = {"lambda_seminorm": norm}
+        row.update(
+            {f"rate_norm/{rate:.6g}": value for rate, value in rate_group_norms(context.model, self.rates).items()}
+        )
+        q = context.margins
+        if bool((q > 0).all()) and norm > 0:
+            row["asymmetric_margin"] = normalize_by_norm(float(q.min()), norm, 1.0 / self.rates.lambda_max)
+        return row
 
 
 def alignment_probe(context: ProbeContext) -> dict[str, float]:
@@ -224,6 +270,7 @@ class CollapseProbe:
 PROBES: dict[str, Callable[[], Probe]] = {
     "margins": MarginProbe,
     "norms": lambda: norms_probe,
+    "asymmetric": AsymmetricMarginProbe,
     "alignment": lambda: alignment_probe,
     "direction": DirectionProbe,
     "kkt": KKTProbe,

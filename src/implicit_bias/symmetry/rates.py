@@ -1,0 +1,277 @@
+"""Per-parameter rates Λ of a quasi-homogeneous network: inference, the family of valid choices, explanation.
+
+Kunin, Yamamura, Ma & Ganguli (2023), "The asymmetric maximum margin bias of quasi-homogeneous neural networks",
+ICLR, Def. 3.1: Φ(ψ_α(θ); x) = e^α Φ(θ; x) with ψ_α(θ) = exp(αΛ)θ, Λ = diag(λ_i) ≥ 0, λ_max > 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import torch
+from scipy.optimize import linprog, minimize
+from torch import nn
+
+from ..errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
+from ..models.inference import model_device, model_dtype
+from .check import check_rates
+from .graph import RateGraph, trace_constraints
+
+CHOICES = ("uniform", "last-layer")
+TOLERANCE = 1e-9
+
+
+def is_shift(name: str) -> bool:
+    """Whether a parameter is a shift (a layer's bias or a normalization's β) rather than a weight."""
+    return name.rsplit(".", 1)[-1] == "bias"
+
+
+class RateFamily:
+    """Every valid Λ of a traced network: {λ : A λ = b, λ ≥ 0} for the graph constraints (A, b).
+
+    ``basis`` spans the directions in which a valid Λ can move (the null space of A, orthonormal); every valid
+    Λ is ``offset`` plus a combination of them that keeps every λ ≥ 0. ``sample`` draws valid members.
+    """
+
+    def __init__(self, graph: RateGraph, offset: np.ndarray) -> None:
+        self.graph = graph
+        self.names = graph.names
+        self.offset = offset
+        A, _ = graph.matrix
+        _, singular, vt = np.linalg.svd(A) if A.size else (None, np.zeros(0), np.eye(len(self.names)))
+        rank = int((singular > TOLERANCE * max(1.0, singular.max(initial=0.0))).sum())
+        self._basis = vt[rank:]
+
+    @property
+    def dimension(self) -> int:
+        """Number of independent directions in which Λ can vary (0: Λ is unique)."""
+        return len(self._basis)
+
+    @property
+    def basis(self) -> list[dict[str, float]]:
+        """The directions, each a mapping parameter name → component."""
+        return [dict(zip(self.names, map(float, row))) for row in self._basis]
+
+    def contains(self, rates: Mapping[str, float], tol: float = TOLERANCE) -> bool:
+        """Whether ``rates`` satisfy every constraint of the graph and are non-negative."""
+        vector = np.array([float(rates.get(name, 0.0)) for name in self.names])
+        return bool((vector >= -tol).all()) and not self.graph.violations(vector, tol)
+
+    def sample(self, count: int = 1, *, seed: int = 0, cap: float = 2.0) -> list[Rates]:
+        """``count`` random valid members: random convex combinations of vertices of the family (boxed by
+        λ ≤ ``cap``, since the rates of weights feeding a normalization layer are unbounded), found by linear
+        programs with random objectives."""
+        rng = np.random.default_rng(seed)
+        A, b = self.graph.matrix
+        vertices = []
+        for _ in range(max(4, 2 * count)):
+            result = linprog(rng.standard_normal(len(self.names)), A_eq=A if A.size else None,
+                             b_eq=b if A.size else None, bounds=(0.0, cap), method="highs")  # fmt: skip
+            if result.status == 0:
+                vertices.append(result.x)
+        members = []
+        for _ in range(count):
+            weights = rng.dirichlet(np.ones(len(vertices)))
+            vector = np.clip(weights @ np.array(vertices), 0.0, None)
+            members.append(Rates(dict(zip(self.names, map(float, vector))), family=self, choice="sampled"))
+        return members
+
+
+class Rates(Mapping[str, float]):
+    """Rates λ of every parameter tensor (a read-only mapping name → λ) of a quasi-homogeneous network.
+
+    ``lambda_max`` is the largest rate and ``top`` the parameters that have it: the Λ-seminorm and the
+    asymmetric margin of Kunin et al. (2023, Thm 4.1) are taken over ``top`` only. ``family`` describes every
+    valid Λ of the traced graph (None when the rates were checked numerically instead).
+    """
+
+    def __init__(self, rates: Mapping[str, float], *, family: RateFamily | None = None, choice: str = "") -> None:
+        self._rates = {name: float(value) for name, value in rates.items()}
+        if any(value < 0 for value in self._rates.values()):
+            negative = [name for name, value in self._rates.items() if value < 0]
+            raise InvalidArgumentError(f"rates must be non-negative; negative for {negative}")
+        if not self.lambda_max > 0:
+            raise InvalidArgumentError("at least one rate must be positive (λ_max > 0)")
+        self.family, self.choice = family, choice
+
+    def __getitem__(self, name: str) -> float:
+        return self._rates[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rates)
+
+    def __len__(self) -> int:
+        return len(self._rates)
+
+    def __repr__(self) -> str:
+        return f"Rates({self._rates!r}, choice={self.choice!r})"
+
+    @property
+    def lambda_max(self) -> float:
+        """λ_max = max_i λ_i."""
+        return max(self._rates.values(), default=0.0)
+
+    @property
+    def top(self) -> tuple[str, ...]:
+        """Names of the parameters at λ_max (within a relative 1e−9)."""
+        return tuple(n for n, v in self._rates.items() if v >= self.lambda_max * (1 - TOLERANCE))
+
+    def groups(self) -> dict[float, tuple[str, ...]]:
+        """Parameters grouped by rate (rates rounded to 12 digits), highest rate first."""
+        grouped: dict[float, list[str]] = {}
+        for name, value in self._rates.items():
+            grouped.setdefault(round(value, 12), []).append(name)
+        return {rate: tuple(grouped[rate]) for rate in sorted(grouped, reverse=True)}
+
+    def explain(self, model: nn.Module | None = None) -> str:
+        """A readable table: parameter, shape (when ``model`` is given), λ, and whether it is at λ_max."""
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()} if model is not None else {}
+        width = max((len(n) for n in self._rates), default=9)
+        lines = [
+            f"rates ({self.choice or 'given'}): λ_max = {self.lambda_max:.6g}, "
+            f"{len(self.top)} of {len(self)} tensors at λ_max"
+            + (f", family of dimension {self.family.dimension}" if self.family is not None else ""),
+            f"{'parameter':<{width}}  {'shape':<18}  {'λ':>10}  top",
+        ]
+        for name, value in self._rates.items():
+            shape = "×".join(map(str, shapes.get(name, ()))) or "-"
+            mark = "*" if name in self.top else ""
+            lines.append(f"{name:<{width}}  {shape:<18}  {value:>10.6g}  {mark}")
+        return "\n".join(lines)
+
+
+def _minimum_norm(graph: RateGraph) -> np.ndarray:
+    """The non-negative rates with the least Σ λ² over weights (shifts excluded), ties among shifts broken by
+    the least Σ λ² over shifts: an SLSQP solve to find which rates are zero, then an exact polish on that set."""
+    A, b = graph.matrix
+    n = len(graph.names)
+    weights = np.array([not is_shift(name) for name in graph.names])
+    feasible = linprog(np.zeros(n), A_eq=A, b_eq=b, bounds=(0.0, None), method="highs")
+    if feasible.status != 0:
+        raise NotQuasiHomogeneousError(
+            "no non-negative rates satisfy the constraints of the network's graph, so it is not quasi-homogeneous"
+        )
+    penalty = np.where(weights, 1.0, 1e-4)
+    result = minimize(
+        lambda x: 0.5 * float(penalty @ x**2),
+        feasible.x,
+        jac=lambda x: penalty * x,
+        constraints=[{"type": "eq", "fun": lambda x: A @ x - b, "jac": lambda x: A}],
+        bounds=[(0.0, None)] * n,
+        method="SLSQP",
+        options={"maxiter": 500, "ftol": 1e-14},
+    )
+    guess = result.x if result.success else feasible.x
+    zero = guess < 1e-7
+    for _ in range(n + 1):
+        polished = _polish(A, b, weights, zero)
+        if polished is not None and (polished >= -1e-12).all():
+            return np.clip(polished, 0.0, None)
+        if polished is None:
+            break
+        zero |= polished < -1e-12
+    return np.clip(guess, 0.0, None)
+
+
+def _polish(A: np.ndarray, b: np.ndarray, weights: np.ndarray, zero: np.ndarray) -> np.ndarray | None:
+    """Exact lexicographic least norm with the rates in ``zero`` fixed at 0: the weights solve
+    min ‖λ_W‖ s.t. P A_W λ_W = P b (P projects out the range of the shifts' columns A_S), then the shifts take
+    the least-norm solution of A_S λ_S = b − A_W λ_W. None when the system has no solution."""
+    W, S = weights & ~zero, ~weights & ~zero
+    A_w, A_s = A[:, W], A[:, S]
+    if A_s.shape[1]:
+        u, s, _ = np.linalg.svd(A_s, full_matrices=True)
+        rank = int((s > TOLERANCE * max(1.0, s.max(initial=0.0))).sum())
+        complement = u[:, rank:].T
+    else:
+        complement = np.eye(len(b))
+    vector = np.zeros(A.shape[1])
+    vector[W] = np.linalg.lstsq(complement @ A_w, complement @ b, rcond=None)[0] if W.any() else 0.0
+    rest = b - A_w @ vector[W]
+    if S.any():
+        vector[S] = np.linalg.lstsq(A_s, rest, rcond=None)[0]
+    return vector if np.abs(A @ vector - b).max(initial=0.0) < 1e-9 else None
+
+
+def _last_layer(graph: RateGraph) -> np.ndarray:
+    if graph.output_producer is None:
+        raise InvalidArgumentError(
+            "choice='last-layer' needs a network whose output comes straight from a linear or conv layer"
+        )
+    vector = np.zeros(len(graph.names))
+    for i, name in enumerate(graph.names):
+        if name.rsplit(".", 1)[0] == graph.output_producer:
+            vector[i] = 1.0
+    return vector
+
+
+def _explicit(names: tuple[str, ...], choice: Mapping[str, float]) -> np.ndarray:
+    unknown = sorted(set(choice) - set(names))
+    if unknown:
+        raise InvalidArgumentError(f"rates given for unknown parameters {unknown}; the model has {list(names)}")
+    return np.array([float(choice.get(name, 0.0)) for name in names])
+
+
+def infer_rates(model: nn.Module, example_input: torch.Tensor, choice: str | Mapping[str, float] = "uniform") -> Rates:
+    """Rates Λ under which ``model`` is quasi-homogeneous (Kunin et al. 2023, Def. 3.1), derived from its
+    ``torch.fx`` graph (see :mod:`implicit_bias.symmetry.graph` for the rules).
+
+    ``choice`` picks one member of the (generally non-unique) family:
+
+    - ``"uniform"``: the least Σ λ² over weight tensors (shifts — biases and normalization β — excluded, their
+      rates then follow from the constraints). A bias-free MLP / CNN of depth L gets Λ = I/L; an MLP with
+      biases λ_{W_l} = 1/L, λ_{b_l} = l/L; weights feeding a normalization layer get 0.
+    - ``"last-layer"``: only the final linear layer scales (λ = 1 for its weight and bias, 0 elsewhere).
+    - a mapping name → λ (absent names mean 0), validated against the graph's constraints. For a model the
+      tracer cannot follow, it is validated numerically with :func:`check_rates` on ``example_input``.
+
+    Raises
+    ------
+    NotQuasiHomogeneousError
+        Naming the node of an operation that breaks quasi-homogeneity.
+    UntraceableModelError
+        When the tracer cannot follow the model and ``choice`` is not an explicit mapping.
+    """
+    example_input = example_input.to(device=model_device(model), dtype=model_dtype(model))
+    names = tuple(name for name, _ in model.named_parameters())
+    if not names:
+        raise InvalidArgumentError("the model has no parameters, so it has no rates")
+    if not isinstance(choice, (str, Mapping)):
+        raise InvalidArgumentError(f"choice must be one of {list(CHOICES)} or a mapping name → λ, got {choice!r}")
+    if isinstance(choice, str) and choice not in CHOICES:
+        raise InvalidArgumentError(f"choice must be one of {list(CHOICES)} or a mapping name → λ, got {choice!r}")
+    try:
+        graph = trace_constraints(model, example_input)
+    except UntraceableModelError:
+        if isinstance(choice, str):
+            raise
+        return _checked_numerically(model, example_input, choice)
+    if choice == "uniform":
+        vector = _minimum_norm(graph)
+    elif choice == "last-layer":
+        vector = _last_layer(graph)
+    else:
+        vector = _explicit(names, choice)
+    broken = graph.violations(vector)
+    if broken:
+        constraint, residual = broken[0]
+        label = choice if isinstance(choice, str) else "the given rates"
+        raise NotQuasiHomogeneousError(
+            f"{label} violate {len(broken)} constraint(s) of the graph; worst at node {constraint.node!r}: "
+            f"{constraint.reason} (off by {residual:.3g})"
+        )
+    return Rates(dict(zip(names, map(float, vector))), family=RateFamily(graph, vector),
+                 choice=choice if isinstance(choice, str) else "given")  # fmt: skip
+
+
+def _checked_numerically(model: nn.Module, example_input: torch.Tensor, choice: Mapping[str, float]) -> Rates:
+    names = tuple(name for name, _ in model.named_parameters())
+    rates = Rates(dict(zip(names, map(float, _explicit(names, choice)))), choice="given")
+    check = check_rates(model, rates, example_input)
+    if not check.worst <= 1e-6:
+        raise NotQuasiHomogeneousError(
+            f"the given rates do not make the model quasi-homogeneous: relative error {check.worst:.3g} "
+            "(Φ(ψ_α θ) against e^α Φ(θ), and the Euler identity)"
+        )
+    return rates
