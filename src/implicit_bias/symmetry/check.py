@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -88,7 +89,9 @@ def check_rates(
             for a in alphas
         )
     tangent = {name: lam[name] * t for name, t in theta.items()}
-    outputs, derivative = jvp(forward, (theta,), (tangent,))
+    with warnings.catch_warnings():  # torch's first forward-mode call scripts its decompositions (a deprecated API)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=DeprecationWarning)
+        outputs, derivative = jvp(forward, (theta,), (tangent,))
     return RateCheck(definition, _relative(derivative.detach() - outputs.detach(), outputs.detach()), tuple(alphas))
 
 
