@@ -9,7 +9,7 @@ from torch import nn
 
 from implicit_bias.data import load
 from implicit_bias.errors import NotSeparatedError
-from implicit_bias.metrics import margins, normalized_margin, parameter_norm, smoothed_margin
+from implicit_bias.metrics import l1_max_margin, margins, normalized_margin, parameter_norm, smoothed_margin
 from implicit_bias.models import build
 
 
@@ -170,3 +170,18 @@ def test_direction_cosine_and_support_count():
     q = margins(model, data.X, data.y)
     assert support_count(model, data.X, data.y, k=1) == int((q - q.min() <= math.log(10)).sum())
     assert support_count(model, data.X, data.y, k=1e-9) == 4  # the two planted pairs, exactly at the margin
+
+
+def test_l1_max_margin_matches_a_brute_force_search_on_the_l1_sphere():
+    generator = torch.Generator().manual_seed(3)
+    X = torch.randn(30, 2, generator=generator, dtype=torch.float64)
+    y = torch.where(X @ torch.tensor([1.0, 0.4], dtype=torch.float64) > 0, 1, -1)
+    solution = l1_max_margin(X, y)
+    t = torch.linspace(-1, 1, 400_001, dtype=torch.float64)
+    sphere = torch.cat([torch.stack([t, 1 - t.abs()], 1), torch.stack([t, t.abs() - 1], 1)])  # ‖β‖₁ = 1
+    brute = (y[:, None] * (X @ sphere.T)).min(dim=0).values.max()
+    assert solution.margin == pytest.approx(float(brute), abs=1e-5)
+    assert np.abs(solution.weight).sum() == pytest.approx(1.0, abs=1e-9)
+    assert float((y * (X @ torch.as_tensor(solution.weight))).min()) == pytest.approx(solution.margin, abs=1e-9)
+    with pytest.raises(NotSeparatedError):
+        l1_max_margin(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([1, -1]))

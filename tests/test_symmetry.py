@@ -15,8 +15,9 @@ from implicit_bias.metrics import (
     lambda_seminorm,
     normalized_margin,
     rate_group_norms,
+    rate_shares,
 )
-from implicit_bias.models import build
+from implicit_bias.models import SplitLinear, WithOutputBias, build
 from implicit_bias.symmetry import check_rates, infer_rates, rescale
 from implicit_bias.train import History
 
@@ -308,3 +309,23 @@ def test_empirical_rates_recover_the_rates_of_a_characteristic_curve():
     assert measured == pytest.approx(dict(rates), abs=1e-9)
     with pytest.raises(InvalidArgumentError, match="output_rms"):
         empirical_rates(History([{"step": 0}]))
+
+
+def test_rate_shares_are_invariant_under_rescaling_and_sum_to_one():
+    model = build("mlp:depth=3,width=8", (5,), 2, seed=0).double()
+    rates = infer_rates(model, inputs((5,)))
+    shares = rate_shares(model, rates)
+    assert sum(shares.values()) == pytest.approx(1.0, rel=1e-12)
+    twin = rescale(build("mlp:depth=3,width=8", (5,), 2, seed=0).double(), 2.5, rates)
+    assert rate_shares(twin, rates) == pytest.approx(shares, rel=1e-10)
+
+
+def test_split_linear_rates_and_with_output_bias_rates():
+    X = inputs((7,))
+    split = SplitLinear(3, 4).double()
+    assert dict(infer_rates(split, X)) == pytest.approx({"u": 0.5, "v": 0.5, "w": 1.0}, abs=1e-12)
+    model = WithOutputBias(build("mlp:depth=3,width=6,bias=false", (7,), 2, seed=0)).double()
+    rates = infer_rates(model, X)
+    assert rates["bias"] == pytest.approx(1.0) and rates.top == ("bias",)
+    assert all(rates[n] == pytest.approx(1 / 3) for n in rates if n != "bias")
+    assert check_rates(model, rates, X).worst < EXACT

@@ -1,13 +1,13 @@
 """Metrics of implicit bias. Each cites its paper and formula in its docstring."""
 
-from .asymmetric import asymmetric_margin, empirical_rates, lambda_seminorm, rate_group_norms
+from .asymmetric import asymmetric_margin, empirical_rates, lambda_seminorm, rate_group_norms, rate_shares
 from .collapse import CollapseAccumulator, CollapseReport
 from .direction import alignment, direction_cosine, flat_parameters, layer_norms
 from .effective_depth import DepthBound, EffectiveDepth, MinimalDepth, depth_bound, effective_depth, minimal_ncc_depth
 from .kkt import KKTCertificate, KKTResidual, kkt_certificate, kkt_residual, support_count
 from .layerwise import FeatureReducer, LayerCollapse, collapse_by_layer
 from .margins import homogeneity_degree, margins, normalized_margin, parameter_norm, smoothed_margin
-from .svm import SVMSolution, hard_margin_svm
+from .svm import L1MaxMargin, SVMSolution, hard_margin_svm, l1_max_margin
 
 __all__ = [
     "CollapseAccumulator",
@@ -17,6 +17,7 @@ __all__ = [
     "FeatureReducer",
     "KKTCertificate",
     "KKTResidual",
+    "L1MaxMargin",
     "LayerCollapse",
     "MinimalDepth",
     "SVMSolution",
@@ -32,6 +33,7 @@ __all__ = [
     "homogeneity_degree",
     "kkt_certificate",
     "kkt_residual",
+    "l1_max_margin",
     "lambda_seminorm",
     "layer_norms",
     "margins",
@@ -39,6 +41,7 @@ __all__ = [
     "normalized_margin",
     "parameter_norm",
     "rate_group_norms",
+    "rate_shares",
     "smoothed_margin",
     "support_count",
 ]

@@ -42,6 +42,21 @@ def rate_group_norms(model: nn.Module, rates: Mapping[str, float]) -> dict[float
     return {rate: math.sqrt(sum(squared[n] for n in names)) for rate, names in _as_rates(rates).groups().items()}
 
 
+def rate_shares(model: nn.Module, rates: Mapping[str, float]) -> dict[float, float]:
+    """Each positive-rate group's share of the output scale: s_g = ‖θ_g‖^{1/λ_g} / Σ_h ‖θ_h‖^{1/λ_h}.
+
+    ‖θ_g‖^{1/λ_g} is in units of the output (it scales like e^α under ψ_α, [1] §3), so the shares are invariant
+    under ψ_α and compare groups of different rates fairly. A group whose share → 0 along training is being
+    discarded by the asymmetric norm minimization ([1], §5, the sparsity conjecture). Groups of rate 0 do not
+    scale with the output and are left out.
+    """
+    powered = {rate: norm ** (1.0 / rate) for rate, norm in rate_group_norms(model, rates).items() if rate > 0}
+    total = sum(powered.values())
+    if not total > 0:
+        raise InvalidArgumentError("every positive-rate parameter is zero; the shares are undefined")
+    return {rate: value / total for rate, value in powered.items()}
+
+
 def asymmetric_margin(model: nn.Module, X: torch.Tensor, y: torch.Tensor, rates: Mapping[str, float]) -> float:
     """γ_Λ = q_min / ‖θ‖_{Λmax}^{1/λ_max}, the asymmetric normalized margin ([1], §4; SCIENCE.md §3).
 

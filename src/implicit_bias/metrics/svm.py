@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
+from scipy.optimize import linprog, minimize
 
 from ..errors import NotSeparatedError
 from ..losses import canonical_labels
@@ -68,3 +68,43 @@ def hard_margin_svm(X: torch.Tensor, y: torch.Tensor, *, support_tol: float = 1e
         raise NotSeparatedError("the hard-margin SVM has no solution: the data are not linearly separable")
     margin = float((Z @ weight).min() / np.linalg.norm(weight))
     return SVMSolution(weight, alpha, margin, support)
+
+
+@dataclass(frozen=True)
+class L1MaxMargin:
+    """β = argmax_{‖β‖₁ ≤ 1} min_n y_n⟨β, x_n⟩ and that margin γ₁*."""
+
+    weight: np.ndarray
+    margin: float
+
+
+def l1_max_margin(X: torch.Tensor, y: torch.Tensor) -> L1MaxMargin:
+    """The ℓ1 max-margin linear separator without intercept, as a linear program (HiGHS):
+    max t s.t. y_n⟨β⁺ − β⁻, x_n⟩ ≥ t, Σ(β⁺ + β⁻) = 1, β^± ≥ 0.
+
+    The limit direction of coordinate descent on linear models (Gunasekar et al. 2018) and of gradient flow on
+    the depth-2 diagonal network β = u ⊙ v (Woodworth et al. 2020; Kunin et al. 2023, §5.1).
+
+    Raises
+    ------
+    NotSeparatedError
+        If no direction separates the data (γ₁* ≤ 0).
+    """
+    check_features_labels(X, y)
+    signs = torch.as_tensor(canonical_labels(torch.zeros(len(y), 1), y), dtype=torch.float64) * 2 - 1
+    Z = (X.reshape(len(X), -1).to(torch.float64) * signs[:, None]).cpu().numpy()
+    n, d = Z.shape
+    objective = np.zeros(2 * d + 1)
+    objective[-1] = -1.0
+    result = linprog(
+        objective,
+        A_ub=np.hstack([-Z, Z, np.ones((n, 1))]),
+        b_ub=np.zeros(n),
+        A_eq=np.concatenate([np.ones(2 * d), [0.0]])[None],
+        b_eq=[1.0],
+        bounds=[(0, None)] * (2 * d) + [(None, None)],
+        method="highs",
+    )
+    if result.status != 0 or not result.x[-1] > 1e-12:
+        raise NotSeparatedError("no linear separator exists: the ℓ1 max-margin problem has margin ≤ 0")
+    return L1MaxMargin(result.x[:d] - result.x[d : 2 * d], float(result.x[-1]))

@@ -5,7 +5,8 @@ name      options (defaults)
 ========  ===================================================================================================
 linear    bias (True)
 mlp       depth (2), width (100), bias (True), activation (relu | leaky_relu | identity), negative_slope
-          (0.01), norm (none | batchnorm | layernorm)
+          (0.01), norm (none | batchnorm | layernorm), head_norm (none | batchnorm | layernorm: a normalization
+          without affine parameters before the classifier)
 cnn       bias (True), padding (valid | same), channels ([32, 64]), hidden (1024), activation, negative_slope
 resnet    width (16), stages (3), blocks (1), bias (True), norm (batchnorm | none | layernorm | groupnorm)
 ========  ===================================================================================================
@@ -27,6 +28,7 @@ from ..validation import check_choice, check_keys, check_scalar
 from .cnn import CNN
 from .features import capture_features, feature_names
 from .mlp import MLP, linear
+from .quasi import SplitLinear, WithOutputBias
 from .resnet import ResNet
 from .spec import format_spec, parse_spec
 
@@ -38,6 +40,8 @@ __all__ = [
     "CNN",
     "MLP",
     "ResNet",
+    "SplitLinear",
+    "WithOutputBias",
     "build",
     "builder_options",
     "capture_features",

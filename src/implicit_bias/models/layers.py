@@ -21,9 +21,9 @@ def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
     return nn.Identity()
 
 
-def norm_layer(name: str, channels: int, *, spatial_dims: int) -> nn.Module | None:
+def norm_layer(name: str, channels: int, *, spatial_dims: int, affine: bool = True) -> nn.Module | None:
     """A normalization layer over ``channels`` features of vectors (``spatial_dims`` 0) or of 1-D / 2-D conv
-    feature maps, or None for "none".
+    feature maps, with or without its affine gain and shift, or None for "none".
 
     LayerNorm on conv maps normalizes over all channels and positions (GroupNorm with one group).
     """
@@ -31,11 +31,13 @@ def norm_layer(name: str, channels: int, *, spatial_dims: int) -> nn.Module | No
     if name == "none":
         return None
     if name == "batchnorm":
-        return (nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm1d)(channels)
+        return (nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm1d)(channels, affine=affine)
     if name == "groupnorm":
         groups = 8 if channels % 8 == 0 else 1
-        return nn.GroupNorm(groups, channels)
-    return nn.GroupNorm(1, channels) if spatial_dims else nn.LayerNorm(channels)
+        return nn.GroupNorm(groups, channels, affine=affine)
+    if spatial_dims:
+        return nn.GroupNorm(1, channels, affine=affine)
+    return nn.LayerNorm(channels, elementwise_affine=affine)
 
 
 def conv(dims: int, cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int = 0, bias: bool) -> nn.Module:

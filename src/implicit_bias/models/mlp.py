@@ -13,7 +13,9 @@ from .layers import make_activation, norm_layer
 
 class MLP(nn.Sequential):
     """A multilayer perceptron with ``depth`` linear layers (``depth − 1`` hidden layers of ``width``):
-    ``flatten → layer1 … layer{depth−1} → head``, each hidden ``layer_l`` = Linear → [norm] → activation.
+    ``flatten → layer1 … layer{depth−1} → [normalize] → head``, each hidden ``layer_l`` = Linear → [norm] →
+    activation; ``head_norm`` adds ``normalize``, a normalization without affine parameters right before the
+    classifier (Kunin et al. 2023, §5: the classifier then sees features of fixed scale).
 
     Without biases and normalization, with a ReLU / leaky ReLU / identity activation, the network is
     ``depth``-homogeneous in its parameters (Lyu & Li 2020). ``feature_names`` lists the hidden layers whose
@@ -31,6 +33,7 @@ class MLP(nn.Sequential):
         activation: str = "relu",
         negative_slope: float = 0.01,
         norm: str = "none",
+        head_norm: str = "none",
     ) -> None:
         check_scalar("depth", depth, int, low=1)
         check_scalar("width", width, int, low=1)
@@ -44,9 +47,14 @@ class MLP(nn.Sequential):
             block.append(make_activation(activation, negative_slope))
             layers[f"layer{index}"] = nn.Sequential(*block)
             fan_in = width
+        normalize = norm_layer(head_norm, fan_in, spatial_dims=0, affine=False)
+        if normalize is not None:
+            layers["normalize"] = normalize
         layers["head"] = nn.Linear(fan_in, num_outputs, bias=bias)
         super().__init__(OrderedDict(layers))
-        self.feature_names: tuple[str, ...] = tuple(f"layer{i}" for i in range(1, depth))
+        self.feature_names: tuple[str, ...] = tuple(f"layer{i}" for i in range(1, depth)) + (
+            ("normalize",) if normalize is not None else ()
+        )
 
 
 def linear(input_shape: tuple[int, ...], num_outputs: int, *, bias: bool = True) -> MLP:

@@ -4,10 +4,20 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, resume_run, run
 from .history import History
 from .loop import as_dataset, fit
-from .probes import PROBES, CollapseProbe, MarginProbe, Probe, ProbeContext, make_probe
+from .probes import (
+    PROBES,
+    AsymmetricMarginProbe,
+    CollapseProbe,
+    MarginProbe,
+    Probe,
+    ProbeContext,
+    make_probe,
+    norms_probe,
+)
 
 __all__ = [
     "PROBES",
+    "AsymmetricMarginProbe",
     "Checkpoint",
     "CollapseProbe",
     "History",
@@ -19,6 +29,7 @@ __all__ = [
     "fit",
     "load_checkpoint",
     "make_probe",
+    "norms_probe",
     "resume_run",
     "run",
     "save_checkpoint",

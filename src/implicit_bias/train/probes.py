@@ -22,7 +22,7 @@ from ..errors import (
     UntraceableModelError,
 )
 from ..losses import MARGIN_LOSSES, output_margins
-from ..metrics.asymmetric import lambda_seminorm, rate_group_norms
+from ..metrics.asymmetric import lambda_seminorm, rate_group_norms, rate_shares
 from ..metrics.direction import alignment, direction_cosine, flat_parameters, layer_norms
 from ..metrics.kkt import kkt_residual, support_size
 from ..metrics.layerwise import collapse_by_layer
@@ -140,7 +140,8 @@ def norms_probe(context: ProbeContext) -> dict[str, float]:
 
 
 class AsymmetricMarginProbe:
-    """``lambda_seminorm`` ‖θ‖_{Λmax}, ``rate_norm/<λ>`` per rate group and, once every point is fit,
+    """``lambda_seminorm`` ‖θ‖_{Λmax}, ``rate_norm/<λ>`` and ``rate_share/<λ>`` per rate group (see
+    :func:`~implicit_bias.metrics.rate_shares`) and, once every point is fit,
     ``asymmetric_margin`` q_min/‖θ‖_{Λmax}^{1/λ_max} (Kunin et al. 2023, Thm 4.1).
 
     Rates are inferred on the first call (``choice``, see :func:`~implicit_bias.symmetry.infer_rates`, with the
@@ -167,6 +168,11 @@ class AsymmetricMarginProbe:
         row.update(
             {f"rate_norm/{rate:.6g}": value for rate, value in rate_group_norms(context.model, self.rates).items()}
         )
+        try:
+            shares = rate_shares(context.model, self.rates)
+            row.update({f"rate_share/{rate:.6g}": value for rate, value in shares.items()})
+        except InvalidArgumentError:  # every scaling parameter is still zero
+            pass
         q = context.margins
         if bool((q > 0).all()) and norm > 0:
             row["asymmetric_margin"] = normalize_by_norm(float(q.min()), norm, 1.0 / self.rates.lambda_max)
