@@ -140,3 +140,16 @@ def test_reproduce_refuses_to_overwrite(tmp_path):
     (tmp_path / "homogeneous-margin").mkdir()
     (tmp_path / "homogeneous-margin" / "result.json").write_text("{}")
     assert_user_error(invoke("reproduce", "homogeneous-margin", "--quick", "--out", tmp_path), "not empty")
+
+
+def test_rates_prints_the_table_and_a_passing_check():
+    result = invoke("rates", "mlp:depth=4,width=8,bias=false", "--data", "gaussians")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("0.25") == 4 and "Euler identity" in result.output
+    errors = [float(word.rstrip(",")) for word in result.output.split() if "e-" in word]
+    assert errors and max(errors) < 1e-12
+
+
+def test_rates_refuses_non_quasi_homogeneous_and_unknown_choices():
+    assert_user_error(invoke("rates", "mlp:depth=2", "--choice", "largest"), "choice must be one of")
+    assert_user_error(invoke("rates", "mlp:depth=2", "--mode", "test"), "mode")

@@ -150,9 +150,16 @@ def test_every_model_in_the_zoo_gets_exact_rates_and_family_members(spec, shape,
     for choice in ("uniform", "last-layer"):
         rates = infer_rates(model, X, choice)
         assert check_rates(model, rates, X).worst < EXACT, (choice, rates.explain(model))
-    for member in rates.family.sample(3, seed=1):
-        assert rates.family.contains(member)
+    uniform = infer_rates(model, X)
+    for member in uniform.family.sample(3, seed=1):
+        assert uniform.family.contains(member)
         assert check_rates(model, member, X).worst < 1e-9
+        # "uniform" is the least Σ λ² over weights: no valid member does better
+        assert weight_square_sum(uniform) <= weight_square_sum(member) + 1e-12
+
+
+def weight_square_sum(rates) -> float:
+    return sum(v**2 for n, v in rates.items() if not n.endswith("bias"))
 
 
 def test_batchnorm_in_evaluation_mode_fixes_the_rates_before_it():

@@ -187,6 +187,38 @@ def _print_rows(history: Any, *, last: int) -> None:
     console.print(table)
 
 
+@app.command()
+@user_errors
+def rates(
+    model: Annotated[str, typer.Argument(help="Model spec, e.g. 'resnet:width=8' or 'mlp:depth=3,width=64'.")],
+    data: Annotated[str, typer.Option(help="Dataset giving the input shape, classes and example inputs.")] = "digits",
+    choice: Annotated[str, typer.Option(help="uniform | last-layer.")] = "uniform",
+    mode: Annotated[str, typer.Option(help="train | eval: batch norm's scaling rule depends on it.")] = "eval",
+    seed: Annotated[int, typer.Option(help="Seed of the model's initialization.")] = 0,
+) -> None:
+    """Infer the per-parameter rates Λ of a model (Kunin et al. 2023), print them and check them numerically."""
+    import torch
+
+    from ..data import load
+    from ..models import build
+    from ..symmetry import check_rates, infer_rates
+    from ..validation import check_choice
+
+    check_choice("mode", mode, ("train", "eval"))
+    dataset = load(data, seed=seed)
+    network = build(model, dataset.input_shape, dataset.num_classes, seed=seed).to(torch.float64)
+    network.train(mode == "train")
+    example = dataset.X[:64].to(torch.float64)
+    inferred = infer_rates(network, example, choice)
+    console.print(inferred.explain(network), highlight=False, markup=False)
+    check = check_rates(network, inferred, example)
+    console.print(
+        f"check on {len(example)} inputs of {data!r} (float64): Φ(ψ_α θ) vs e^α Φ(θ) {check.definition_error:.2e}, "
+        f"Euler identity {check.euler_error:.2e}",
+        highlight=False,
+    )
+
+
 @app.command("list")
 @user_errors
 def list_components() -> None:
