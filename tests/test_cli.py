@@ -145,7 +145,7 @@ def test_reproduce_refuses_to_overwrite(tmp_path):
 def test_rates_prints_the_table_and_a_passing_check():
     result = invoke("rates", "mlp:depth=4,width=8,bias=false", "--data", "gaussians")
     assert result.exit_code == 0, result.output
-    assert result.output.count("0.25") == 4 and "Euler identity" in result.output
+    assert result.output.count("0.25  *") == 4 and "Euler identity" in result.output
     errors = [float(word.rstrip(",")) for word in result.output.split() if "e-" in word]
     assert errors and max(errors) < 1e-12
 
