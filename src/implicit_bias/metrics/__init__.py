@@ -7,6 +7,17 @@ from .effective_depth import DepthBound, EffectiveDepth, MinimalDepth, depth_bou
 from .kkt import KKTCertificate, KKTResidual, kkt_certificate, kkt_residual, support_count
 from .layerwise import FeatureReducer, LayerCollapse, collapse_by_layer
 from .margins import homogeneity_degree, margins, normalized_margin, parameter_norm, smoothed_margin
+from .spectra import (
+    FeatureSpectra,
+    Spectrum,
+    effective_rank,
+    feature_spectra,
+    layer_spectra,
+    numerical_rank,
+    participation_ratio,
+    singular_values,
+    stable_rank,
+)
 from .svm import L1MaxMargin, SVMSolution, hard_margin_svm, l1_max_margin
 
 __all__ = [
@@ -15,19 +26,23 @@ __all__ = [
     "DepthBound",
     "EffectiveDepth",
     "FeatureReducer",
+    "FeatureSpectra",
     "KKTCertificate",
     "KKTResidual",
     "L1MaxMargin",
     "LayerCollapse",
     "MinimalDepth",
     "SVMSolution",
+    "Spectrum",
     "alignment",
     "asymmetric_margin",
     "collapse_by_layer",
     "depth_bound",
     "direction_cosine",
     "effective_depth",
+    "effective_rank",
     "empirical_rates",
+    "feature_spectra",
     "flat_parameters",
     "hard_margin_svm",
     "homogeneity_degree",
@@ -36,12 +51,17 @@ __all__ = [
     "l1_max_margin",
     "lambda_seminorm",
     "layer_norms",
+    "layer_spectra",
     "margins",
     "minimal_ncc_depth",
     "normalized_margin",
+    "numerical_rank",
     "parameter_norm",
+    "participation_ratio",
     "rate_group_norms",
     "rate_shares",
+    "singular_values",
     "smoothed_margin",
+    "stable_rank",
     "support_count",
 ]

@@ -33,6 +33,7 @@ from ..metrics.margins import (
     require_fit_loss,
     require_separated,
 )
+from ..metrics.spectra import layer_spectra
 from ..models.inference import evaluation
 from ..symmetry.rates import Rates, infer_rates
 from ..validation import check_choice
@@ -273,6 +274,18 @@ class CollapseProbe:
         return row
 
 
+def spectra_probe(context: ProbeContext) -> dict[str, float]:
+    """Rank measures of every weight matrix (conv kernels as (out, in·k…)): ``rank/<name>`` (σ_i > 1e−3 σ_1),
+    ``rank_frobenius/<name>`` (Galanti et al. 2022), ``stable_rank/<name>``, ``effective_rank/<name>``; see
+    :func:`~implicit_bias.metrics.layer_spectra`."""
+    row = {}
+    for name, spectrum in layer_spectra(context.model).items():
+        row.update(
+            {f"{key}/{name}": value for key, value in spectrum.summary().items() if key != "participation_ratio"}
+        )
+    return row
+
+
 PROBES: dict[str, Callable[[], Probe]] = {
     "margins": MarginProbe,
     "norms": lambda: norms_probe,
@@ -282,6 +295,7 @@ PROBES: dict[str, Callable[[], Probe]] = {
     "kkt": KKTProbe,
     "support": lambda: support_probe,
     "collapse": CollapseProbe,
+    "spectra": lambda: spectra_probe,
 }
 
 
