@@ -1,0 +1,29 @@
+"""The deep unconstrained features model (Súkeník, Mondelli & Lampert 2023, 2024): a laboratory where the low-rank
+bias of weight decay and deep neural collapse meet gradient descent."""
+
+from .measures import LayerMeasures, dnc_measures
+from .model import DUFM, Activations, train_dufm
+from .structures import (
+    StructuredOptimum,
+    dnc_loss,
+    product_family_optimum,
+    set_dnc_point,
+    set_srg_point,
+    srg_loss,
+    srg_vertices,
+)
+
+__all__ = [
+    "DUFM",
+    "Activations",
+    "LayerMeasures",
+    "StructuredOptimum",
+    "dnc_loss",
+    "dnc_measures",
+    "product_family_optimum",
+    "set_dnc_point",
+    "set_srg_point",
+    "srg_loss",
+    "srg_vertices",
+    "train_dufm",
+]

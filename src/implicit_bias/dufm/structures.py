@@ -1,0 +1,172 @@
+"""Reference solutions of the MSE L-DUFM: deep neural collapse (DNC) and the strongly-regular-graph (SRG)
+solution of Súkeník, Mondelli & Lampert (2024), as points and as loss values.
+
+Derivation. Both structures keep every sample at its class mean and fix, at each layer, the *shape* of the
+class-mean matrix; only one scale x_j per factor (H₁, W₁ … W_L) is free. Writing the loss on the family as
+
+    ℒ(x) = ½(1 − P)² + Σ_j (μ_j/2) x_j²,   P = ∏_j x_j  (the output is P·I_K on the class means),
+
+with μ_j = λ_j × (squared Frobenius norm of the unit-scale factor), the AM–GM balance μ_j x_j² = t (all j) is
+optimal for fixed P, giving t = (P² ∏μ_j)^{1/(L+1)} and
+
+    ℒ(P) = ½(1 − P)² + ((L+1)/2) m P^{2/(L+1)},   m = (∏_j μ_j)^{1/(L+1)},
+
+minimized over P ∈ [0, 1] by a bounded scalar search (P = 0, ℒ = ½, when the regularization wins).
+
+- **DNC** (every layer's class means orthogonal, equal norms): H₁ = a·[e_c], W_l = b_l·(I_K embedded), W_L =
+  b_L [I_K 0]: μ = (λ_{H₁} N, λ_{W₁} K, …, λ_{W_L} K). Width d ≥ K.
+- **SRG** for K = C(r, 2) (classes ↔ edges {i, j} of the complete graph K_r; B ∈ {0,1}^{r×K} its incidence matrix):
+  H₁ = a·B (class {i,j} at e_i + e_j, rank r), inner maps W_l = b_l·(I_r embedded) for l ≤ L − 2 (the features
+  stay non-negative, rank r), then W_{L−1} = g·Z B⁺ with Z = I + y A₁ + (2y − 1) A₀ (A₁: edges sharing one vertex,
+  A₀: disjoint edges; y ≤ 0 so that σ(Z) = I_K, and the coefficient 2y − 1 puts Z in the row space of B:
+  the eigenvalue of Z on the (K − r)-dimensional eigenspace of the triangular graph is 1 − 2y + (2y − 1) = 0),
+  so that the class means before the last ReLU have rank r and after it are orthogonal; W_L = c [I_K 0].
+  μ = (2λ_{H₁} N, λ_{W₁} r, …, λ_{W_{L−2}} r, λ_{W_{L−1}}‖Z B⁺‖²_F, λ_{W_L} K), minimized over y too (‖Z B⁺‖²_F is
+  quadratic in y). Width d ≥ K.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+from ..errors import InvalidArgumentError
+from .model import DUFM
+
+
+@dataclass(frozen=True)
+class StructuredOptimum:
+    """The best loss over a structured family, its output scale P and the per-factor scales x_j."""
+
+    loss: float
+    output_scale: float
+    scales: tuple[float, ...]
+
+
+def product_family_optimum(mus: Sequence[float]) -> StructuredOptimum:
+    """min over x of ½(1 − ∏x_j)² + Σ_j (μ_j/2) x_j² (module docstring), exactly up to a scalar search."""
+    mus = np.asarray(mus, dtype=float)
+    if (mus <= 0).any():
+        raise InvalidArgumentError("every λ must be positive for the structured optimum to exist")
+    factors = len(mus)
+    m = float(np.exp(np.log(mus).mean()))
+
+    def loss(p: float) -> float:
+        return 0.5 * (1 - p) ** 2 + factors / 2 * m * p ** (2 / factors)
+
+    result = minimize_scalar(loss, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-14})
+    p = float(result.x) if loss(float(result.x)) < 0.5 else 0.0
+    t = (p * p * np.prod(mus)) ** (1 / factors)
+    return StructuredOptimum(loss(p), p, tuple(float(x) for x in np.sqrt(t / mus)))
+
+
+def _dnc_mus(model: DUFM) -> list[float]:
+    lam = model.lambdas
+    return [lam[0] * model.size] + [lam[l] * model.num_classes for l in range(1, model.depth + 1)]
+
+
+def dnc_loss(model: DUFM) -> StructuredOptimum:
+    """L_DNC: the least loss over deep-neural-collapse points of ``model``'s DUFM (module docstring)."""
+    return product_family_optimum(_dnc_mus(model))
+
+
+def edges(r: int) -> list[tuple[int, int]]:
+    """The C(r, 2) edges of the complete graph K_r, one per class."""
+    return list(itertools.combinations(range(r), 2))
+
+
+def srg_vertices(num_classes: int) -> int:
+    """r with C(r, 2) = K, or an error when K is not a triangular number."""
+    r = round((1 + math.sqrt(1 + 8 * num_classes)) / 2)
+    if r * (r - 1) // 2 != num_classes or r < 3:
+        raise InvalidArgumentError(
+            f"the SRG solution needs K = C(r, 2) with r ≥ 3 (3, 6, 10, 15 …), got K = {num_classes}"
+        )
+    return r
+
+
+def _srg_shape(r: int, y: float) -> tuple[np.ndarray, np.ndarray]:
+    """(B, Z) for the triangular graph T(r) with off-diagonal coefficients y (one shared vertex) and 2y − 1."""
+    pairs = edges(r)
+    incidence = np.zeros((r, len(pairs)))
+    for column, (i, j) in enumerate(pairs):
+        incidence[[i, j], column] = 1.0
+    shared = incidence.T @ incidence  # 2 on the diagonal, 1 for edges sharing a vertex, 0 for disjoint ones
+    Z = np.where(shared == 2, 1.0, np.where(shared == 1, y, 2 * y - 1))
+    return incidence, Z
+
+
+def _srg_map_norm(r: int, y: float) -> float:
+    incidence, Z = _srg_shape(r, y)
+    return float(np.square(Z @ np.linalg.pinv(incidence)).sum())
+
+
+def _best_shape(r: int) -> float:
+    result = minimize_scalar(lambda y: _srg_map_norm(r, y), bounds=(-2.0, 0.0), method="bounded",
+                             options={"xatol": 1e-12})  # fmt: skip
+    return float(result.x)
+
+
+def _srg_mus(model: DUFM, r: int, y: float) -> list[float]:
+    lam = model.lambdas
+    inner = [lam[l] * r for l in range(1, model.depth - 1)]
+    return [2 * lam[0] * model.size, *inner, lam[model.depth - 1] * _srg_map_norm(r, y),
+            lam[model.depth] * model.num_classes]  # fmt: skip
+
+
+def srg_loss(model: DUFM) -> StructuredOptimum:
+    """L_SRG: the least loss over SRG-structured points of ``model``'s DUFM, K = C(r, 2) (module docstring)."""
+    r = srg_vertices(model.num_classes)
+    return product_family_optimum(_srg_mus(model, r, _best_shape(r)))
+
+
+def _embed(matrix: np.ndarray, rows: int, cols: int) -> torch.Tensor:
+    out = torch.zeros(rows, cols, dtype=torch.float64)
+    out[: matrix.shape[0], : matrix.shape[1]] = torch.as_tensor(matrix)
+    return out
+
+
+def _require_width(model: DUFM) -> None:
+    if model.width < model.num_classes:
+        raise InvalidArgumentError(f"the structured points need width ≥ K = {model.num_classes}, got {model.width}")
+
+
+@torch.no_grad()
+def set_dnc_point(model: DUFM) -> StructuredOptimum:
+    """Put ``model`` at its best DNC point (in place) and return that optimum."""
+    _require_width(model)
+    optimum = dnc_loss(model)
+    K, d, n = model.num_classes, model.width, model.per_class
+    scale_h, *scales = optimum.scales
+    model.features.copy_(scale_h * _embed(np.eye(K), d, K).repeat_interleave(n, dim=1))
+    for weight, scale in zip(model.weights, scales):
+        weight.copy_(scale * _embed(np.eye(K), *weight.shape))
+    return optimum
+
+
+@torch.no_grad()
+def set_srg_point(model: DUFM) -> StructuredOptimum:
+    """Put ``model`` at its best SRG point (in place) and return that optimum."""
+    _require_width(model)
+    r = srg_vertices(model.num_classes)
+    y = _best_shape(r)
+    optimum = product_family_optimum(_srg_mus(model, r, y))
+    incidence, Z = _srg_shape(r, y)
+    d, n, depth = model.width, model.per_class, model.depth
+    scale_h, *scales = optimum.scales
+    model.features.copy_(scale_h * _embed(incidence, d, model.num_classes).repeat_interleave(n, dim=1))
+    for index, (weight, scale) in enumerate(zip(model.weights, scales)):
+        if index < depth - 2:
+            shape = np.eye(r)
+        elif index == depth - 2:
+            shape = Z @ np.linalg.pinv(incidence)
+        else:
+            shape = np.eye(model.num_classes)
+        weight.copy_(scale * _embed(shape, *weight.shape))
+    return optimum

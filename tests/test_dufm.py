@@ -1,0 +1,84 @@
+"""The DUFM: hand-written gradients against autograd, structured reference losses against direct evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from implicit_bias.dufm import (
+    DUFM,
+    dnc_loss,
+    dnc_measures,
+    product_family_optimum,
+    set_dnc_point,
+    set_srg_point,
+    srg_loss,
+    srg_vertices,
+    train_dufm,
+)
+from implicit_bias.errors import InvalidArgumentError
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_hand_written_gradients_match_autograd_on_random_points(depth):
+    model = DUFM(3, 4, depth=depth, width=7, lambdas=[0.01 * (i + 1) for i in range(depth + 1)], init_scale=0.7)
+    feature_grad, weight_grads = model.gradients()
+    expected = torch.autograd.grad(model.loss(), [model.features, *model.weights])
+    assert feature_grad == pytest.approx(expected[0], rel=1e-12, abs=1e-14)
+    for ours, reference in zip(weight_grads, expected[1:]):
+        assert ours == pytest.approx(reference, rel=1e-12, abs=1e-14)
+
+
+def test_product_family_optimum_matches_a_brute_force_search():
+    mus = [0.2, 0.05, 0.04, 0.3]
+    optimum = product_family_optimum(mus)
+    grid = torch.linspace(0, 1, 200_001, dtype=torch.float64)
+    m = torch.tensor(mus, dtype=torch.float64).log().mean().exp()
+    brute = (0.5 * (1 - grid) ** 2 + len(mus) / 2 * m * grid ** (2 / len(mus))).min()
+    assert optimum.loss == pytest.approx(float(brute), abs=1e-9)
+    scales = torch.tensor(optimum.scales, dtype=torch.float64)
+    direct = 0.5 * (1 - scales.prod()) ** 2 + (torch.tensor(mus, dtype=torch.float64) * scales**2).sum() / 2
+    assert float(direct) == pytest.approx(optimum.loss, rel=1e-10)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_dnc_point_has_the_formula_loss_and_is_a_critical_point_that_gd_keeps(depth):
+    model = DUFM(6, 3, depth=depth, width=8, lambdas=0.004)
+    optimum = set_dnc_point(model)
+    assert float(model.loss().detach()) == pytest.approx(optimum.loss, rel=1e-12)
+    assert optimum.loss == pytest.approx(dnc_loss(model).loss)
+    feature_grad, weight_grads = model.gradients()
+    assert max(float(g.abs().max()) for g in [feature_grad, *weight_grads]) < 1e-8
+    before = [p.detach().clone() for p in model.parameters()]
+    train_dufm(model, steps=200, lr=0.5)
+    assert all(torch.allclose(a, b, atol=1e-8) for a, b in zip(before, model.parameters()))
+    layers = dnc_measures(model)
+    assert all(m.nc1 < 1e-20 and m.rank == 6 for m in layers)
+    assert all(m.max_cosine < 1e-12 for m in layers)
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_srg_point_has_the_formula_loss_and_rank_r_before_the_last_relu(depth):
+    model = DUFM(10, 2, depth=depth, width=12, lambdas=0.004)
+    optimum = set_srg_point(model)
+    assert float(model.loss().detach()) == pytest.approx(optimum.loss, rel=1e-12)
+    layers = dnc_measures(model)
+    assert layers[-1].rank_pre_relu == 5 and layers[-1].rank == 10  # r = 5 → full rank after the ReLU
+    assert layers[-1].max_cosine < 1e-12  # orthogonal after the last ReLU
+    assert layers[0].rank == 5
+
+
+def test_srg_beats_dnc_in_the_paper_setting_but_not_for_two_layers():
+    paper = DUFM(10, 1, depth=4, width=30, lambdas=0.004)
+    assert srg_loss(paper).loss < dnc_loss(paper).loss
+    shallow = DUFM(10, 1, depth=2, width=30, lambdas=0.004)
+    assert srg_loss(shallow).loss > dnc_loss(shallow).loss
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(InvalidArgumentError, match="C\\(r, 2\\)"):
+        srg_vertices(7)
+    with pytest.raises(InvalidArgumentError, match="lambdas"):
+        DUFM(3, 2, depth=3, lambdas=[0.1, 0.1])
+    with pytest.raises(InvalidArgumentError, match="width"):
+        set_dnc_point(DUFM(6, 2, depth=3, width=4))
