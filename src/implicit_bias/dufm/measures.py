@@ -51,13 +51,13 @@ def dnc_measures(model: DUFM, *, tol: float = 1e-3) -> list[LayerMeasures]:
         accumulator.update(features.T, model.labels)
         means = _class_means(features, model)
         pre = _class_means(acts.pre[index - 1], model) if index > 0 else None
-        nonzero = bool(means.abs().max() > 0)
+        nonzero = bool(means.abs().max() > 1e-10)  # below: the layer has decayed to the zero point
         measures.append(
             LayerMeasures(
                 layer=index + 1,
                 nc1=float(accumulator.compute().nc1) if nonzero else float("nan"),
                 rank=numerical_rank(means, tol) if nonzero else 0,
-                rank_pre_relu=(numerical_rank(pre, tol) if bool(pre.abs().max() > 0) else 0)
+                rank_pre_relu=(numerical_rank(pre, tol) if bool(pre.abs().max() > 1e-10) else 0)
                 if pre is not None
                 else None,
                 max_cosine=_max_cosine(means),

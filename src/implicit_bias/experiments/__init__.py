@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (importing a module registers its experiments)
     lyu_li_2020,
     papyan_2020,
     soudry_2018,
+    sukenik,
     tsilivis_2024,
 )
 from .registry import EXPERIMENTS, Experiment, Outcome, register, reproduce, reproduce_all, resolve_config

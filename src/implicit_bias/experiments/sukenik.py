@@ -1,0 +1,238 @@
+"""``sukenik-2023``, ``sukenik-2024``, ``rank-vs-weight-decay``: deep neural collapse and its defeat by the low-rank
+bias in the deep unconstrained features model (Súkeník, Mondelli & Lampert 2023, 2024)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..dufm import DUFM, dnc_loss, dnc_measures, srg_loss, train_dufm
+from ..report import plot_series
+from .registry import Experiment, Outcome, register
+
+REFERENCE_2023 = (
+    "Súkeník, P., Mondelli, M. & Lampert, C. (2023). Deep neural collapse is provably optimal for the deep "
+    "unconstrained features model. NeurIPS."
+)
+REFERENCE_2024 = (
+    "Súkeník, P., Mondelli, M. & Lampert, C. (2024). Neural collapse versus low-rank bias: is deep neural collapse "
+    "really optimal? NeurIPS."
+)
+
+
+@dataclass(frozen=True)
+class DUFMConfig:
+    num_classes: int = 10
+    per_class: int = 1
+    depths: tuple[int, ...] = (4,)
+    width: int = 30
+    weight_decay: float = 0.004  # every λ (λ_H1 and each λ_Wl)
+    init_scale: float = 0.1
+    lr: float = 0.5
+    steps: int = 20_000
+    seeds: int = 5
+    rank_tol: float = 1e-2  # relative: #{σ_i > tol σ_1} of the class-mean matrices
+
+
+def _train(config: DUFMConfig, depth: int, seed: int, weight_decay: float | None = None) -> DUFM:
+    model = DUFM(
+        config.num_classes,
+        config.per_class,
+        depth=depth,
+        width=config.width,
+        lambdas=config.weight_decay if weight_decay is None else weight_decay,
+        init_scale=config.init_scale,
+        seed=seed,
+    )
+    train_dufm(model, steps=config.steps, lr=config.lr, log_every=max(1, config.steps // 10))
+    return model
+
+
+def _setting(config: DUFMConfig) -> str:
+    return (
+        f"MSE L-DUFM, K = {config.num_classes}, n = {config.per_class} per class, width {config.width}, all λ = "
+        f"{config.weight_decay}, entries of H₁ and W_l initialized N(0, {config.init_scale}²), full-batch GD "
+        f"(float64) with lr {config.lr} for {config.steps} steps, {config.seeds} seeds"
+    )
+
+
+def run_sukenik_2023(config: DUFMConfig, folder: Path, progress: bool) -> Outcome:
+    numbers: dict[str, float | int | bool] = {}
+    passed = True
+    curves = {}
+    for depth in config.depths:
+        reached = 0
+        for seed in range(config.seeds):
+            model = _train(config, depth, seed)
+            loss = float(model.loss().detach())
+            reference = dnc_loss(model).loss
+            layers = dnc_measures(model, tol=config.rank_tol)
+            gap = loss / reference - 1
+            worst_nc1 = max(m.nc1 for m in layers)
+            worst_cosine = max(m.max_cosine for m in layers[1:])  # post-ReLU layers
+            collapsed = gap < 1e-3 and worst_nc1 < 1e-6 and worst_cosine < 0.05
+            reached += collapsed
+            numbers.update(
+                {
+                    f"L{depth}_seed{seed}_loss_over_dnc": loss / reference,
+                    f"L{depth}_seed{seed}_max_nc1": worst_nc1,
+                    f"L{depth}_seed{seed}_max_post_relu_cosine": worst_cosine,
+                }
+            )
+            if seed == 0:
+                curves[f"L = {depth}"] = (list(range(1, depth + 1)), [max(m.nc1, 1e-40) for m in layers])
+        numbers[f"L{depth}_dnc_loss"] = reference
+        numbers[f"L{depth}_fraction_collapsed"] = reached / config.seeds
+        passed &= reached / config.seeds >= 0.6
+    plot_series(folder / "nc1_by_layer.png", curves, title="NC1 of every layer after training (seed 0)",
+                xlabel="layer l (input of W_l)", ylabel="NC1", logx=False, logy=True)  # fmt: skip
+    notes = (
+        f"{_setting(config)}; depths {list(config.depths)}. A run reaches deep neural collapse when its loss is within "
+        "0.1% of L_DNC (the closed-form DNC optimum, see implicit_bias.dufm.structures), NC1 < 1e−6 at every layer "
+        "and the post-ReLU class means are orthogonal (max |cos| < 0.05). Passes when at least 60% of the seeds "
+        "do, at every depth (GD from a random start can also stall at the zero point or at other critical points)."
+    )
+    return Outcome(bool(passed), numbers, ["nc1_by_layer.png"], notes)
+
+
+def run_sukenik_2024(config: DUFMConfig, folder: Path, progress: bool) -> Outcome:
+    depth = config.depths[0]
+    losses, ranks_pre, ranks_post, spectra = [], [], [], {}
+    for seed in range(config.seeds):
+        model = _train(config, depth, seed)
+        losses.append(float(model.loss().detach()))
+        layers = dnc_measures(model, tol=config.rank_tol)
+        ranks_pre.append(layers[-1].rank_pre_relu)
+        ranks_post.append(layers[-1].rank)
+        if seed == 0:
+            for layer in layers:
+                values = layer.singular_values / layer.singular_values[0]
+                spectra[f"layer {layer.layer}"] = (list(range(1, len(values) + 1)), values.tolist())
+    reference = DUFM(config.num_classes, config.per_class, depth=depth, width=config.width,
+                     lambdas=config.weight_decay)  # fmt: skip
+    l_dnc, l_srg = dnc_loss(reference).loss, srg_loss(reference).loss
+    numbers: dict[str, float | int | bool] = {
+        "loss_mean": float(np.mean(losses)),
+        "loss_std": float(np.std(losses)),
+        "loss_min": float(np.min(losses)),
+        "l_dnc": l_dnc,
+        "l_srg": l_srg,
+        "loss_over_dnc_mean": float(np.mean(losses)) / l_dnc,
+        "loss_over_srg_mean": float(np.mean(losses)) / l_srg,
+        "seeds_below_dnc": int(sum(loss < l_dnc for loss in losses)),
+        "rank_before_last_relu_mean": float(np.mean(ranks_pre)),
+        "rank_before_last_relu_std": float(np.std(ranks_pre)),
+        "rank_after_last_relu_mean": float(np.mean(ranks_post)),
+        "srg_rank_r": round((1 + math.sqrt(1 + 8 * config.num_classes)) / 2),
+    }
+    ratios = {}
+    for sweep_depth in (3, 4, 5):
+        rs = list(range(3, 16))
+        values = []
+        for r in rs:
+            probe = DUFM(r * (r - 1) // 2, config.per_class, depth=sweep_depth, width=1, lambdas=config.weight_decay)
+            values.append(srg_loss(probe).loss / dnc_loss(probe).loss)
+        ratios[f"L = {sweep_depth}"] = (rs, values)
+        below = [r for r, v in zip(rs, values) if v < 1]
+        numbers[f"L{sweep_depth}_first_r_srg_below_dnc"] = below[0] if below else -1
+    plot_series(folder / "singular_values.png", spectra, title="Class-mean singular values σ_i/σ_1 (seed 0)",
+                xlabel="i", ylabel="σ_i / σ_1", logx=False, logy=True)  # fmt: skip
+    plot_series(folder / "srg_over_dnc.png", ratios, title="L_SRG / L_DNC against r (K = r(r−1)/2)",
+                xlabel="r", ylabel="ratio", logx=False)  # fmt: skip
+    r = numbers["srg_rank_r"]
+    passed = (
+        numbers["seeds_below_dnc"] == config.seeds
+        and abs(numbers["loss_over_srg_mean"] - 1) <= 0.15
+        and abs(numbers["rank_before_last_relu_mean"] - r) <= 1.5
+        and numbers["L4_first_r_srg_below_dnc"] > 0
+        and numbers["L5_first_r_srg_below_dnc"] > 0
+    )
+    notes = (
+        f"{_setting(config)}, depth {depth}. L_DNC and L_SRG are the optima over the DNC- and SRG-structured families "
+        "(implicit_bias.dufm.structures: closed form up to a scalar search); L_SRG is an upper bound on the best "
+        "SRG-type point, so GD can end slightly below it. Ranks: #{σ_i > "
+        f"{config.rank_tol} σ_1}} of the class-mean matrices. Passes when every seed ends below L_DNC, the mean "
+        f"final loss is within 15% of L_SRG, the rank before the last ReLU is within 1.5 of r = {r} on average "
+        "(DNC would give K), and L_SRG/L_DNC falls below 1 past some r for L = 4 and 5. In this family L = 3 stays "
+        "above 1 (the ratio of the structured norms is r/(r−1)); the figure shows the sweep."
+    )
+    return Outcome(bool(passed), numbers, ["singular_values.png", "srg_over_dnc.png"], notes)
+
+
+@dataclass(frozen=True)
+class RankSweepConfig(DUFMConfig):
+    weight_decays: tuple[float, ...] = (0.001, 0.002, 0.004, 0.008, 0.016)
+    seeds: int = 2
+
+
+def run_rank_vs_weight_decay(config: RankSweepConfig, folder: Path, progress: bool) -> Outcome:
+    depth = config.depths[0]
+    averages, spreads = [], []
+    numbers: dict[str, float | int | bool] = {}
+    for weight_decay in config.weight_decays:
+        per_seed = []
+        for seed in range(config.seeds):
+            layers = dnc_measures(_train(config, depth, seed, weight_decay), tol=config.rank_tol)
+            ranks = [m.rank for m in layers] + [m.rank_pre_relu for m in layers[1:]]
+            per_seed.append(float(np.mean(ranks)))
+        averages.append(float(np.mean(per_seed)))
+        spreads.append(float(np.std(per_seed)))
+        numbers[f"average_rank_lambda_{weight_decay:g}"] = averages[-1]
+        numbers[f"average_rank_std_lambda_{weight_decay:g}"] = spreads[-1]
+    plot_series(folder / "rank_vs_weight_decay.png", {"average rank": (list(config.weight_decays), averages)},
+                title="Average class-mean rank at the end of training", xlabel="λ", ylabel="rank")  # fmt: skip
+    numbers["rank_drop"] = averages[0] - averages[-1]
+    passed = all(b <= a for a, b in itertools.pairwise(averages)) and averages[-1] < averages[0]
+    notes = (
+        f"{_setting(config)}, depth {depth}, λ ∈ {list(config.weight_decays)}. Average rank = mean over the "
+        "class-mean matrices of every layer (before and after each ReLU) of #{σ_i > "
+        f"{config.rank_tol} σ_1}}, then over seeds; a layer that decayed to zero has rank 0. Passes when the "
+        "average rank never increases with λ and ends below where it started."
+    )
+    return Outcome(bool(passed), numbers, ["rank_vs_weight_decay.png"], notes)
+
+
+register(
+    Experiment(
+        name="sukenik-2023",
+        claim="With two classes, GD on the deep unconstrained features model reaches deep neural collapse at every "
+        "layer, at the loss of the DNC optimum.",
+        quick=DUFMConfig(num_classes=2, per_class=5, depths=(3, 4), width=10, init_scale=0.3, seeds=3),
+        full=DUFMConfig(
+            num_classes=2, per_class=5, depths=(3, 4, 5), width=20, init_scale=0.3, seeds=10, steps=100_000
+        ),
+        runner=run_sukenik_2023,
+        key_number="L3_fraction_collapsed",
+        reference=REFERENCE_2023,
+    )
+)
+
+register(
+    Experiment(
+        name="sukenik-2024",
+        claim="With 4 layers and 10 classes, GD ends below the loss of deep neural collapse, near the low-rank SRG "
+        "solution, with class means of rank ≈ r = 5 before the last ReLU.",
+        quick=DUFMConfig(),
+        full=DUFMConfig(steps=100_000, seeds=10),
+        runner=run_sukenik_2024,
+        key_number="loss_over_dnc_mean",
+        reference=REFERENCE_2024,
+    )
+)
+
+register(
+    Experiment(
+        name="rank-vs-weight-decay",
+        claim="In the 4-layer DUFM with 10 classes, the average rank of the class means at convergence falls as "
+        "the weight decay grows.",
+        quick=RankSweepConfig(steps=10_000),
+        full=RankSweepConfig(steps=100_000, seeds=5, weight_decays=(0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.016)),
+        runner=run_rank_vs_weight_decay,
+        key_number="rank_drop",
+        reference=REFERENCE_2024,
+    )
+)
