@@ -159,16 +159,19 @@ class SparsityConfig:
 
 
 def circle_data(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``symmetric``: y = sign(x₁) on an annulus (Φ odd suffices, no bias needed); ``shells``: radius 1 → −1,
-    radius 2 → +1 along random directions, which no bias-free ReLU network separates (it is positively
-    homogeneous in x), so the output bias is needed."""
+    """``symmetric``: y = sign(x₁) on an annulus, exactly symmetric — every (x, y) comes with (−x, −y) — so that
+    b = 0 is optimal (Φ odd suffices); ``shells``: radius 1 → −1, radius 2 → +1 along random directions, which no
+    bias-free ReLU network separates (it is positively homogeneous in x), so the output bias is needed."""
     generator = torch.Generator().manual_seed(seed)
-    angle = torch.rand(n, generator=generator, dtype=torch.float64) * 2 * math.pi
+    half = n // 2
+    angle = torch.rand(half, generator=generator, dtype=torch.float64) * 2 * math.pi
     direction = torch.stack([angle.cos(), angle.sin()], dim=1)
     if kind == "symmetric":
-        y = (direction[:, 0] > 0).long() * 2 - 1
-        return direction * (1 + torch.rand(n, 1, generator=generator, dtype=torch.float64)), y
-    y = (torch.arange(n) % 2) * 2 - 1
+        X = direction * (1 + torch.rand(half, 1, generator=generator, dtype=torch.float64))
+        y = (X[:, 0] > 0).long() * 2 - 1
+        return torch.cat([X, -X]), torch.cat([y, -y])
+    direction = torch.cat([direction, direction])
+    y = torch.cat([-torch.ones(half, dtype=torch.long), torch.ones(half, dtype=torch.long)])
     return direction * torch.where(y > 0, 2.0, 1.0)[:, None].to(torch.float64), y
 
 
@@ -346,7 +349,7 @@ register(
         claim="With a normalization layer before the classifier, cross-entropy training drives the features to "
         "neural collapse (NC1–NC3) far more than without it.",
         quick=NormalizedCollapseConfig(),
-        full=NormalizedCollapseConfig(per_class=150, width=256, steps=20_000, seeds=5),
+        full=NormalizedCollapseConfig(per_class=130, width=256, steps=20_000, seeds=5),
         runner=run_collapse,
         key_number="nc1_ratio",
         reference=REFERENCE,

@@ -143,7 +143,7 @@ register(
         claim="Trained past zero error, the last-layer features collapse to their class means (NC1), the means "
         "form a simplex ETF (NC2) aligned with the classifier (NC3), which acts as nearest-class-centre (NC4).",
         quick=CollapseConfig(),
-        full=CollapseConfig(per_class=150, width=512, steps=30_000, log_points=40),
+        full=CollapseConfig(per_class=130, width=512, steps=30_000, log_points=40),
         runner=run_papyan,
         key_number="nc1_reduction",
         reference="Papyan, V., Han, X. Y. & Donoho, D. L. (2020). Prevalence of neural collapse during the terminal "
@@ -156,7 +156,7 @@ register(
         name="deep-collapse",
         claim="After training, within-class variability (NC1) decreases from layer to layer.",
         quick=CollapseConfig(depth=6),
-        full=CollapseConfig(depth=8, per_class=150, width=512, steps=30_000),
+        full=CollapseConfig(depth=8, per_class=130, width=512, steps=30_000),
         runner=run_deep_collapse,
         key_number="nc1_first_over_last",
         reference="Rangamani, A., Lindegaard, M., Galanti, T. & Poggio, T. (2023). Feature learning in deep "
