@@ -4,6 +4,7 @@ from . import (  # noqa: F401  (importing a module registers its experiments)
     homogeneous_margin,
     ji_telgarsky_2020,
     kunin_2023,
+    low_rank,
     lyu_li_2020,
     papyan_2020,
     soudry_2018,
