@@ -102,12 +102,17 @@ def run_sukenik_2023(config: DUFMConfig, folder: Path, progress: bool) -> Outcom
 def run_sukenik_2024(config: DUFMConfig, folder: Path, progress: bool) -> Outcome:
     depth = config.depths[0]
     losses, ranks_pre, ranks_post, spectra = [], [], [], {}
+    layer_ranks: dict[str, list[int]] = {}
     for seed in range(config.seeds):
         model = _train(config, depth, seed)
         losses.append(float(model.loss().detach()))
         layers = dnc_measures(model, tol=config.rank_tol)
         ranks_pre.append(layers[-1].rank_pre_relu)
         ranks_post.append(layers[-1].rank)
+        for layer in layers:
+            layer_ranks.setdefault(f"rank_layer{layer.layer}_mean", []).append(layer.rank)
+            if layer.rank_pre_relu is not None:
+                layer_ranks.setdefault(f"rank_pre_relu_layer{layer.layer}_mean", []).append(layer.rank_pre_relu)
         if seed == 0:
             for layer in layers:
                 values = layer.singular_values / layer.singular_values[0]
@@ -128,6 +133,7 @@ def run_sukenik_2024(config: DUFMConfig, folder: Path, progress: bool) -> Outcom
         "rank_before_last_relu_std": float(np.std(ranks_pre)),
         "rank_after_last_relu_mean": float(np.mean(ranks_post)),
         "srg_rank_r": round((1 + math.sqrt(1 + 8 * config.num_classes)) / 2),
+        **{key: float(np.mean(values)) for key, values in layer_ranks.items()},
     }
     ratios = {}
     for sweep_depth in (3, 4, 5):
