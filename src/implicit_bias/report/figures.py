@@ -92,3 +92,30 @@ def plot_bars(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def plot_heatmap(
+    path: str | Path,
+    values: Sequence[Sequence[float]],
+    *,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Path:
+    """A table of values as a colour map with each cell's value written in it (rows top to bottom)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(1.0 + 0.8 * len(columns), 1.2 + 0.5 * len(rows)), constrained_layout=True)
+    image = axis.imshow(values, aspect="auto", cmap="viridis")
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
+    axis.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    axis.set_yticks(range(len(rows)), rows)
+    axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    figure.colorbar(image, ax=axis)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
