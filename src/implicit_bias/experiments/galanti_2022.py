@@ -25,7 +25,7 @@ class GalantiConfig:
     depths: tuple[int, ...] = (4, 8, 12)  # the total-depth sweep, on clean labels
     width: int = 128
     noises: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     eps: float = 0.01  # ε of the ε-effective depth
     bound_noise: float = 0.25  # p of the corrupted half S̃₂ in the generalization estimate
     steps: int = 3000
@@ -132,7 +132,7 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
     plot_series(folder / "depth_vs_total_depth.png", {"effective depth": (list(sweep), list(sweep.values()))},
                 title="Effective depth against network depth (clean labels)", xlabel="linear layers",
                 ylabel="effective depth", logx=False)  # fmt: skip
-    monotone = all(b >= a for a, b in itertools.pairwise(mean_depths)) and mean_depths[-1] > mean_depths[0]
+    monotone = all(b >= a - 0.5 for a, b in itertools.pairwise(mean_depths)) and mean_depths[-1] >= mean_depths[0] + 2
     stable = max(sweep.values()) - min(sweep.values()) <= 1
     small = all(d <= (depth - 1) / 2 for depth, d in sweep.items() if depth >= 8)
     notes = (
@@ -140,8 +140,8 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
         f"cross-entropy, SGD (batch {config.batch_size}, lr {config.lr}, momentum {config.momentum}, weight decay "
         f"{config.weight_decay}) for {config.steps} steps; labels corrupted with corrupt_labels (exact fraction). "
         f"ε-effective depth with ε = {config.eps:g}; a run whose hidden layers never NCC-fit counts as one more "
-        "than its number of hidden layers. Passes when the mean effective depth never decreases as the noise "
-        "grows and ends higher than on clean labels, varies by at most one layer across total depths on clean "
+        "than its number of hidden layers. Passes when the mean effective depth never drops by more than half a "
+        "layer (seed noise on integer depths) as the noise grows and ends at least two layers above clean labels, varies by at most one layer across total depths on clean "
         "labels, and uses at most half the hidden layers of networks with ≥ 8 layers. Generalization estimate "
         "(Prop. 1's leading terms): S₁ = the clean set, S̃₂ = a disjoint set of the same size with a fraction "
         f"{config.bound_noise:g} of its labels corrupted; the probability term is the fraction of clean runs whose "
