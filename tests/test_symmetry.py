@@ -336,3 +336,20 @@ def test_split_linear_rates_and_with_output_bias_rates():
     assert rates["bias"] == pytest.approx(1.0) and rates.top == ("bias",)
     assert all(rates[n] == pytest.approx(1 / 3) for n in rates if n != "bias")
     assert check_rates(model, rates, X).worst < EXACT
+
+
+def test_asymmetric_and_spectra_probes_log_what_the_metrics_compute():
+    from implicit_bias.data import load
+    from implicit_bias.metrics import layer_spectra
+    from implicit_bias.train import fit, make_probe
+
+    data = load("gaussians", n_per_class=20, seed=0)
+    model = build("mlp:depth=3,width=16", data.input_shape, data.num_classes, seed=0)
+    probes = [make_probe("asymmetric"), make_probe("spectra"), make_probe("norms")]
+    history = fit(model, data, loss="cross-entropy", optimizer="gd", lr=0.5, steps=300, probes=probes, progress=False)
+    last = history.last
+    rates = infer_rates(model, data.X)
+    assert last["asymmetric_margin"] == pytest.approx(asymmetric_margin(model, data.X, data.y, rates), rel=1e-9)
+    assert last["rate_share/1"] == pytest.approx(rate_shares(model, rates)[1.0], rel=1e-9)
+    assert last["stable_rank/layer2.0.weight"] == pytest.approx(layer_spectra(model)["layer2.0.weight"].stable_rank)
+    assert "output_rms" in last
