@@ -10,10 +10,12 @@ from implicit_bias.dufm import (
     dnc_loss,
     dnc_measures,
     product_family_optimum,
+    refined_srg_loss,
     set_dnc_point,
     set_srg_point,
     srg_loss,
     srg_vertices,
+    symmetrize_srg,
     train_dufm,
 )
 from implicit_bias.errors import InvalidArgumentError
@@ -82,3 +84,14 @@ def test_bad_settings_are_refused():
         DUFM(3, 2, depth=3, lambdas=[0.1, 0.1])
     with pytest.raises(InvalidArgumentError, match="width"):
         set_dnc_point(DUFM(6, 2, depth=3, width=4))
+
+
+def test_gd_from_the_srg_point_keeps_its_symmetry_and_its_rank():
+    model = DUFM(6, 2, depth=4, width=8, lambdas=0.004)  # K = C(4, 2): r = 4
+    family = set_srg_point(model)
+    assert symmetrize_srg(model) < 1e-12  # the constructed point is S_r-invariant
+    train_dufm(model, steps=300, lr=0.5)
+    assert symmetrize_srg(model) < 1e-10  # exact GD keeps the invariance (up to rounding)
+    assert dnc_measures(model)[-1].rank_pre_relu == 4
+    assert float(model.loss().detach()) < family.loss  # the point is not stationary: GD lowers the loss
+    assert refined_srg_loss(model, steps=500) < family.loss

@@ -7,10 +7,12 @@ from .structures import (
     StructuredOptimum,
     dnc_loss,
     product_family_optimum,
+    refined_srg_loss,
     set_dnc_point,
     set_srg_point,
     srg_loss,
     srg_vertices,
+    symmetrize_srg,
 )
 
 __all__ = [
@@ -21,9 +23,11 @@ __all__ = [
     "dnc_loss",
     "dnc_measures",
     "product_family_optimum",
+    "refined_srg_loss",
     "set_dnc_point",
     "set_srg_point",
     "srg_loss",
     "srg_vertices",
+    "symmetrize_srg",
     "train_dufm",
 ]
