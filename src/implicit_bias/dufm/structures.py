@@ -200,12 +200,13 @@ def symmetrize_srg(model: DUFM) -> float:
     d, K, n = model.width, model.num_classes, model.per_class
     sums = [torch.zeros_like(p) for p in model.parameters()]
     group = list(itertools.permutations(range(r)))
+    device = model.features.device
     for pi in group:
-        vertex = _permutation(pi, d)
+        vertex = _permutation(pi, d).to(device)
         edge_order = [index[tuple(sorted((pi[i], pi[j])))] for i, j in pairs]
-        edge = _permutation(edge_order, d)
-        classes = _permutation(edge_order, K)
-        samples = torch.kron(classes, torch.eye(n, dtype=torch.float64))
+        edge = _permutation(edge_order, d).to(device)
+        classes = _permutation(edge_order, K).to(device)
+        samples = torch.kron(classes, torch.eye(n, dtype=torch.float64, device=device))
         sums[0] += vertex @ model.features @ samples.T
         for k, weight in enumerate(model.weights):
             into = vertex if k < model.depth - 2 else (edge if k == model.depth - 2 else classes)
