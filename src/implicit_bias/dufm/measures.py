@@ -47,7 +47,7 @@ def dnc_measures(model: DUFM, *, tol: float = 1e-3) -> list[LayerMeasures]:
     acts = model.activations()
     measures = []
     for index, features in enumerate(acts.inputs):
-        accumulator = CollapseAccumulator(model.num_classes, features.shape[0])
+        accumulator = CollapseAccumulator(model.num_classes, features.shape[0], device=features.device)
         accumulator.update(features.T, model.labels)
         means = _class_means(features, model)
         pre = _class_means(acts.pre[index - 1], model) if index > 0 else None

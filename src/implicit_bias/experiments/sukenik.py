@@ -12,6 +12,7 @@ import numpy as np
 
 from ..dufm import DUFM, dnc_loss, dnc_measures, refined_srg_loss, srg_loss, train_dufm
 from ..report import plot_series
+from ..train.loop import resolve_device
 from .registry import Experiment, Outcome, register
 
 REFERENCE_2023 = (
@@ -36,6 +37,7 @@ class DUFMConfig:
     steps: int = 20_000
     seeds: int = 5
     rank_tol: float = 1e-2  # relative: #{σ_i > tol σ_1} of the class-mean matrices
+    device: str = "cpu"
 
 
 def _train(config: DUFMConfig, depth: int, seed: int, weight_decay: float | None = None) -> DUFM:
@@ -47,7 +49,7 @@ def _train(config: DUFMConfig, depth: int, seed: int, weight_decay: float | None
         lambdas=config.weight_decay if weight_decay is None else weight_decay,
         init_scale=config.init_scale,
         seed=seed,
-    )
+    ).to(resolve_device(config.device))
     train_dufm(model, steps=config.steps, lr=config.lr, log_every=max(1, config.steps // 10))
     return model
 
