@@ -107,7 +107,7 @@ register(
         "negative gradient: cos(θ, −∇ℒ) → 1.",
         quick=JiTelgarskyConfig(),
         full=JiTelgarskyConfig(
-            depth=3, width=100, dim=20, num_classes=5, n_per_class=100, steps=200_000, log_points=80
+            depth=3, width=100, dim=20, num_classes=5, n_per_class=100, steps=200_000, log_points=80, lr_flow=20.0
         ),
         runner=run_ji_telgarsky,
         key_number="normalized-gd_final_alignment",
