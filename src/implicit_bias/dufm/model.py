@@ -11,6 +11,7 @@ first term by the mean cross-entropy (Garrod & Keating 2024).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,6 +83,7 @@ class DUFM(nn.Module):
         self.features = draw(width, size)
         self.weights = nn.ParameterList([draw(width, width) for _ in range(depth - 1)] + [draw(num_classes, width)])
         self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(per_class))
+        self.register_buffer("targets", torch.nn.functional.one_hot(self.labels, num_classes).T.to(torch.float64))
 
     @property
     def size(self) -> int:
@@ -103,8 +105,7 @@ class DUFM(nn.Module):
 
     def fit_term(self, output: torch.Tensor) -> torch.Tensor:
         if self.loss_name == "mse":
-            target = torch.nn.functional.one_hot(self.labels, self.num_classes).T.to(output.dtype)
-            return (output - target).square().sum() / (2 * self.size)
+            return (output - self.targets).square().sum() / (2 * self.size)
         return torch.nn.functional.cross_entropy(output.T, self.labels)
 
     def loss(self) -> torch.Tensor:
@@ -119,8 +120,7 @@ class DUFM(nn.Module):
             return grads[0], list(grads[1:])
         with torch.no_grad():
             acts = self.activations()
-            target = torch.nn.functional.one_hot(self.labels, self.num_classes).T.to(acts.output.dtype)
-            upstream = (acts.output - target) / self.size
+            upstream = (acts.output - self.targets) / self.size
             weight_grads: list[torch.Tensor] = [torch.empty(0)] * self.depth
             for index in range(self.depth - 1, -1, -1):
                 weight = self.weights[index]
@@ -155,7 +155,7 @@ def train_dufm(model: DUFM, *, steps: int, lr: float, log_every: int = 100) -> l
         if step % log_every == 0 or step == steps:
             with torch.no_grad():
                 value = float(model.loss())
-            if not torch.isfinite(torch.tensor(value)):
+            if not math.isfinite(value):
                 raise NumericalError(f"the DUFM loss became {value} at step {step}; lower the learning rate ({lr})")
             losses.append((step, value))
         if step < steps:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import load
-from ..metrics import collapse_by_layer, layer_spectra
+from ..metrics import collapse_by_layer, layer_spectra, numerical_rank
 from ..models import build
 from ..report import plot_bars, plot_series
 from ..train import fit
@@ -48,7 +48,7 @@ def run_weight_decay_low_rank(config: LowRankConfig, folder: Path, progress: boo
         numbers.update(
             {
                 f"{label}_rank_rel_1e-2": first.rank_relative,
-                f"{label}_rank_rel_1e-1": int(sum(s > 0.1 for s in sigma)),
+                f"{label}_rank_rel_1e-1": numerical_rank(None, 0.1, sigma=first.singular_values),
                 f"{label}_rank_frobenius_1e-2": first.rank_frobenius,
                 f"{label}_stable_rank": first.stable_rank,
                 f"{label}_effective_rank": first.effective_rank,

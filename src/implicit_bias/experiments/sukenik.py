@@ -4,13 +4,12 @@ bias in the deep unconstrained features model (Súkeník, Mondelli & Lampert 202
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..dufm import DUFM, dnc_loss, dnc_measures, refined_srg_loss, srg_loss, train_dufm
+from ..dufm import DUFM, dnc_loss, dnc_measures, refined_srg_loss, srg_loss, srg_vertices, train_dufm
 from ..report import plot_series
 from ..train.loop import resolve_device
 from .registry import Experiment, Outcome, register
@@ -137,7 +136,7 @@ def run_sukenik_2024(config: DUFMConfig, folder: Path, progress: bool) -> Outcom
         "rank_before_last_relu_mean": float(np.mean(ranks_pre)),
         "rank_before_last_relu_std": float(np.std(ranks_pre)),
         "rank_after_last_relu_mean": float(np.mean(ranks_post)),
-        "srg_rank_r": round((1 + math.sqrt(1 + 8 * config.num_classes)) / 2),
+        "srg_rank_r": srg_vertices(config.num_classes),
         **{key: float(np.mean(values)) for key, values in layer_ranks.items()},
     }
     ratios = {}

@@ -17,11 +17,12 @@ from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..symmetry.rates import Rates
+from .direction import layer_norms
 from .margins import margins, normalize_by_norm, require_separated
 
 
 def _squared_norms(model: nn.Module) -> dict[str, float]:
-    return {name: float(p.detach().to(torch.float64).pow(2).sum()) for name, p in model.named_parameters()}
+    return {name: norm**2 for name, norm in layer_norms(model).items()}
 
 
 def _as_rates(rates: Mapping[str, float]) -> Rates:

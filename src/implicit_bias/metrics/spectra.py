@@ -39,16 +39,20 @@ def singular_values(A: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.linalg.svdvals(_matrix(A))
 
 
-def _spectrum(A: torch.Tensor | np.ndarray, sigma: torch.Tensor | None) -> torch.Tensor:
-    sigma = singular_values(A) if sigma is None else sigma
+Matrix = torch.Tensor | np.ndarray | None  # None is allowed where ``sigma=`` gives the singular values instead
+
+
+def _spectrum(A: Matrix, sigma: torch.Tensor | None) -> torch.Tensor:
+    if sigma is None:
+        if A is None:
+            raise InvalidArgumentError("pass a matrix, or its singular values as sigma=")
+        sigma = singular_values(A)
     if not bool(sigma.max() > 0):
         raise InvalidArgumentError("the matrix is zero; its rank measures are undefined")
     return sigma
 
 
-def numerical_rank(
-    A: torch.Tensor | np.ndarray, tol: float = 1e-3, *, relative: bool = True, sigma: torch.Tensor | None = None
-) -> int:
+def numerical_rank(A: Matrix, tol: float = 1e-3, *, relative: bool = True, sigma: torch.Tensor | None = None) -> int:
     """The number of singular values above a threshold, in one of the two conventions of SCIENCE.md §5:
 
     - ``relative=True``: #{i : σ_i > tol · σ_1} (scale-free, relative to the largest);
@@ -64,13 +68,13 @@ def numerical_rank(
     return int((sigma > tol * reference).sum())
 
 
-def stable_rank(A: torch.Tensor | np.ndarray, *, sigma: torch.Tensor | None = None) -> float:
+def stable_rank(A: Matrix, *, sigma: torch.Tensor | None = None) -> float:
     """‖A‖²_F / ‖A‖²_2 = Σσ_i² / σ_1² (1 ≤ stable rank ≤ rank)."""
     sigma = _spectrum(A, sigma)
     return float(sigma.square().sum() / sigma[0] ** 2)
 
 
-def effective_rank(A: torch.Tensor | np.ndarray, *, sigma: torch.Tensor | None = None) -> float:
+def effective_rank(A: Matrix, *, sigma: torch.Tensor | None = None) -> float:
     """exp(−Σ p_i log p_i) with p_i = σ_i / Σ_j σ_j, the effective rank of Roy & Vetterli ([1], Def. 1); n for
     any matrix with n equal non-zero singular values (e.g. the n×n identity)."""
     sigma = _spectrum(A, sigma)
@@ -79,7 +83,7 @@ def effective_rank(A: torch.Tensor | np.ndarray, *, sigma: torch.Tensor | None =
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def participation_ratio(A: torch.Tensor | np.ndarray, *, sigma: torch.Tensor | None = None) -> float:
+def participation_ratio(A: Matrix, *, sigma: torch.Tensor | None = None) -> float:
     """(Σσ_i²)² / Σσ_i⁴, the participation ratio of the spectrum of AᵀA."""
     sigma = _spectrum(A, sigma)
     squares = sigma.square()

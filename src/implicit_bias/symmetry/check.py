@@ -32,12 +32,16 @@ class RateCheck:
         return max(self.definition_error, self.euler_error)
 
 
-def _rate_tensors(model: nn.Module, rates: Mapping[str, float]) -> dict[str, float]:
-    names = [name for name, _ in model.named_parameters()]
+def complete_rates(names: Sequence[str], rates: Mapping[str, float]) -> dict[str, float]:
+    """λ for every parameter in ``names`` (absent names: 0), refusing rates for parameters not in ``names``."""
     unknown = sorted(set(rates) - set(names))
     if unknown:
-        raise InvalidArgumentError(f"rates given for unknown parameters {unknown}; the model has {names}")
+        raise InvalidArgumentError(f"rates given for unknown parameters {unknown}; the model has {list(names)}")
     return {name: float(rates.get(name, 0.0)) for name in names}
+
+
+def _rate_tensors(model: nn.Module, rates: Mapping[str, float]) -> dict[str, float]:
+    return complete_rates([name for name, _ in model.named_parameters()], rates)
 
 
 def _stateless_copy(model: nn.Module) -> nn.Module:

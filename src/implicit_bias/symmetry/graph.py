@@ -170,6 +170,12 @@ class _Tracer:
         if np.any(lhs != 0) or value != 0:
             self.constraints.append(Constraint(lhs.copy(), float(value), node.name, reason))
 
+    def parameter_degree(self, value: object) -> np.ndarray | None:
+        """The degree of a weight or bias given as a graph node or as a parameter tensor; None for None."""
+        if value is None:
+            return None
+        return self.degree(value) if isinstance(value, fx.Node) else self.rate(value)
+
     def degree(self, arg: object) -> np.ndarray | None:
         """The degree of a tensor argument, None for a non-tensor (a number, a shape, None)."""
         return self.degrees.get(arg) if isinstance(arg, fx.Node) else None
@@ -205,7 +211,7 @@ class _Tracer:
         if node.op == "placeholder":
             self.degrees[node] = self.zero()
         elif node.op == "get_attr":
-            value = _fetch(self.module, node.target)
+            value = operator.attrgetter(node.target)(self.module)
             self.degrees[node] = self.rate(value) if isinstance(value, torch.Tensor) else self.zero()
         elif node.op == "call_module":
             self.degrees[node] = self.module_rule(node, self.module.get_submodule(node.target))
@@ -215,8 +221,8 @@ class _Tracer:
             self.output(node)
 
     def linear(self, node: fx.Node, s_in: np.ndarray, weight: object, bias: object) -> np.ndarray:
-        s_out = s_in + (self.degree(weight) if isinstance(weight, fx.Node) else self.rate(weight))
-        b = self.degree(bias) if isinstance(bias, fx.Node) else (self.rate(bias) if bias is not None else None)
+        s_out = s_in + self.parameter_degree(weight)
+        b = self.parameter_degree(bias)
         if b is not None and (np.any(b != 0) or np.any(s_out != 0)):
             self.require(b - s_out, 0.0, node, "a bias must scale like the output of its layer")
         return s_out
@@ -227,8 +233,8 @@ class _Tracer:
         if fixed_statistics:
             self.require(s_in, 0.0, node, "batch norm with running statistics (evaluation mode) needs an input of "
                          "degree 0")  # fmt: skip
-        gamma = self.degree(weight) if isinstance(weight, fx.Node) else self.rate(weight)
-        beta = self.degree(bias) if isinstance(bias, fx.Node) else (self.rate(bias) if bias is not None else None)
+        gamma = self.zero() if weight is None else self.parameter_degree(weight)  # no affine gain: degree 0
+        beta = self.parameter_degree(bias)
         if beta is not None:
             self.require(beta - gamma, 0.0, node, "a normalization's shift β must scale like its gain γ")
         return gamma
@@ -318,13 +324,6 @@ class _Tracer:
                     "the model's output does not depend on its parameters, so no rates scale it"
                 )
             self.require(degree, 1.0, node, "the output must have degree 1")
-
-
-def _fetch(module: nn.Module, target: str) -> object:
-    value: object = module
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def trace_constraints(model: nn.Module, example_input: torch.Tensor) -> RateGraph:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
 from ..models.inference import model_device, model_dtype
-from .check import check_rates
+from .check import check_rates, complete_rates
 from .graph import RateGraph, trace_constraints
 
 CHOICES = ("uniform", "last-layer")
@@ -204,10 +204,7 @@ def _last_layer(graph: RateGraph) -> np.ndarray:
 
 
 def _explicit(names: tuple[str, ...], choice: Mapping[str, float]) -> np.ndarray:
-    unknown = sorted(set(choice) - set(names))
-    if unknown:
-        raise InvalidArgumentError(f"rates given for unknown parameters {unknown}; the model has {list(names)}")
-    return np.array([float(choice.get(name, 0.0)) for name in names])
+    return np.array(list(complete_rates(names, choice).values()))
 
 
 def infer_rates(model: nn.Module, example_input: torch.Tensor, choice: str | Mapping[str, float] = "uniform") -> Rates:
@@ -234,9 +231,7 @@ def infer_rates(model: nn.Module, example_input: torch.Tensor, choice: str | Map
     names = tuple(name for name, _ in model.named_parameters())
     if not names:
         raise InvalidArgumentError("the model has no parameters, so it has no rates")
-    if not isinstance(choice, (str, Mapping)):
-        raise InvalidArgumentError(f"choice must be one of {list(CHOICES)} or a mapping name → λ, got {choice!r}")
-    if isinstance(choice, str) and choice not in CHOICES:
+    if not isinstance(choice, Mapping) and choice not in CHOICES:
         raise InvalidArgumentError(f"choice must be one of {list(CHOICES)} or a mapping name → λ, got {choice!r}")
     try:
         graph = trace_constraints(model, example_input)
@@ -264,7 +259,7 @@ def infer_rates(model: nn.Module, example_input: torch.Tensor, choice: str | Map
 
 def _checked_numerically(model: nn.Module, example_input: torch.Tensor, choice: Mapping[str, float]) -> Rates:
     names = tuple(name for name, _ in model.named_parameters())
-    rates = Rates(dict(zip(names, map(float, _explicit(names, choice)))), choice="given")
+    rates = Rates(complete_rates(names, choice), choice="given")
     check = check_rates(model, rates, example_input)
     if not check.worst <= 1e-6:
         raise NotQuasiHomogeneousError(
