@@ -90,6 +90,31 @@ def test_matches_the_full_matrix_reference(K, D):
         assert getattr(report, key) == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
+@pytest.mark.parametrize("smallest,expect_svd", [(0.2, False), (1e-4, True)])
+def test_pseudo_inverse_fast_path_and_svd_fallback(monkeypatch, smallest, expect_svd):
+    # Class means with planted singular values (3, 1, 0.2, smallest): well-conditioned means go through the
+    # Cholesky solve, κ(M̃)² ≥ 1e8 through the SVD; both must equal tr(Σ_W pinv(M̃)ᵀ pinv(M̃)) (numpy's SVD).
+    K, D, per_class = 5, 8, 30
+    g = torch.Generator().manual_seed(4)
+    centred_basis, _ = torch.linalg.qr(torch.cat([torch.ones(K, 1), torch.randn(K, K - 1, generator=g)], 1).double())
+    features_basis, _ = torch.linalg.qr(torch.randn(D, K - 1, generator=g, dtype=torch.float64))
+    singular = torch.tensor([3.0, 1.0, 0.2, smallest], dtype=torch.float64)
+    means = 7.0 + (features_basis * singular) @ centred_basis[:, 1:].T  # (D, K), columns sum to 7K
+    y = torch.arange(K).repeat_interleave(per_class)
+    H = means.T[y] + 1e-6 * torch.randn(len(y), D, generator=g, dtype=torch.float64)
+    calls = []
+    svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or svd(*a, **k))
+    _, report = full_report(H, y, K)
+    Hn, yn = H.numpy(), y.numpy()
+    class_means = np.stack([Hn[yn == c].mean(0) for c in range(K)])
+    within = Hn - class_means[yn]
+    pinv = np.linalg.pinv((class_means - class_means.mean(0)).T, rcond=1e-10)
+    # rel 1e−7: with κ(M̃) = 3e4 both sides carry rounding of order ε·κ² ≈ 1e−8
+    assert report.nc1 == pytest.approx(np.trace(within.T @ within / len(yn) @ pinv.T @ pinv), rel=1e-7)
+    assert bool(calls) == expect_svd
+
+
 def test_planted_simplex_etf_is_perfectly_collapsed():
     K, D, per_class = 4, 6, 5
     etf = math.sqrt(K / (K - 1)) * (torch.eye(K) - 1.0 / K)  # K unit vectors with cos = −1/(K−1)
