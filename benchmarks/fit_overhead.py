@@ -62,7 +62,7 @@ def measure(case, steps, repeats):
     data = load(dataset, **options).to(dtype=torch.float64)
     timings = {"hand loop": [], "fit": [], "hand loop, native CE": []}
     for _ in range(repeats):
-        for name in timings:
+        for name, times in timings.items():
             model = build(spec, data.input_shape, data.num_classes, seed=0).double()
             start = time.perf_counter()
             if name == "fit":
@@ -79,7 +79,7 @@ def measure(case, steps, repeats):
                 )
             else:
                 hand_loop(model, data.X, data.y, steps, 0.01, batch_size, native=name.endswith("native CE"))
-            timings[name].append(time.perf_counter() - start)
+            times.append(time.perf_counter() - start)
     return {name: steps / min(values) for name, values in timings.items()}
 
 
