@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -95,3 +97,29 @@ def test_gd_from_the_srg_point_keeps_its_symmetry_and_its_rank():
     assert dnc_measures(model)[-1].rank_pre_relu == 4
     assert float(model.loss().detach()) < family.loss  # the point is not stationary: GD lowers the loss
     assert refined_srg_loss(model, steps=500) < family.loss
+
+
+def test_orbit_averaging_equals_the_average_over_all_vertex_permutations():
+    # Brute force over the 4! elements of S_4: π acts on vertex coordinates (H₁'s rows, inner layers), on edge
+    # coordinates (the last hidden layer) and classes/samples (edges {i, j} ↦ {π i, π j}).
+    r, n, depth, width = 4, 2, 4, 8
+    edges = list(itertools.combinations(range(r), 2))
+    K = len(edges)
+    model = DUFM(K, n, depth=depth, width=width, init_scale=1.0, seed=3)
+    params = [p.detach().clone() for p in model.parameters()]
+    sums = [torch.zeros_like(p) for p in params]
+    group = list(itertools.permutations(range(r)))
+    for pi in group:
+        edge_map = [edges.index(tuple(sorted((pi[i], pi[j])))) for i, j in edges]
+        vertex = list(pi) + list(range(r, width))
+        edge = edge_map + list(range(K, width))
+        sample = [edge_map[c] * n + s for c in range(K) for s in range(n)]
+        rows = [vertex, vertex, vertex, edge, edge_map]  # H₁, W₁, W₂, W₃ (into edges), W₄ (into classes)
+        cols = [sample, vertex, vertex, vertex, edge]
+        for total, param, row, col in zip(sums, params, rows, cols):
+            moved = torch.empty_like(param)
+            moved[torch.tensor(row)[:, None], torch.tensor(col)[None, :]] = param
+            total += moved
+    symmetrize_srg(model)
+    for total, param in zip(sums, model.parameters()):
+        assert torch.allclose(param.detach(), total / len(group), atol=1e-14)
