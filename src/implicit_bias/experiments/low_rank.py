@@ -21,10 +21,10 @@ from .registry import Experiment, Outcome, register
 class LowRankConfig:
     classes: tuple[int, ...] = (3, 8)
     width: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.01
-    batch_size: int = 32
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.05
+    batch_size: int = 1  # the setting of Chen, Yi & Yang's theorem: one rank-one gradient per step
     steps: int = 20_000
     seed: int = 0
     device: str = "cpu"
@@ -60,19 +60,20 @@ def run_weight_decay_low_rank(config: LowRankConfig, folder: Path, progress: boo
                 xlabel="i", ylabel="σ_i / σ_1", logx=False, logy=True)  # fmt: skip
     full = min(config.width, int(np.prod(data.input_shape)))
     passed = (
-        numbers["with_wd_stable_rank"] <= 3
-        and numbers["with_wd_rank_rel_1e-2"] <= numbers["without_wd_rank_rel_1e-2"] / 4
+        numbers["with_wd_rank_rel_1e-2"] <= 3
         and numbers["without_wd_rank_rel_1e-2"] >= full / 2
-        and numbers["with_wd_train_accuracy"] == 1.0
+        and numbers["with_wd_train_accuracy"] >= 0.95
     )
     notes = (
         f"A two-layer ReLU MLP (width {config.width}, biases) on standardized digits classes {list(config.classes)}, "
         f"SGD (batch {config.batch_size}, lr {config.lr}, momentum {config.momentum}) for {config.steps} steps, "
-        f"with weight decay {config.weight_decay} and without. Ranks of the first layer's weight (64 inputs): "
-        "#{σ_i > tol σ_1} (relative) and #{σ_i > tol ‖W‖_F} (Galanti et al. 2022), stable and effective rank. "
-        "Passes when the weight-decay run fits the data with a stable rank ≤ 3 and a numerical rank (tol 1e−2) at "
-        "most a quarter of the run without weight decay, which stays at ≥ half of full rank. Chen, Yi & Yang "
-        "(2024) report ≈ 2 for the first layer; compare the stable rank and the tol-0.1 rank."
+        f"with weight decay {config.weight_decay} and without. Ranks of the first layer's weight "
+        f"({int(np.prod(data.input_shape))} inputs): #{{σ_i > tol σ_1}} (relative) and #{{σ_i > tol ‖W‖_F}} "
+        "(Galanti et al. 2022), stable and effective rank. Chen, Yi & Yang (2024) prove the weight ≈ rank two once "
+        "SGD with weight decay is sufficiently trained (each step adds a rank-one per-sample gradient; weight decay "
+        "forgets the rest at rate lr·λ per step). Passes when the weight-decay run reaches a numerical rank "
+        "(tol 1e−2) ≤ 3 while fitting ≥ 95% of the training set (strong weight decay trades a little fit), and "
+        "the run without weight decay stays at ≥ half of full rank."
     )
     return Outcome(bool(passed), numbers, ["first_layer_spectrum.png"], notes)
 
