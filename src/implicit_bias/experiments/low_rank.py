@@ -151,7 +151,7 @@ register(
         claim="SGD with weight decay leaves a two-layer ReLU network with a low-rank first layer; without weight "
         "decay the first layer stays high-rank.",
         quick=LowRankConfig(steps=8000),
-        full=LowRankConfig(steps=100_000, classes=tuple(range(10)), width=256),
+        full=LowRankConfig(steps=50_000, width=256),
         runner=run_weight_decay_low_rank,
         key_number="with_wd_stable_rank",
         reference="Chen, F., Yi, D. & Yang, J. (2024); Galanti, T., Siegel, Z., Gupte, A. & Poggio, T. (2022). SGD "
