@@ -156,7 +156,7 @@ register(
         name="deep-collapse",
         claim="After training, within-class variability (NC1) decreases from layer to layer.",
         quick=CollapseConfig(depth=6),
-        full=CollapseConfig(depth=8, per_class=130, width=512, steps=30_000),
+        full=CollapseConfig(depth=8, per_class=130, width=256, steps=10_000),
         runner=run_deep_collapse,
         key_number="nc1_first_over_last",
         reference="Rangamani, A., Lindegaard, M., Galanti, T. & Poggio, T. (2023). Feature learning in deep "
