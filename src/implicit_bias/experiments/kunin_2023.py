@@ -349,7 +349,7 @@ register(
         claim="With a normalization layer before the classifier, cross-entropy training drives the features to "
         "neural collapse (NC1–NC3) far more than without it.",
         quick=NormalizedCollapseConfig(),
-        full=NormalizedCollapseConfig(per_class=130, width=256, steps=20_000, seeds=5),
+        full=NormalizedCollapseConfig(per_class=130, steps=10_000, seeds=3),
         runner=run_collapse,
         key_number="nc1_ratio",
         reference=REFERENCE,
