@@ -144,8 +144,8 @@ def run_sukenik_2024(config: DUFMConfig, folder: Path, progress: bool) -> Outcom
     for sweep_depth in (3, 4, 5):
         rs, scalar, refined = list(range(3, 11)), [], []
         for r in rs:
-            probe = DUFM(r * (r - 1) // 2, config.per_class, depth=sweep_depth, width=r * (r - 1) // 2,
-                         lambdas=config.weight_decay)  # fmt: skip
+            classes = r * (r - 1) // 2
+            probe = DUFM(classes, config.per_class, depth=sweep_depth, width=classes, lambdas=config.weight_decay)
             l_dnc_probe = dnc_loss(probe).loss
             scalar.append(srg_loss(probe).loss / l_dnc_probe)
             refined.append(refined_srg_loss(probe, steps=config.sweep_steps, lr=config.lr) / l_dnc_probe)

@@ -383,20 +383,20 @@ class CollapseAccumulator:
         within_trace = (
             float(shifted.diagonal().sum(dtype=f64)) - float((counts * offsets.square().sum(dim=1)).sum())
         ) / total
-        weights = torch.ones_like(counts) if self.global_mean == "unweighted" else counts
-        centre = (weights[:, None] * means).sum(0) / weights.sum()
+        centre_weights = torch.ones_like(counts) if self.global_mean == "unweighted" else counts
+        centre = (centre_weights[:, None] * means).sum(0) / centre_weights.sum()
         centred = means - centre  # (k, D): rows μ_c − μ_G; M̃ = centredᵀ
-        sigma_b_trace = float(centred.square().sum()) / k
-
         gram = centred @ centred.T  # M̃ᵀM̃ (k × k)
-        scaled = self._pseudo_inverse_factor(centred, gram, weights).to(shifted.dtype)  # A: Σ_B^† = K·AAᵀ
+        squared_norms = gram.diagonal()
+        sigma_b_trace = float(squared_norms.sum()) / k
+
+        scaled = self._pseudo_inverse_factor(centred, gram, centre_weights).to(shifted.dtype)  # A: Σ_B^† = K·AAᵀ
         # tr(Σ_W Σ_B^†)/K = tr(Aᵀ S_W A)/N = (tr(AᵀTA) − ‖diag(√n)·O·A‖²_F)/N, the products in the accumulator's
         # dtype (T and O carry that precision already; float32 halves the D×D×K product's time)
         within = ((shifted @ scaled) * scaled).sum(dtype=f64)
         correction = (counts.sqrt()[:, None] * (offsets.to(shifted.dtype) @ scaled)).square().sum(dtype=f64)
         nc1 = float(within - correction) / total if scaled.shape[1] else math.inf
 
-        squared_norms = gram.diagonal()
         norms = squared_norms.sqrt()
         cosines = _off_diagonal(gram / (norms[:, None] * norms[None, :]).clamp(min=1e-300))
         etf = (torch.eye(k, dtype=f64) - torch.full((k, k), 1.0 / k, dtype=f64)).to(gram.device) / math.sqrt(k - 1)
