@@ -377,12 +377,11 @@ class CollapseAccumulator:
         sums = rows(self.shifted_sums)
         offsets = sums / counts[:, None]
         means = rows(self.shifts) + offsets
-        shifted = self._scatter()  # S_W = T − Oᵀ diag(n) O with O the rows d_c: never formed, only applied
+        lower = torch.tril(self.shifted_scatter)  # T's valid lower triangle; S_W = T − Oᵀ diag(n) O is never formed
+        diagonal = lower.diagonal()
         variances = (rows(self.shifted_squares) - counts * offsets.square().sum(dim=1)) / counts
         variances = variances.clamp(min=0)
-        within_trace = (
-            float(shifted.diagonal().sum(dtype=f64)) - float((counts * offsets.square().sum(dim=1)).sum())
-        ) / total
+        within_trace = (float(diagonal.sum(dtype=f64)) - float((counts * offsets.square().sum(dim=1)).sum())) / total
         centre_weights = torch.ones_like(counts) if self.global_mean == "unweighted" else counts
         centre = (centre_weights[:, None] * means).sum(0) / centre_weights.sum()
         centred = means - centre  # (k, D): rows μ_c − μ_G; M̃ = centredᵀ
@@ -390,11 +389,12 @@ class CollapseAccumulator:
         squared_norms = gram.diagonal()
         sigma_b_trace = float(squared_norms.sum()) / k
 
-        scaled = self._pseudo_inverse_factor(centred, gram, centre_weights).to(shifted.dtype)  # A: Σ_B^† = K·AAᵀ
-        # tr(Σ_W Σ_B^†)/K = tr(Aᵀ S_W A)/N = (tr(AᵀTA) − ‖diag(√n)·O·A‖²_F)/N, the products in the accumulator's
-        # dtype (T and O carry that precision already; float32 halves the D×D×K product's time)
-        within = ((shifted @ scaled) * scaled).sum(dtype=f64)
-        correction = (counts.sqrt()[:, None] * (offsets.to(shifted.dtype) @ scaled)).square().sum(dtype=f64)
+        scaled = self._pseudo_inverse_factor(centred, gram, centre_weights).to(self.dtype)  # A: Σ_B^† = K·AAᵀ
+        # tr(Σ_W Σ_B^†)/K = tr(Aᵀ S_W A)/N = (tr(AᵀTA) − ‖diag(√n)·O·A‖²_F)/N, and with T = L + Lᵀ − diag(T) for
+        # its lower triangle L, tr(AᵀTA) = 2 tr(AᵀLA) − Σ_i T_ii ‖A_i‖² (T is never mirrored). The products run in
+        # the accumulator's dtype (T and O carry that precision already; float32 halves the D×D×K product's time)
+        within = 2 * ((lower @ scaled) * scaled).sum(dtype=f64) - (diagonal * scaled.square().sum(dim=1)).sum(dtype=f64)
+        correction = (counts.sqrt()[:, None] * (offsets.to(self.dtype) @ scaled)).square().sum(dtype=f64)
         nc1 = float(within - correction) / total if scaled.shape[1] else math.inf
 
         norms = squared_norms.sqrt()
