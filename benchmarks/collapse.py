@@ -9,7 +9,7 @@ float32 and float64:
 (iv)  floor — one bare D×D GEMM update S += HᵀH per batch: the work no exact method can avoid.
 
 Reported: samples/s including the final NC1 (median of ``--repeats``), the streaming pass(es) and the total
-relative to the floor (which computes no NC1), throughput relative to (iii), the
+relative to the floor (which computes no NC1; repeats interleaved across methods), throughput relative to (iii), the
 persistent state each method keeps (bytes), and NC1's relative error against a float64 two-pass reference on
 the same features (the floor computes no NC1). Targets: (i) within 1.2× of (iv)'s time, ≥ 1.3× the throughput
 of (iii), NC1 within 1e−6 in float64.
@@ -162,15 +162,17 @@ def main() -> None:
         for dtype in (torch.float32, torch.float64):
             batches = make_batches(D, K, N, dtype)
             truth = reference(batches, K)
-            rows = {}
-            for name, method in METHODS.items():
-                totals, passes = [], []
-                for _ in range(args.repeats):
+            runs: dict[str, list[tuple[float, float, float, int]]] = {name: [] for name in METHODS}
+            for _ in range(args.repeats):  # repeats interleaved across methods, so machine drift hits all alike
+                for name, method in METHODS.items():
                     start = time.perf_counter()
                     nc1, state, streamed = method(batches, K, dtype)
-                    totals.append(time.perf_counter() - start)
-                    passes.append(streamed)
-                rows[name] = (statistics.median(totals), statistics.median(passes), nc1, state)
+                    runs[name].append((time.perf_counter() - start, streamed, nc1, state))
+            rows = {
+                name: (statistics.median(r[0] for r in results), statistics.median(r[1] for r in results),
+                       *results[-1][2:])
+                for name, results in runs.items()
+            }  # fmt: skip
             floor_time = rows["(iv) floor: D×D GEMM per batch"][0]
             one_hot_time = rows["(iii) one-hot GEMM, two-pass"][0]
             for name, (seconds, streamed, nc1, state) in rows.items():
