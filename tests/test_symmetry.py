@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from implicit_bias.errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
@@ -29,10 +30,10 @@ def inputs(shape: tuple[int, ...], n: int = 16, seed: int = 0) -> torch.Tensor:
 
 
 def without_norm_eps(model: nn.Module) -> nn.Module:
-    """Normalization layers are scale-invariant only up to their ε; with a negligible ε the identities are exact."""
+    """Normalization layers are scale-invariant only up to their ε; with ε = 0 the identities are exact."""
     for module in model.modules():
         if hasattr(module, "eps"):
-            module.eps = 1e-300
+            module.eps = 0.0
     return model
 
 
@@ -144,7 +145,7 @@ ZOO = [
 @pytest.mark.parametrize("spec,shape", ZOO)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_every_model_in_the_zoo_gets_exact_rates_and_family_members(spec, shape, mode):
-    model = without_norm_eps(build(spec, shape, 3, seed=0).double())
+    model = build(spec, shape, 3, seed=0).double()
     model.train(mode == "train")
     X = inputs(shape)
     for choice in ("uniform", "last-layer"):
@@ -162,12 +163,22 @@ def weight_square_sum(rates) -> float:
     return sum(v**2 for n, v in rates.items() if not n.endswith("bias"))
 
 
-def test_batchnorm_in_evaluation_mode_fixes_the_rates_before_it():
-    model = build("mlp:depth=3,width=6,norm=batchnorm", (5,), 3, seed=0).double()
+def test_normalization_frees_its_input_only_without_epsilon():
+    # relu(W₁x + b₁) → LayerNorm: with ε = 0 the LayerNorm is exactly scale-invariant and (W₁, b₁) may scale
+    # (one more free direction); with ε > 0 it is not, and their rates are fixed at 0.
     X = inputs((5,))
-    training = infer_rates(model.train(), X).family.dimension
-    evaluating = infer_rates(model.eval(), X).family.dimension
-    assert evaluating < training
+    exact = infer_rates(without_norm_eps(build("mlp:depth=2,width=6,norm=layernorm", (5,), 3, seed=0).double()), X)
+    default = infer_rates(build("mlp:depth=2,width=6,norm=layernorm", (5,), 3, seed=0).double(), X)
+    assert exact.family.dimension == default.family.dimension + 1
+    assert not default.family.contains({**dict(default), "layer1.0.weight": 0.3, "layer1.0.bias": 0.3})
+
+
+def test_batchnorm_in_evaluation_mode_fixes_the_rates_before_it():
+    model = build("mlp:depth=3,width=6,norm=batchnorm", (5,), 3, seed=0).double().eval()
+    X = inputs((5,))
+    rates = infer_rates(model, X)
+    assert rates["layer1.0.weight"] == 0 and rates["layer2.0.weight"] == 0
+    assert check_rates(model, rates, X).worst < EXACT
 
 
 def test_wrong_rates_break_the_identities():
@@ -186,20 +197,31 @@ class WithOp(nn.Module):
         return self.second(self.op(self.first(x)))
 
 
-@pytest.mark.parametrize(
-    "op,word",
-    [
-        (nn.Tanh(), "Tanh"),
-        (nn.GELU(), "GELU"),
-        (torch.sigmoid, "sigmoid"),
-        (lambda h: torch.softmax(h, dim=1), "softmax"),
-        (lambda h: h + 1.0, "adds a constant"),
-    ],
-)
-def test_non_homogeneous_operations_raise_naming_the_node(op, word):
-    with pytest.raises(NotQuasiHomogeneousError, match=word) as caught:
-        infer_rates(WithOp(op), inputs((4,)).float())
-    assert "node '" in str(caught.value)
+NON_HOMOGENEOUS = [nn.Tanh(), nn.GELU(), torch.sigmoid, lambda h: torch.softmax(h, dim=1), lambda h: h + 1.0,
+                   nn.SiLU(), lambda h: torch.cat([h, torch.exp(h)], dim=1)[:, :5]]  # fmt: skip
+
+
+@pytest.mark.parametrize("op", NON_HOMOGENEOUS)
+def test_non_homogeneous_operations_force_the_rates_before_them_to_zero(op):
+    # Kunin et al.'s definition allows λ = 0: the layer after the op carries all the scaling.
+    model, X = WithOp(op).double(), inputs((4,))
+    rates = infer_rates(model, X)
+    assert dict(rates) == {"first.weight": 0.0, "first.bias": 0.0, "second.weight": 1.0, "second.bias": 1.0}
+    assert check_rates(model, rates, X).worst < EXACT
+
+
+@pytest.mark.parametrize("op,word", [(torch.tanh, "tanh"), (F.softplus, "softplus"), (lambda h: h + 2, "add")])
+def test_a_non_homogeneous_output_is_refused_naming_the_node(op, word):
+    class Squashed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return op(self.body(x))
+
+    with pytest.raises(NotQuasiHomogeneousError, match=f"node '.*{word}.*λ_max > 0 is impossible"):
+        infer_rates(Squashed(), inputs((4,)).float())
 
 
 def test_non_homogeneous_preprocessing_of_the_input_is_allowed():
@@ -255,16 +277,18 @@ def test_explicit_rates_are_validated_against_the_graph():
 
 
 def test_last_layer_choice_needs_a_final_linear_layer():
-    class Pooled(nn.Module):
+    class Product(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.head = nn.Linear(4, 3)
+            self.left, self.right = nn.Linear(4, 3, bias=False), nn.Linear(4, 3, bias=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(self.head(x))
+            return self.left(x) * self.right(x)
 
     with pytest.raises(InvalidArgumentError, match="last-layer"):
-        infer_rates(Pooled(), torch.randn(4, 4), "last-layer")
+        infer_rates(Product(), torch.randn(4, 4), "last-layer")
+    rates = infer_rates(Product().double(), inputs((4,)))
+    assert dict(rates) == pytest.approx({"left.weight": 0.5, "right.weight": 0.5}, abs=1e-12)
 
 
 def test_explain_lists_every_parameter_and_marks_the_top_rates():

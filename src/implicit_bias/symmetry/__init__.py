@@ -4,8 +4,10 @@ graph, numerical checks and the rescaling ψ_α."""
 from .check import RateCheck, check_rates, rescale
 from .graph import Constraint, RateGraph, trace_constraints
 from .rates import RateFamily, Rates, infer_rates
+from .rules import Call, register_rule
 
 __all__ = [
+    "Call",
     "Constraint",
     "RateCheck",
     "RateFamily",
@@ -13,6 +15,7 @@ __all__ = [
     "Rates",
     "check_rates",
     "infer_rates",
+    "register_rule",
     "rescale",
     "trace_constraints",
 ]

@@ -73,7 +73,8 @@ def check_rates(
     the definition Φ(exp(αΛ)θ) = e^α Φ(θ) at each α in ``alphas`` and the Euler identity ⟨∇Φ, Λθ⟩ = Φ (a
     forward-mode derivative along Λθ).
 
-    The model runs in its current train/eval mode on a float64 copy (its own buffers are untouched).
+    The model runs in its current train/eval mode on a float64 copy (its own buffers are untouched), every
+    evaluation with the same random seed (so dropout draws one mask).
     """
     lam = _rate_tensors(model, rates)
     twin = _stateless_copy(model)
@@ -81,7 +82,9 @@ def check_rates(
     theta = {name: p.detach() for name, p in twin.named_parameters()}
 
     def forward(parameters: dict[str, torch.Tensor]) -> torch.Tensor:
-        return functional_call(twin, parameters, (X,))
+        with torch.random.fork_rng(devices=[X.device] if X.device.type == "cuda" else []):
+            torch.manual_seed(0)  # one dropout mask for every evaluation: a model in training mode compares alike
+            return functional_call(twin, parameters, (X,))
 
     with torch.no_grad():
         base = forward(theta)

@@ -6,6 +6,7 @@ ICLR, Def. 3.1: Φ(ψ_α(θ); x) = e^α Φ(θ; x) with ψ_α(θ) = exp(αΛ)θ, 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -15,16 +16,11 @@ from torch import nn
 
 from ..errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
 from ..models.inference import model_device, model_dtype
-from .check import check_rates, complete_rates
+from .check import RateCheck, check_rates, complete_rates
 from .graph import RateGraph, trace_constraints
 
 CHOICES = ("uniform", "last-layer")
 TOLERANCE = 1e-9
-
-
-def is_shift(name: str) -> bool:
-    """Whether a parameter is a shift (a layer's bias or a normalization's β) rather than a weight."""
-    return name.rsplit(".", 1)[-1] == "bias"
 
 
 class RateFamily:
@@ -83,11 +79,15 @@ class Rates(Mapping[str, float]):
 
     ``lambda_max`` is the largest rate and ``top`` the parameters that have it: the Λ-seminorm and the
     asymmetric margin of Kunin et al. (2023, Thm 4.1) are taken over ``top`` only. ``family`` describes every
-    valid Λ of the traced graph (None when the rates were checked numerically instead).
+    valid Λ of the traced graph (None when the rates were checked numerically instead); ``unused`` lists the
+    parameters the forward pass never reads (rate 0) and ``shifts`` those the graph adds to a value (biases,
+    normalization β).
     """
 
     def __init__(self, rates: Mapping[str, float], *, family: RateFamily | None = None, choice: str = "") -> None:
         self._rates = {name: float(value) for name, value in rates.items()}
+        self.unused: tuple[str, ...] = family.graph.unused if family is not None else ()
+        self.shifts: frozenset[str] = family.graph.shifts if family is not None else frozenset()
         if any(value < 0 for value in self._rates.values()):
             negative = [name for name, value in self._rates.items() if value < 0]
             raise InvalidArgumentError(f"rates must be non-negative; negative for {negative}")
@@ -136,9 +136,20 @@ class Rates(Mapping[str, float]):
         ]
         for name, value in self._rates.items():
             shape = "×".join(map(str, shapes.get(name, ()))) or "-"
-            mark = "*" if name in self.top else ""
+            mark = "*" if name in self.top else ("unused" if name in self.unused else "")
             lines.append(f"{name:<{width}}  {shape:<18}  {value:>10.6g}  {mark}")
         return "\n".join(lines)
+
+
+def _infeasible(graph: RateGraph) -> NotQuasiHomogeneousError:
+    """The error for a graph whose constraints no Λ ≥ 0 satisfies, naming the nodes of a minimal conflict."""
+    conflict = [c for c in graph.conflict() if c.reason != "the output must have degree 1"]
+    named = "; ".join(f"node {c.node!r}: {c.reason}" for c in conflict[:4]) or "the output's degree"
+    more = f" (+{len(conflict) - 4} more)" if len(conflict) > 4 else ""
+    return NotQuasiHomogeneousError(
+        "no rates Λ ≥ 0 give the output degree 1, so λ_max > 0 is impossible and the network is not "
+        f"quasi-homogeneous (Kunin et al. 2023). These constraints force it: {named}{more}"
+    )
 
 
 def _minimum_norm(graph: RateGraph) -> np.ndarray:
@@ -150,12 +161,10 @@ def _minimum_norm(graph: RateGraph) -> np.ndarray:
     polished exactly, lexicographically, on that zero set."""
     A, b = graph.matrix
     n = len(graph.names)
-    weights = np.array([not is_shift(name) for name in graph.names])
+    weights = np.array([name not in graph.shifts for name in graph.names])
     feasible = linprog(np.zeros(n), A_eq=A, b_eq=b, bounds=(0.0, None), method="highs")
     if feasible.status != 0:
-        raise NotQuasiHomogeneousError(
-            "no non-negative rates satisfy the constraints of the network's graph, so it is not quasi-homogeneous"
-        )
+        raise _infeasible(graph)
     scale = np.sqrt(np.where(weights, 1.0, 1e-4))
     stiffness = 1e4
     system = np.vstack([stiffness * A / scale, np.eye(n)])
@@ -192,38 +201,47 @@ def _polish(A: np.ndarray, b: np.ndarray, weights: np.ndarray, zero: np.ndarray)
 
 
 def _last_layer(graph: RateGraph) -> np.ndarray:
-    if graph.output_producer is None:
+    """Only the final linear map scales: its weight and bias solve the constraints, every other rate is 0."""
+    A, b = graph.matrix
+    free = np.array([name in graph.last_layer for name in graph.names])
+    vector = _polish(A, b, np.ones(len(free), dtype=bool), ~free) if free.any() else None
+    if vector is None or (vector < -1e-12).any():
         raise InvalidArgumentError(
-            "choice='last-layer' needs a network whose output comes straight from a linear or conv layer"
+            "choice='last-layer' needs a network whose output is a final linear map (linear, conv, matmul with a "
+            "parameter) that alone can scale it; this one's output "
+            + (f"comes from {list(graph.last_layer)}, which cannot" if free.any() else "comes from no such map")
         )
-    vector = np.zeros(len(graph.names))
-    for i, name in enumerate(graph.names):
-        if name.rsplit(".", 1)[0] == graph.output_producer:
-            vector[i] = 1.0
-    return vector
+    return np.clip(vector, 0.0, None)
 
 
 def _explicit(names: tuple[str, ...], choice: Mapping[str, float]) -> np.ndarray:
     return np.array(list(complete_rates(names, choice).values()))
 
 
+SELF_CHECK_TOLERANCE = 1e-8
+
+
 def infer_rates(model: nn.Module, example_input: torch.Tensor, choice: str | Mapping[str, float] = "uniform") -> Rates:
     """Rates Λ under which ``model`` is quasi-homogeneous (Kunin et al. 2023, Def. 3.1), derived from its
-    ``torch.fx`` graph (see :mod:`implicit_bias.symmetry.graph` for the rules).
+    ``torch.fx`` graph (see :mod:`implicit_bias.symmetry.graph` for the rules) and verified numerically.
 
     ``choice`` picks one member of the (generally non-unique) family:
 
-    - ``"uniform"``: the least Σ λ² over weight tensors (shifts — biases and normalization β — excluded, their
-      rates then follow from the constraints). A bias-free MLP / CNN of depth L gets Λ = I/L; an MLP with
-      biases λ_{W_l} = 1/L, λ_{b_l} = l/L; weights feeding a normalization layer get 0.
-    - ``"last-layer"``: only the final linear layer scales (λ = 1 for its weight and bias, 0 elsewhere).
+    - ``"uniform"``: the least Σ λ² over weight tensors (shifts — biases and normalization β, recognised from
+      the graph — excluded, their rates then follow from the constraints). A bias-free MLP / CNN of depth L gets
+      Λ = I/L; an MLP with biases λ_{W_l} = 1/L, λ_{b_l} = l/L; weights feeding a normalization layer get 0.
+    - ``"last-layer"``: only the final linear map scales (λ = 1 for its weight and bias, 0 elsewhere).
     - a mapping name → λ (absent names mean 0), validated against the graph's constraints. For a model the
       tracer cannot follow, it is validated numerically with :func:`check_rates` on ``example_input``.
+
+    Parameters the forward pass never uses get rate 0 and are listed in ``Rates.unused``. The answer is checked
+    with :func:`check_rates` on ``example_input`` (on a float64 copy; the model is untouched) and refused if
+    the definition or the Euler identity is off by more than a relative 1e−8.
 
     Raises
     ------
     NotQuasiHomogeneousError
-        Naming the node of an operation that breaks quasi-homogeneity.
+        When no Λ ≥ 0 with λ_max > 0 exists, naming the nodes that force it.
     UntraceableModelError
         When the tracer cannot follow the model and ``choice`` is not an explicit mapping.
     """
@@ -253,8 +271,32 @@ def infer_rates(model: nn.Module, example_input: torch.Tensor, choice: str | Map
             f"{label} violate {len(broken)} constraint(s) of the graph; worst at node {constraint.node!r}: "
             f"{constraint.reason} (off by {residual:.3g})"
         )
-    return Rates(dict(zip(names, map(float, vector))), family=RateFamily(graph, vector),
-                 choice=choice if isinstance(choice, str) else "given")  # fmt: skip
+    rates = Rates(dict(zip(names, map(float, vector))), family=RateFamily(graph, vector),
+                  choice=choice if isinstance(choice, str) else "given")  # fmt: skip
+    check = _self_check(model, rates, example_input)
+    if not check.worst <= SELF_CHECK_TOLERANCE:
+        raise NotQuasiHomogeneousError(
+            f"the rates derived from the graph fail the numerical check on the example input (relative error "
+            f"{check.worst:.3g}: Φ(ψ_α θ) against e^α Φ(θ) {check.definition_error:.3g}, Euler identity "
+            f"{check.euler_error:.3g}); an operation's scaling rule does not hold for this model — declare it "
+            "with implicit_bias.symmetry.register_rule, or pass explicit rates"
+        )
+    return rates
+
+
+def _self_check(model: nn.Module, rates: Rates, example_input: torch.Tensor) -> RateCheck:
+    """check_rates at θ, or — when Φ(θ) is 0 on the example input (e.g. a zero-initialized layer), which leaves
+    the relative errors undefined — at a seeded random perturbation of θ: the identities hold for every θ."""
+    try:
+        return check_rates(model, rates, example_input, alphas=(-0.7, 1.3))
+    except InvalidArgumentError:
+        twin = copy.deepcopy(model)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in twin.parameters():
+                noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float64)
+                parameter.add_(noise.to(device=parameter.device, dtype=parameter.dtype))
+        return check_rates(twin, rates, example_input, alphas=(-0.7, 1.3))
 
 
 def _checked_numerically(model: nn.Module, example_input: torch.Tensor, choice: Mapping[str, float]) -> Rates:
