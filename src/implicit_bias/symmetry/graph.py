@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 from torch import fx, nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
@@ -176,23 +177,22 @@ class _Walker:
 def trace_constraints(model: nn.Module, example_input: torch.Tensor) -> RateGraph:
     """Trace ``model`` with ``torch.fx`` on ``example_input`` and collect its rate constraints (module docstring).
 
-    Rates are per parameter tensor, named as in ``model.named_parameters()``. The model is not modified (a copy
-    is traced and run once, so batch-norm running statistics are untouched).
+    Rates are per parameter tensor, named as in ``model.named_parameters()``. The model is not run: shapes are
+    propagated on fake tensors (no compute, batch-norm running statistics untouched).
     """
-    twin = copy.deepcopy(model)
-    names = [name for name, _ in twin.named_parameters()]
-    indices = {id(parameter): i for i, (_, parameter) in enumerate(twin.named_parameters())}
+    names = [name for name, _ in model.named_parameters()]
+    indices = {id(parameter): i for i, (_, parameter) in enumerate(model.named_parameters())}
     try:
-        graph_module = fx.GraphModule(twin, _Tracer().trace(twin), type(model).__name__)
+        graph_module = fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except (fx.proxy.TraceError, TypeError, NotImplementedError, AttributeError, RuntimeError, NameError) as error:
         raise UntraceableModelError(
             f"torch.fx cannot trace {type(model).__name__} ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            "data-dependent control flow is the usual cause. Pass explicit rates (a mapping name → λ), which are "
-            "checked numerically instead"
+            "data-dependent control flow is the usual cause. Declare the rule of the module or function that "
+            "holds it with implicit_bias.symmetry.register_rule (it is then kept whole), or pass explicit rates "
+            "(a mapping name → λ), which are checked numerically instead"
         ) from None
     try:
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(example_input)
+        _propagate_shapes(graph_module, example_input)
     except RuntimeError as error:
         raise InvalidArgumentError(
             f"the model cannot run on the example input of shape {tuple(example_input.shape)}: "
@@ -220,3 +220,19 @@ def trace_constraints(model: nn.Module, example_input: torch.Tensor) -> RateGrap
         unused,
         tuple(names[i] for i in last),
     )
+
+
+def _propagate_shapes(graph_module: fx.GraphModule, example_input: torch.Tensor) -> None:
+    """Tensor shapes on every node: on fake tensors (no compute, no buffer touched), or — when a leaf branches
+    on data, which fake tensors cannot — by running a copy of the model once."""
+    with torch.no_grad():
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+        try:
+            ShapeProp(graph_module, fake_mode=fake).propagate(fake.from_tensor(example_input))
+        except RuntimeError as error:
+            if not isinstance(error.__cause__, (DynamicOutputShapeException, DataDependentOutputException)):
+                raise
+            twin = copy.deepcopy(graph_module)
+            ShapeProp(twin).propagate(example_input)
+            for node, copied in zip(graph_module.graph.nodes, twin.graph.nodes):
+                node.meta.update(copied.meta)
