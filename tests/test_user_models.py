@@ -400,3 +400,24 @@ def test_a_wrong_declared_rule_is_caught_by_the_self_check():
     register_rule(Doubler, "keep")
     with pytest.raises(NotQuasiHomogeneousError, match="fail the numerical check"):
         infer_rates(Net().double(), inputs(16, 5))
+
+
+class Accumulated(nn.Module):
+    """out = 0; out += branch(x) for each branch: the zero start joins any degree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([nn.Linear(5, 3, bias=False) for _ in range(3)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(x.shape[0], 3)
+        for branch in self.branches:
+            out = out + branch(x)
+        return out * x.std()  # std of the raw input: a constant
+
+
+def test_an_accumulator_started_at_zero_leaves_the_branches_free():
+    model, X = Accumulated().double(), inputs(16, 5)
+    rates = infer_rates(model, X)
+    assert dict(rates) == pytest.approx({f"branches.{i}.weight": 1.0 for i in range(3)}, abs=1e-12)
+    assert_exact(model, rates, X)

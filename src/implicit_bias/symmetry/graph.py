@@ -126,6 +126,7 @@ class _Walker:
         self.last: dict[fx.Node, frozenset[int]] = {}  # parameters of the last linear map producing a value
         self.constraints: list[Constraint] = []
         self.used: set[int] = set()
+        self.zeros: set[fx.Node] = set()  # values known to be 0, which join any degree
         self.shifts: set[int] = set()
 
     def rate(self, parameter: object) -> np.ndarray:

@@ -72,7 +72,7 @@ class Call:
         if isinstance(value, _Degree):
             return value.value
         if isinstance(value, fx.Node):
-            return self.walker.degrees.get(value)
+            return None if value in self.walker.zeros else self.walker.degrees.get(value)
         if isinstance(value, torch.Tensor):
             return self.walker.rate(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -81,10 +81,7 @@ class Call:
 
     def inputs(self) -> list[np.ndarray]:
         """Degrees of the tensor arguments, in order (lists such as ``torch.cat``'s flattened)."""
-        found: list[np.ndarray] = []
-        fx.node.map_arg((self.node.args, self.node.kwargs), lambda a: found.append(self.walker.degrees[a])
-                        if a in self.walker.degrees else a)  # fmt: skip
-        return found
+        return [self.walker.degrees[node] for node in self.tensor_nodes() if node not in self.walker.zeros]
 
     def tensor_nodes(self) -> list[fx.Node]:
         found: list[fx.Node] = []
@@ -364,6 +361,17 @@ def _function_normalization(positions: tuple[int, int, int], training: int | Non
     return rule
 
 
+def _constant(call: Call) -> np.ndarray:
+    """ones_like, full_like, new_ones …: a constant, degree 0 whatever its argument's degree."""
+    return call.zero()
+
+
+def _zeros(call: Call) -> np.ndarray:
+    """zeros_like, new_zeros, torch.zeros: 0 scales with anything, so it joins any degree freely."""
+    call.walker.zeros.add(call.node)
+    return call.zero()
+
+
 def _unit_normalize(call: Call) -> np.ndarray:
     """F.normalize: x / max(‖x‖, ε) is exactly scale-invariant wherever ‖x‖ > ε; output degree 0."""
     return call.zero()
@@ -459,6 +467,11 @@ FUNCTION_RULES: dict[object, Rule] = {
     F.batch_norm: _function_normalization((3, 4, 7), training=5),
     F.normalize: _unit_normalize,
     F.scaled_dot_product_attention: _scaled_dot_product,
+    **dict.fromkeys((torch.zeros, torch.zeros_like), _zeros),
+    **dict.fromkeys((torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like,
+                     torch.randint_like), _constant),
+    torch.var: _power_of(2.0),
+    torch.std: Call.keep,
 }
 METHOD_RULES: dict[str, Rule] = {
     **{m: Call.keep for m in KEEP_METHODS},
@@ -474,6 +487,9 @@ METHOD_RULES: dict[str, Rule] = {
     **dict.fromkeys(("gt", "ge", "lt", "le", "eq", "ne"), _comparison),
     **dict.fromkeys(("masked_fill", "masked_fill_"), _masked_fill),
     "addmm": _addmm,
+    "new_zeros": _zeros, "zero_": _zeros,
+    **dict.fromkeys(("new_ones", "new_full", "new_empty", "new_tensor", "fill_"), _constant),
+    "var": _power_of(2.0), "std": Call.keep,
 }
 IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
