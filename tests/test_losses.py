@@ -108,3 +108,41 @@ def test_bad_labels_and_names_are_refused():
         log_loss(torch.zeros(2, 3), torch.tensor([0, 1, 2]), "exponential")
     with pytest.raises(UnknownNameError, match="expected one of"):
         log_loss(torch.zeros(2, 3), torch.tensor([0, 1]), "hinge")
+
+
+def test_mse_gradient_is_finite_and_exact_where_a_sample_is_fitted_exactly():
+    # ∂ log ℒ/∂Φ_n = (Φ_n − target_n)/ℒ: 0 for the fitted sample (the NaN of log(½·0)'s backward before).
+    binary = torch.tensor([1.0, -0.5], dtype=torch.float64, requires_grad=True)  # labels +1, −1: first fitted
+    value = log_loss(binary, torch.tensor([1, -1]), "mse")
+    value.backward()
+    assert float(value.detach()) == pytest.approx(math.log(0.125), rel=1e-15)  # ℒ = ½·0 + ½·0.5²
+    assert binary.grad.tolist() == [0.0, pytest.approx(0.5 / 0.125, rel=1e-15)]
+    outputs = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.5, 0.1]], dtype=torch.float64, requires_grad=True)
+    log_loss(outputs, torch.tensor([0, 1]), "mse", reduction="mean").backward()
+    residual = torch.tensor([0.2, -0.5, 0.1], dtype=torch.float64)  # ℒ = ½‖r‖² = 0.15 for the second sample
+    assert outputs.grad[0].tolist() == [0.0, 0.0, 0.0]
+    assert torch.allclose(outputs.grad[1], residual / 0.15, rtol=1e-14, atol=0)
+
+
+def test_mse_on_an_exactly_fitted_dataset_is_minus_infinity_with_zero_gradient():
+    # ℒ = 0: log ℒ = −inf, and the gradient is that of ℒ, 0 (finite for log-frame and plain optimizers alike).
+    for outputs, y in [([1.0, -1.0], [1, -1]), ([[0.0, 1.0], [1.0, 0.0]], [1, 0])]:
+        leaf = torch.tensor(outputs, dtype=torch.float64, requires_grad=True)
+        value = log_loss(leaf, torch.tensor(y), "mse")
+        assert float(value.detach()) == -math.inf
+        value.backward()
+        assert torch.equal(leaf.grad, torch.zeros_like(leaf))
+        leaf.grad = None
+        torch.exp(log_loss(leaf, torch.tensor(y), "mse")).backward()
+        assert torch.equal(leaf.grad, torch.zeros_like(leaf))
+
+
+def test_mse_does_not_underflow_for_tiny_residuals():
+    # residuals 1e-200: ℒ = ½·1e-400 + ½·1e-400 = 1e-400, below float64, yet log ℒ = −400 log 10 and
+    # ∇ log ℒ = r/ℒ = ±1e200 (squaring the residual first would give −inf and a zero gradient).
+    outputs = torch.tensor([[1.0, 1e-200, 0.0], [0.0, 1.0, -1e-200]], dtype=torch.float64, requires_grad=True)
+    value = log_loss(outputs, torch.tensor([0, 1]), "mse")
+    value.backward()
+    assert float(value.detach()) == pytest.approx(-400 * math.log(10), rel=1e-15)
+    expected = torch.tensor([[0.0, 1e200, 0.0], [0.0, 0.0, -1e200]], dtype=torch.float64)
+    assert torch.allclose(outputs.grad, expected, rtol=1e-14, atol=0)

@@ -74,10 +74,16 @@ def logsumexp(x: torch.Tensor, dim: int) -> torch.Tensor:
 
     Its gradient is then the softmax e^{x−m}/Σe^{x−m}, exact to float64 rounding at any scale, whereas the
     backward of ``torch.logsumexp`` forms exp(x − logsumexp(x)) and loses |x|·ε to cancellation (a relative
-    1e−13 at log ℒ ≈ −5000). A slice that is all −inf gives −inf.
+    1e−13 at log ℒ ≈ −5000). A slice that is all −inf gives −inf, with gradient 0 (not the NaN of log 0).
     """
     shift = x.detach().amax(dim=dim, keepdim=True).nan_to_num(neginf=0.0)
-    return torch.log(torch.exp(x - shift).sum(dim=dim)) + shift.squeeze(dim)
+    return _log_or_neginf(torch.exp(x - shift).sum(dim=dim)) + shift.squeeze(dim)
+
+
+def _log_or_neginf(x: torch.Tensor) -> torch.Tensor:
+    """log x for x ≥ 0, with log 0 = −inf and a gradient of 0 there (where torch.log's backward gives 0·inf = NaN)."""
+    zero = x == 0
+    return torch.log(torch.where(zero, 1.0, x)).masked_fill(zero, -math.inf)
 
 
 def _signs(y: torch.Tensor) -> torch.Tensor:
@@ -124,8 +130,17 @@ def log_softplus_log(s: torch.Tensor) -> torch.Tensor:
     return torch.where(s < _SWITCH, low, high)
 
 
+def _log_half_squared_norm(residual: torch.Tensor) -> torch.Tensor:
+    """log(½‖r_n‖²) per row, as log(½‖r_n/s_n‖²) + 2 log s_n with s_n = max_k |r_nk| (detached), so that no square
+    underflows or overflows; −inf, with gradient 0, for a row r_n = 0."""
+    scale = residual.detach().abs().amax(dim=1)
+    scale = torch.where(scale > 0, scale, 1.0)
+    return _log_or_neginf(0.5 * (residual / scale[:, None]).square().sum(dim=1)) + 2 * torch.log(scale)
+
+
 def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validate: bool = True) -> torch.Tensor:
-    """Per-sample log ℓ(x_n, y_n) in float64, finite for margins of any size (``mse``: −inf at an exact fit).
+    """Per-sample log ℓ(x_n, y_n) in float64, finite for margins of any size (``mse``: −inf at an exact fit,
+    where the gradient is 0, as is ℓ's).
 
     ``validate=False`` skips the checks of ``loss`` and of the labels (labels must then be 0..K−1).
     """
@@ -135,11 +150,10 @@ def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validat
     outputs = outputs.to(torch.float64)
     if loss == "mse":
         if is_binary_output(outputs):
-            squared = (outputs.reshape(-1) - _signs(y)).square()
+            residual = outputs.reshape(-1, 1) - _signs(y)[:, None]
         else:
-            target = _label_mask(outputs, y).to(outputs.dtype)
-            squared = (outputs - target).square().sum(dim=1)
-        return torch.log(0.5 * squared)
+            residual = outputs - _label_mask(outputs, y).to(outputs.dtype)
+        return _log_half_squared_norm(residual)
     log_sum = _log_exponential_sum(outputs, y)
     if loss == "exponential":
         return log_sum
@@ -151,7 +165,9 @@ def log_loss(
 ) -> torch.Tensor:
     """log ℒ (float64 scalar) with ℒ = Σ_n ℓ_n (``reduction="sum"``) or ℒ = (1/N) Σ_n ℓ_n (``"mean"``).
 
-    Computed as a log-sum-exp of the per-sample log-losses, so log ℒ = −10⁴ is as exact as log ℒ = −1.
+    Computed as a log-sum-exp of the per-sample log-losses, so log ℒ = −10⁴ is as exact as log ℒ = −1. An exactly
+    fitted sample (``mse``) adds nothing to ∇ log ℒ = Σ_n ∇ℓ_n / ℒ; when every sample is fitted, log ℒ = −inf and
+    its gradient is taken as 0, the value of ∇ℒ there.
     """
     if validate:
         check_choice("reduction", reduction, ("sum", "mean"))

@@ -1,4 +1,4 @@
-"""Adam kept in a log-scale frame, so that it runs with ℒ far below 1e−308 (and with ε = 0)."""
+"""Adam kept in log scale per coordinate, so that it runs with ℒ far below 1e−308 (and with ε = 0)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,29 @@ from .base import LogLossOptimizer, parameters_with_grad
 
 
 class LogAdam(LogLossOptimizer):
-    """Adam (Kingma & Ba 2015) on the true gradient g = ℒ ∇ log ℒ, with its moments stored relative to running
-    log-scales: m = e^s m̃ and v = e^{2r} ṽ. It receives ∇ log ℒ and log ℒ, so it never forms g itself:
+    """Adam (Kingma & Ba 2015) on the true gradient g = e^{log ℒ} ∇log ℒ, which it never forms: it receives
+    ∇log ℒ and log ℒ and keeps, per coordinate, the log of the root mean square ρ = log √v and the normalized
+    momentum μ = m/√v (both float64):
 
-        s' = max(s + log β₁, log ℒ),   m̃ ← β₁ e^{s−s'} m̃ + (1−β₁) e^{log ℒ − s'} ∇log ℒ
-        r' = max(r + ½ log β₂, log ℒ), ṽ ← β₂ e^{2(r−r')} ṽ + (1−β₂) e^{2(log ℒ − r')} (∇log ℒ)²
-        θ ← θ − η e^{s−r} (m̃/(1−β₁^t)) / (√(ṽ/(1−β₂^t)) + ε e^{−r})
+        log|g| = log ℒ + log|∇log ℒ|
+        ρ' = ½ log(β₂ e^{2ρ} + (1−β₂) e^{2 log|g|})                             (v' = β₂v + (1−β₂)g²)
+        μ' = β₁ e^{ρ−ρ'} μ + (1−β₁) sign(g) e^{log|g| − ρ'}                      (m' = β₁m + (1−β₁)g)
+        θ ← θ − η (√(1−β₂^t)/(1−β₁^t)) μ' · σ(ρ' − log ε − ½ log(1−β₂^t))
 
-    This is exactly Adam's update (the same as ``torch.optim.Adam`` up to rounding while ℒ is representable).
-    With ε = 0 the step is scale-free and Adam tracks sign descent (ℓ∞ geometry); with ε > 0, once the
-    gradients fall far below ε, it turns into gradient descent with rate η/ε (ℓ2 geometry) — the two limits of
-    Tsilivis, Vardi & Kempe (2024). ``weight_decay`` is decoupled (AdamW, Loshchilov & Hutter 2019):
-    θ ← θ(1 − ηλ). Coordinates whose gradient has always been zero do not move (where ε = 0 makes 0/0).
+    The last factor, the logistic σ, is √v̂/(√v̂ + ε) (1 when ε = 0), so this is exactly Adam's step
+    η m̂/(√v̂ + ε) — the same as ``torch.optim.Adam`` up to rounding while ℒ is representable, and the exact Adam
+    step (to a relative |log ℒ|·1e−16, the precision of log ℒ itself) when it is not. ρ' is evaluated about the
+    larger of its two terms, so nothing is squared but numbers in [0, 1] and nothing overflows or underflows,
+    however small ℒ or any one gradient component is (e^{ρ−ρ'} ≤ β₂^{−½}, e^{log|g|−ρ'} ≤ (1−β₂)^{−½}).
+
+    With ε = 0 the step is scale-free and Adam tracks sign descent (ℓ∞ geometry); with ε > 0, once √v̂ falls
+    far below ε, it turns into gradient descent with rate η/ε (ℓ2 geometry) — the two limits of Tsilivis,
+    Vardi & Kempe (2024) — and its steps become as small as that gradient descent's. ``weight_decay`` is
+    decoupled (AdamW, Loshchilov & Hutter 2019): θ ← θ(1 − ηλ). A coordinate whose gradient has always been
+    exactly zero does not move. β₂ must be > 0 (β₂ = 0 would need log 0).
+
+    In the terminal phase with ε = 0, √v remembers earlier, larger gradients: once ℒ falls faster than √β₂ per
+    step, Adam's steps shrink until log ℒ falls by ½|log β₂| a step (5e−4 for β₂ = 0.999), whatever η.
     """
 
     def __init__(
@@ -39,7 +50,7 @@ class LogAdam(LogLossOptimizer):
         check_scalar("weight_decay", weight_decay, (int, float), low=0.0)
         beta1, beta2 = (float(b) for b in betas)
         check_scalar("betas[0]", beta1, float, low=0.0, high=1.0, high_inclusive=False)
-        check_scalar("betas[1]", beta2, float, low=0.0, high=1.0, high_inclusive=False)
+        check_scalar("betas[1]", beta2, float, low=0.0, low_inclusive=False, high=1.0, high_inclusive=False)
         super().__init__(
             params,
             {
@@ -55,39 +66,32 @@ class LogAdam(LogLossOptimizer):
         for group, parameter in parameters_with_grad(self):
             beta1, beta2 = group["betas"]
             state = self.state[parameter]
-            grad = parameter.grad
             if not state:
                 state.update(
                     step=0,
-                    frame_m=log_loss,
-                    frame_v=log_loss,
-                    exp_avg=torch.zeros_like(parameter),
-                    exp_avg_sq=torch.zeros_like(parameter),
+                    log_rms=torch.full_like(parameter, -math.inf, dtype=torch.float64),
+                    normalized_momentum=torch.zeros_like(parameter, dtype=torch.float64),
                 )
             state["step"] += 1
-            frame_m = max(state["frame_m"] + _log(beta1), log_loss)
-            frame_v = max(state["frame_v"] + 0.5 * _log(beta2), log_loss)
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            m.mul_(beta1 * math.exp(state["frame_m"] - frame_m)).add_(
-                grad, alpha=(1 - beta1) * math.exp(log_loss - frame_m)
-            )
-            v.mul_(beta2 * math.exp(2 * (state["frame_v"] - frame_v))).addcmul_(
-                grad, grad, value=(1 - beta2) * math.exp(2 * (log_loss - frame_v))
-            )
-            state["frame_m"], state["frame_v"] = frame_m, frame_v
+            log_rms, momentum = state["log_rms"], state["normalized_momentum"]
+            log_grad = parameter.grad.abs().to(torch.float64).log_().add_(log_loss)
+            # ρ' = h + log √(β₂ e^{2(ρ−h)} + (1−β₂) e^{2(log|g|−h)}) about h = the larger of the two terms, floored
+            # so that nothing − (−inf) is formed: where ρ = log|g| = −inf, both weights are 0 and ρ' stays −inf
+            high = torch.maximum(log_rms + 0.5 * math.log(beta2), log_grad + 0.5 * math.log1p(-beta2))
+            high.clamp_(min=_FLOOR)
+            old, new = torch.exp(log_rms - high), torch.exp(log_grad.sub_(high))  # e^{ρ−h}, e^{log|g|−h}
+            rms = old.square().mul_(beta2).add_(new.square(), alpha=1 - beta2).sqrt_()  # √v'/e^h ∈ [1, √2], or 0
+            momentum.mul_(old).mul_(beta1).add_(new.mul_(parameter.grad.sign()), alpha=1 - beta1)
+            momentum.div_(rms.clamp(min=1.0))
+            torch.add(high, rms.log_(), out=log_rms)
             if group["weight_decay"]:
                 parameter.mul_(1 - group["lr"] * group["weight_decay"])
             correction1 = 1 - beta1 ** state["step"]
             correction2 = 1 - beta2 ** state["step"]
-            eps_in_frame = group["eps"] * _exp(-frame_v)
-            denominator = (v / correction2).sqrt_().add_(eps_in_frame)
-            update = (m / correction1).div_(denominator).nan_to_num_(nan=0.0)
-            parameter.add_(update, alpha=-group["lr"] * math.exp(frame_m - frame_v))
+            direction = momentum * (math.sqrt(correction2) / correction1)
+            if group["eps"] > 0:
+                direction.mul_(torch.sigmoid(log_rms - (math.log(group["eps"]) + 0.5 * math.log(correction2))))
+            parameter.sub_(direction.to(parameter.dtype), alpha=group["lr"])
 
 
-def _log(x: float) -> float:
-    return math.log(x) if x > 0 else -math.inf
-
-
-def _exp(x: float) -> float:
-    return math.exp(x) if x < 709.0 else math.inf
+_FLOOR = torch.finfo(torch.float64).min  # a finite stand-in for log 0: e^{x − _FLOOR} is 0 for x = −inf, not NaN
