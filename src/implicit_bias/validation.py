@@ -101,7 +101,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
     kind = "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     where = f" at index {first}" if first else ""
     others = f"first of {count} non-finite values" if count > 1 else "the only non-finite value"
-    raise InvalidArgumentError(f"{name} holds {kind}{where} ({others}); remove or impute non-finite values first")
+    raise InvalidArgumentError(f"{name} holds {kind}{where} ({others})")
 
 
 def check_model_input(model: torch.nn.Module, X: torch.Tensor, *, name: str = "model") -> torch.Tensor:

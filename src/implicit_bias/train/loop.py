@@ -193,7 +193,13 @@ def fit(
             dtype=check_float_dtype(dtype) if dtype is not None else None,
         )
     dtype, device = placement(model)
-    dataset = dataset.to(dtype=dtype, device=device)  # re-validated: a float32 cast can overflow to inf
+    try:
+        dataset = dataset.to(dtype=dtype, device=device)
+    except InvalidArgumentError as error:  # the data were finite: the cast to a narrower dtype overflowed
+        raise InvalidArgumentError(
+            f"{error} after the cast to the model's dtype {str(dtype).removeprefix('torch.')} (largest "
+            f"{torch.finfo(dtype).max:.3g}); rescale the data or pass dtype=torch.float64"
+        ) from None
     if isinstance(optimizer, str):
         optimizer_name = optimizer
         optimizer = make_optimizer(optimizer, model.parameters(), lr=lr, **dict(optimizer_options or {}))
@@ -352,9 +358,11 @@ def _loop(
             value = float(objective.detach())
             if value == -math.inf and loss != "mse":
                 raise NumericalError(
-                    f"log ℒ became −inf at step {step}: the model's outputs overflowed float64 (‖θ‖ has grown "
+                    f"log ℒ became −inf at step {step}: the model's outputs overflowed "
+                    f"{str(outputs.dtype).removeprefix('torch.')} (‖θ‖ has grown "
                     "without bound — loss-normalized steps grow with ‖θ‖ on networks of degree > 1); lower lr or "
                     "the number of steps"
+                    + ("" if outputs.dtype == torch.float64 else ", or train in float64 (dtype=torch.float64)")
                 )
             if math.isnan(value) or value == math.inf:
                 raise NumericalError(
