@@ -172,10 +172,7 @@ def test_dual_accelerated_beats_normalized_gd_to_the_svm_margin():
     gaps = {}
     for name in ("normalized-gd", "dual-accelerated"):
         model = build("linear:bias=false", data.input_shape, 2, seed=0)
-        fit(
-            model, data, loss="exponential", optimizer=name, steps=1000, lr=step, log_points=5, dtype="float64",
-            progress=False,
-        )  # fmt: skip
+        fit(model, data, loss="exponential", optimizer=name, steps=1000, lr=step, log_points=5, progress=False)
         gaps[name] = 1 - normalized_margin(model, data.X, data.y, degree=1) / 0.1
     assert 0 < gaps["dual-accelerated"] < 1e-3 and gaps["dual-accelerated"] < gaps["normalized-gd"] / 20
 

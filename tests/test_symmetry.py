@@ -346,10 +346,7 @@ def test_asymmetric_and_spectra_probes_log_what_the_metrics_compute():
     data = load("gaussians", n_per_class=20, seed=0)
     model = build("mlp:depth=3,width=16", data.input_shape, data.num_classes, seed=0)
     probes = [make_probe("asymmetric"), make_probe("spectra"), make_probe("norms")]
-    history = fit(
-        model, data, loss="cross-entropy", optimizer="gd", lr=0.5, steps=300, probes=probes, dtype="float64",
-        progress=False,
-    )  # fmt: skip
+    history = fit(model, data, loss="cross-entropy", optimizer="gd", lr=0.5, steps=300, probes=probes, progress=False)
     last = history.last
     rates = infer_rates(model, data.X)
     assert last["asymmetric_margin"] == pytest.approx(asymmetric_margin(model, data.X, data.y, rates), rel=1e-9)
