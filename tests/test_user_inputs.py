@@ -75,6 +75,18 @@ def test_config_driven_training_stays_float64(tmp_path):
     assert all(t.dtype == torch.float64 for t in weights.values())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_model_stays_on_its_gpu_and_cpu_data_follow_it():
+    X, y = toy(torch.float64)
+    model = linear().cuda()
+    history = fit(model, (X, y), loss="logistic", optimizer="gd", steps=50, lr=0.5, **QUIET)
+    assert model.weight.device.type == "cuda" and model.weight.dtype == torch.float32
+    assert history.last["accuracy"] == 1.0
+    acc = CollapseAccumulator(2, 5)
+    acc.update(X.cuda(), y.cuda())
+    assert acc.device.type == "cuda" and acc.shifted_scatter.device.type == "cuda"
+
+
 def test_a_model_split_across_dtypes_is_refused_unless_a_dtype_is_given():
     X, y = toy()
     model = nn.Sequential(nn.Linear(5, 3), nn.Linear(3, 1).double())
