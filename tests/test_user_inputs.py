@@ -139,6 +139,10 @@ def test_check_finite_reports_one_value_and_scalars():
         check_finite("s", torch.tensor(math.inf))
     labels = torch.tensor([1, 2])
     assert check_finite("labels", labels) is labels  # integers are always finite
+    large = torch.full((4,), 3e38)  # finite float32 entries whose sum overflows to inf
+    assert check_finite("large", large) is large
+    with pytest.raises(InvalidArgumentError, match=r"mixed holds -inf at index \(0, 1\) \(first of 2"):
+        check_finite("mixed", torch.tensor([[1.0, -math.inf], [math.inf, 2.0]]))  # the sum is NaN
 
 
 def test_a_float32_cast_that_overflows_is_refused():
