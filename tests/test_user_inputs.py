@@ -154,6 +154,28 @@ def test_a_float32_cast_that_overflows_is_refused():
         fit(linear(), (X, y), steps=1, **QUIET)
 
 
+def test_collapse_by_layer_says_which_layer_and_batch_made_nan_features():
+    from collections import OrderedDict
+
+    from implicit_bias.metrics import collapse_by_layer
+
+    class Log(nn.Module):
+        def forward(self, x):
+            return torch.log(x)
+
+    X = 1 + torch.rand(24, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    X[20, 1] = -1.0  # finite input, log(−1) = NaN feature
+    y = torch.arange(24) % 2
+    model = nn.Sequential(OrderedDict(log=Log(), head=nn.Linear(3, 2).double()))
+    with pytest.raises(
+        InvalidArgumentError, match=r"layer 'log', batch of samples 16..23: features holds NaN at index \(4, 1\)"
+    ):
+        collapse_by_layer(model, (X, y), layers=["log"], num_classes=2, batch_size=8)
+    X[3, 0] = math.inf
+    with pytest.raises(InvalidArgumentError, match=r"^X holds inf at index \(3, 0\)"):
+        collapse_by_layer(model, (X, y), layers=["log"], num_classes=2, batch_size=8)
+
+
 # ------------------------------------------------------------------ labels
 @pytest.mark.parametrize("labels", [torch.tensor([0.0, 1.0] * 12), torch.tensor([False, True] * 12)])
 def test_float_and_bool_labels_are_refused_alike(labels):
