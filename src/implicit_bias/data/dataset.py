@@ -21,7 +21,7 @@ class Dataset:
     Attributes
     ----------
     X : Tensor, shape (N, *input_shape)
-        Inputs (float). Images keep their (C, H, W) shape; models flatten as needed.
+        Inputs (float, finite: NaN or inf is refused with its first index). Images keep their (C, H, W) shape; models flatten as needed.
     y : Tensor, shape (N,)
         Integer class labels in 0..num_classes−1.
     num_classes : int
@@ -42,7 +42,10 @@ class Dataset:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_features_labels(self.X, self.y)
+        try:
+            check_features_labels(self.X, self.y)  # types, sizes and finite inputs
+        except InvalidArgumentError as error:
+            raise InvalidArgumentError(f"dataset {self.name!r}: {error}" if self.name else str(error)) from None
         check_scalar("num_classes", self.num_classes, int, low=2)
         if int(self.y.min()) < 0 or int(self.y.max()) >= self.num_classes:
             raise InvalidArgumentError(

@@ -58,6 +58,7 @@ def run_ji_telgarsky(config: JiTelgarskyConfig, folder: Path, progress: bool) ->
             lr=lr,
             probes=[make_probe("alignment"), make_probe("direction")],
             log_points=config.log_points,
+            dtype="float64",
             device=config.device,
             seed=config.seed,
             progress=progress,

@@ -84,6 +84,7 @@ def run_robustness(config: RobustnessConfig, folder: Path, progress: bool) -> Ou
         "steps": config.steps,
         "lr": config.lr,
         "log_points": config.log_points,
+        "dtype": "float64",
         "device": config.device,
         "seed": config.seed,
         "progress": progress,
@@ -187,7 +188,7 @@ def run_sparsity(config: SparsityConfig, folder: Path, progress: bool) -> Outcom
         history = fit(
             model, (X, y), loss="exponential", optimizer="gd", steps=config.steps, lr=config.lr,
             probes=[AsymmetricMarginProbe(rates), norms_probe], log_points=config.log_points,
-            device=config.device, seed=config.seed, progress=progress,
+            dtype="float64", device=config.device, seed=config.seed, progress=progress,
         )  # fmt: skip
         steps, shares = history.column(f"rate_share/{rates['bias']:.6g}")
         fitted = [row["step"] for row in history if row["accuracy"] == 1.0]
@@ -265,7 +266,7 @@ def run_collapse(config: NormalizedCollapseConfig, folder: Path, progress: bool)
             model = build(spec, data.input_shape, data.num_classes, seed=seed)
             history = fit(
                 model, data, loss="cross-entropy", optimizer=config.optimizer, steps=config.steps,
-                lr=config.lr, log_points=10, device=config.device, seed=seed, progress=progress,
+                lr=config.lr, log_points=10, dtype="float64", device=config.device, seed=seed, progress=progress,
             )  # fmt: skip
             layer = "normalize" if variant != "none" else f"layer{config.depth - 1}"
             report = collapse_by_layer(model, data, [layer])[layer].train

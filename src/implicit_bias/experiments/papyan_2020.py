@@ -56,6 +56,7 @@ def _train(config: CollapseConfig, probes: list, progress: bool):
         optimizer_options={"momentum": config.momentum, "weight_decay": config.weight_decay},
         probes=probes,
         log_points=config.log_points,
+        dtype="float64",
         device=config.device,
         seed=config.seed,
         progress=progress,

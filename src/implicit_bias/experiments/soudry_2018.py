@@ -73,6 +73,7 @@ def run_soudry(config: SoudryConfig, folder: Path, progress: bool) -> Outcome:
             lr=gd_lr if method == "gd" else smooth_step,
             probes=[MarginProbe(degree=1), direction_probe(torch.as_tensor(svm.weight))],
             log_points=config.log_points,
+            dtype="float64",
             device=config.device,
             seed=config.seed,
             progress=progress,

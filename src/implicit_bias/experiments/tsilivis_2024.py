@@ -78,6 +78,7 @@ def run_tsilivis(config: TsilivisConfig, folder: Path, progress: bool) -> Outcom
             lr=rates[optimizer],
             probes=[MarginProbe(degree=2)],
             log_points=config.log_points,
+            dtype="float64",
             device=config.device,
             seed=config.seed,
             progress=progress,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InvalidArgumentError
-from ..validation import check_choice, check_scalar
+from ..validation import check_choice, check_features_labels, check_finite, check_scalar
 
 STATE = (
     "counts",
@@ -109,6 +109,22 @@ class CollapseReport:
 class CollapseAccumulator:
     """Streaming neural-collapse statistics of D-dimensional features over K classes.
 
+    Parameters
+    ----------
+    num_classes, dim : int
+        K and D.
+    dtype : floating torch dtype or None
+        The precision of the running totals (every batch is cast to it); float64 by default, whatever the
+        features' dtype. None: the first batch's dtype, promoted to at least float32.
+    device : device or None
+        Where the running totals live (every batch is moved there). None: the first batch's device.
+    global_mean : {"unweighted", "weighted"}
+    rcond : float
+        Relative tolerance of Σ_B's pseudo-inverse.
+
+    Features must be finite floats and labels integers: NaN / inf features (with the first bad index) and float
+    or boolean labels are refused, batch by batch.
+
     >>> acc = CollapseAccumulator(num_classes=3, dim=2)
     >>> acc.update(torch.tensor([[1.0, 0.0], [1.1, 0.0], [0.0, 1.0], [0.0, 1.2], [-1.0, -1.0], [-1.0, -0.9]]),
     ...            torch.tensor([0, 0, 1, 1, 2, 2]))
@@ -121,7 +137,7 @@ class CollapseAccumulator:
         num_classes: int,
         dim: int,
         *,
-        dtype: torch.dtype = torch.float64,
+        dtype: torch.dtype | None = torch.float64,
         device: torch.device | str | None = None,
         global_mean: str = "unweighted",
         rcond: float = 1e-10,
@@ -129,11 +145,25 @@ class CollapseAccumulator:
         check_scalar("num_classes", num_classes, int, low=2)
         check_scalar("dim", dim, int, low=1)
         check_choice("global_mean", global_mean, ("unweighted", "weighted"))
-        if not dtype.is_floating_point:
-            raise InvalidArgumentError(f"dtype must be a floating dtype, got {dtype}")
-        self.num_classes, self.dim, self.dtype = num_classes, dim, dtype
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise InvalidArgumentError(f"dtype must be a floating torch dtype or None, got {dtype!r}")
+        self.num_classes, self.dim = num_classes, dim
+        self.dtype = dtype if dtype is not None else torch.float64  # until the first batch, where None
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._open_dtype, self._open_device = dtype is None, device is None
         self.global_mean, self.rcond = global_mean, rcond
+        self.reset()
+
+    def _adopt(self, reference: torch.Tensor) -> None:
+        """Fix the dtype / device left open (None) at construction from the first data seen (nothing has been
+        accumulated yet, so the empty state is simply reallocated there)."""
+        if not (self._open_dtype or self._open_device):
+            return
+        if self._open_dtype:
+            self.dtype = torch.promote_types(reference.dtype, torch.float32)
+        if self._open_device:
+            self.device = reference.device
+        self._open_dtype = self._open_device = False
         self.reset()
 
     # ----------------------------------------------------------------- state
@@ -176,6 +206,7 @@ class CollapseAccumulator:
         missing = [name for name in STATE if name not in state]
         if missing:
             raise InvalidArgumentError(f"collapse state lacks {missing}")
+        self._adopt(state["shifts"])
         for name in STATE:
             current = getattr(self, name)
             value = state[name]
@@ -187,14 +218,12 @@ class CollapseAccumulator:
 
     # ---------------------------------------------------------------- update
     def _check(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(features, torch.Tensor) or features.ndim != 2 or features.shape[1] != self.dim:
-            shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise InvalidArgumentError(f"features must have shape (B, {self.dim}), got {shape}; flatten or pool first")
-        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or len(labels) != len(features):
+        check_features_labels(features, labels, names=("features", "labels"), allow_empty=True)
+        if features.ndim != 2 or features.shape[1] != self.dim:
             raise InvalidArgumentError(
-                f"labels must be a vector of {len(features)} class indices, got "
-                f"{tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__}"
+                f"features must have shape (B, {self.dim}), got {tuple(features.shape)}; flatten or pool first"
             )
+        self._adopt(features)
         labels = labels.to(device=self.device, dtype=torch.int64)
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise InvalidArgumentError(
@@ -241,7 +270,7 @@ class CollapseAccumulator:
     @torch.no_grad()
     def nearest_class_mean(self, features: torch.Tensor) -> torch.Tensor:
         """argmin_c ‖h − μ_c‖ over the classes seen so far: the nearest-class-centre (NCC) classifier."""
-        features = features.to(device=self.device, dtype=self.dtype)
+        features = check_finite("features", features).to(device=self.device, dtype=self.dtype)
         distances = torch.cdist(features, self._means())
         distances[:, self.counts == 0] = math.inf
         return distances.argmin(dim=1)
@@ -268,6 +297,7 @@ class CollapseAccumulator:
                 f"cannot merge a ({other.num_classes} classes, dim {other.dim}) accumulator into a "
                 f"({self.num_classes} classes, dim {self.dim}) one"
             )
+        self._adopt(other.shifts)
         other_view = _as(other, self.dtype, self.device)
         adopt = other_view.seen & ~self.seen
         self.shifts[adopt] = other_view.shifts[adopt]
@@ -320,14 +350,14 @@ class CollapseAccumulator:
     def _classifier(self, weight: torch.Tensor | None, bias: torch.Tensor | None):
         if weight is None:
             return None, None
-        weight = weight.detach().to(device=self.device, dtype=self.dtype)
+        weight = check_finite("weight", weight.detach()).to(device=self.device, dtype=self.dtype)
         if weight.shape != (self.num_classes, self.dim):
             raise InvalidArgumentError(
                 f"weight must have shape ({self.num_classes}, {self.dim}) (one row per class), "
                 f"got {tuple(weight.shape)}"
             )
         if bias is not None:
-            bias = bias.detach().to(device=self.device, dtype=self.dtype)
+            bias = check_finite("bias", bias.detach()).to(device=self.device, dtype=self.dtype)
             if bias.shape != (self.num_classes,):
                 raise InvalidArgumentError(f"bias must have shape ({self.num_classes},), got {tuple(bias.shape)}")
         return weight, bias

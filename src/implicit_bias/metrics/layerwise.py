@@ -14,7 +14,7 @@ from ..data import Dataset
 from ..errors import InvalidArgumentError
 from ..models.features import capture_features, feature_names
 from ..models.inference import evaluation, model_device, model_dtype
-from ..validation import check_choice, check_scalar
+from ..validation import check_choice, check_features_labels, check_scalar
 from .collapse import CollapseAccumulator, CollapseReport
 
 REDUCTIONS = ("avgpool", "flatten", "projection")
@@ -75,7 +75,8 @@ def _batches(data: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable, batch
     if isinstance(data, Dataset):
         return list(zip(data.X.split(batch_size), data.y.split(batch_size)))
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return list(zip(data[0].split(batch_size), data[1].split(batch_size)))
+        X, y = check_features_labels(*data)  # once here; a Dataset was checked when it was made
+        return list(zip(X.split(batch_size), y.split(batch_size)))
     return data  # an iterable of (X, y) batches, e.g. a DataLoader: it must be re-iterable (two passes)
 
 
@@ -121,11 +122,18 @@ def collapse_by_layer(
 
     def statistics(split: Iterable) -> dict[str, CollapseAccumulator]:
         accumulators: dict[str, CollapseAccumulator] = {}
+        offset = 0
         for X, y in split:
             for name, features in features_of(X).items():
                 if name not in accumulators:
                     accumulators[name] = CollapseAccumulator(num_classes, features.shape[1], dtype=dtype, device=device)
-                accumulators[name].update(features, y)
+                try:
+                    accumulators[name].update(features, y)
+                except InvalidArgumentError as error:  # e.g. the model made NaN features: say where
+                    raise InvalidArgumentError(
+                        f"layer {name!r}, batch of samples {offset}..{offset + len(X) - 1}: {error}"
+                    ) from None
+            offset += len(X)
         return accumulators
 
     def ncc_accuracy(

@@ -31,7 +31,7 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 0.05
     batch_size: int | None = None  # None: full batch
-    dtype: str = "float64"
+    dtype: str = "float64"  # terminal-phase numerics; fit called directly keeps a model's own dtype instead
     device: str = "cpu"
     seed: int = 0  # model initialization, minibatch order, dropout
     reduction: str = "mean"  # the objective: mean or sum of the per-sample losses

@@ -26,7 +26,7 @@ from ..dynamics import log_spaced_steps, make_optimizer, steps_on_log_loss
 from ..errors import ImplicitBiasError, InvalidArgumentError, NumericalError
 from ..losses import LOSSES, canonical_labels, log_loss, output_margins
 from ..models.inference import predict
-from ..validation import check_choice, check_features_labels, check_float_dtype, check_scalar
+from ..validation import check_choice, check_features_labels, check_float_dtype, check_model_input, check_scalar
 from .checkpoint import load_checkpoint, restore, save_checkpoint
 from .history import History
 from .probes import Probe, ProbeContext
@@ -58,6 +58,27 @@ def resolve_device(device: torch.device | str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InvalidArgumentError("device 'cuda' was asked for but this machine has no CUDA GPU; use --device cpu")
     return resolved
+
+
+def placement(model: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The one floating dtype and the one device of ``model``'s parameters; a model split across dtypes or devices,
+    or without parameters, is refused."""
+    parameters = list(model.parameters())
+    if not parameters:
+        raise InvalidArgumentError(f"model {type(model).__name__} has no parameters to train")
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in parameters if p.is_floating_point()})
+    devices = sorted({str(p.device) for p in parameters})
+    if len(dtypes) != 1:
+        raise InvalidArgumentError(
+            f"model {type(model).__name__} has parameters of dtypes {', '.join(dtypes) or '(none floating)'}; "
+            "pass dtype= to fit to cast it to one"
+        )
+    if len(devices) > 1:
+        raise InvalidArgumentError(
+            f"model {type(model).__name__} has parameters on devices {', '.join(devices)}; "
+            "pass device= to fit to move it to one"
+        )
+    return getattr(torch, dtypes[0]), parameters[0].device
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int, cache: dict[int, torch.Tensor]) -> torch.Tensor:
@@ -103,8 +124,8 @@ def fit(
     steps: int = 1000,
     lr: float = 0.1,
     batch_size: int | None = None,
-    dtype: torch.dtype | str = torch.float64,
-    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
     seed: int = 0,
     probes: Sequence[Probe] = (),
     run_dir: str | Path | None = None,
@@ -129,16 +150,22 @@ def fit(
     Parameters
     ----------
     model : nn.Module
-        Moved to ``device`` and cast to ``dtype`` in place.
+        Trained in place. It stays on its own device and dtype unless ``device`` / ``dtype`` are given.
     data : Dataset or (X, y)
+        Finite floating inputs and integer labels (checked once, before training); moved and cast to the
+        model's device and dtype.
     loss : {"exponential", "logistic", "cross-entropy", "mse"}
     optimizer : str or torch.optim.Optimizer
         A name from :data:`implicit_bias.dynamics.OPTIMIZERS` (built over ``model.parameters()`` with ``lr``
-        and ``optimizer_options``) or an optimizer already built over the (already cast) model.
+        and ``optimizer_options``) or an optimizer already built over the model's parameters.
     steps : int
         Number of optimizer steps.
     batch_size : int, optional
         Minibatch size (epochs of seeded permutations); None means full-batch gradient descent.
+    dtype, device : optional
+        Cast / move ``model`` in place first (e.g. ``dtype=torch.float64`` for terminal-phase numerics, the
+        default of :class:`~implicit_bias.train.TrainConfig`, the CLI and the experiments). None: the model's own.
+        ``config.yaml`` records the dtype and device the run actually used.
     seed : int
         Seeds the global torch RNG (dropout) inside the run and the minibatch order; the caller's RNG state is
         left untouched.
@@ -160,9 +187,19 @@ def fit(
     if batch_size is not None:
         check_scalar("batch_size", batch_size, int, low=1)
     dataset = as_dataset(data)
-    dtype, device = check_float_dtype(dtype), resolve_device(device)
-    model.to(device=device, dtype=dtype)
-    dataset = dataset.to(dtype=dtype, device=device)
+    if dtype is not None or device is not None:
+        model.to(
+            device=resolve_device(device) if device is not None else None,
+            dtype=check_float_dtype(dtype) if dtype is not None else None,
+        )
+    dtype, device = placement(model)
+    try:
+        dataset = dataset.to(dtype=dtype, device=device)
+    except InvalidArgumentError as error:  # the data were finite: the cast to a narrower dtype overflowed
+        raise InvalidArgumentError(
+            f"{error} after the cast to the model's dtype {str(dtype).removeprefix('torch.')} (largest "
+            f"{torch.finfo(dtype).max:.3g}); rescale the data or pass dtype=torch.float64"
+        ) from None
     if isinstance(optimizer, str):
         optimizer_name = optimizer
         optimizer = make_optimizer(optimizer, model.parameters(), lr=lr, **dict(optimizer_options or {}))
@@ -173,7 +210,7 @@ def fit(
             f"optimizer must be a name or a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
     on_log_loss = steps_on_log_loss(optimizer)
-    first = predict(model, dataset.X[:1])
+    first = check_model_input(model, dataset.X)
     canonical_labels(first.expand(len(dataset), *first.shape[1:]), dataset.y)  # outputs fit the labels
 
     run_path = Path(run_dir) if run_dir is not None else None
@@ -321,9 +358,11 @@ def _loop(
             value = float(objective.detach())
             if value == -math.inf and loss != "mse":
                 raise NumericalError(
-                    f"log ℒ became −inf at step {step}: the model's outputs overflowed float64 (‖θ‖ has grown "
+                    f"log ℒ became −inf at step {step}: the model's outputs overflowed "
+                    f"{str(outputs.dtype).removeprefix('torch.')} (‖θ‖ has grown "
                     "without bound — loss-normalized steps grow with ‖θ‖ on networks of degree > 1); lower lr or "
                     "the number of steps"
+                    + ("" if outputs.dtype == torch.float64 else ", or train in float64 (dtype=torch.float64)")
                 )
             if math.isnan(value) or value == math.inf:
                 raise NumericalError(
