@@ -61,6 +61,18 @@ class LogAdam(LogLossOptimizer):
             },
         )
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, but the moments stay float64: torch casts floating state to each parameter's dtype, which
+        would round a float32 model's log-frame moments and break exact resume."""
+        super().load_state_dict(state_dict)
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        parameters = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, parameter in zip(saved_ids, parameters):
+            for key in ("log_rms", "normalized_momentum"):
+                value = state_dict["state"].get(saved_id, {}).get(key)
+                if value is not None:
+                    self.state[parameter][key] = value.to(device=parameter.device, dtype=torch.float64)
+
     @torch.no_grad()
     def step(self, closure: None = None, *, log_loss: float) -> None:  # type: ignore[override]
         for group, parameter in parameters_with_grad(self):
