@@ -60,7 +60,7 @@ def parameter_norm(model: nn.Module, p: float = 2) -> float:
     return float(torch.linalg.vector_norm(flat, ord=p))
 
 
-HOMOGENEITY_SAFETY = 64.0  # rounding measured at ≤ 2.4 ε(1 + L): depths 2–16, widths 16–1024, c ∈ [0.1, 7.3]
+HOMOGENEITY_SAFETY = 64.0  # rounding measured at ≤ 2.5 ε(1 + L): see homogeneity_degree
 COARSEST_RTOL = 1e-3  # above it rounding alone hides whether biases contribute
 
 
@@ -86,10 +86,11 @@ def homogeneity_degree(
 
     The default ``rtol`` is 64 ε (1 + |L|), ε the machine epsilon of the model's dtype: rescaling θ by c
     rounds every weight (a relative ε/2) and each of the L layers rounds again in both evaluations, so the
-    error of an exactly homogeneous network grows like ε·L — measured at 0.4 to 2.4 ε(1 + L) for bias-free
-    ReLU MLPs of depth 2–16 and width 16–1024, in float32 and float64 alike. The factor 64 leaves a
-    25-fold margin, while a randomly initialized depth-8 MLP with biases misses by a relative 26. So float32 allows 6.9e−5 at
-    L = 8, float64 1.3e−12. Half precision (ε ≥ 1e−3) is refused: pass ``degree`` to the metric instead.
+    error of an exactly homogeneous network grows like ε·L — measured at 0.4 to 2.5 ε(1 + L) for bias-free
+    ReLU MLPs of depth 2–16 and width 16–1024 and for Lyu & Li's max-pool CNN, at c from 0.1 to 7.3, in
+    float32 and float64 alike. The factor 64 leaves a 25-fold margin, while a randomly initialized depth-8
+    MLP with biases misses by a relative 26. So float32 allows 6.9e−5 at L = 8, float64 1.3e−12. Half
+    precision (64 ε > 1e−3) is refused: pass ``degree`` to the metric, or ``rtol`` here.
 
     Raises
     ------
