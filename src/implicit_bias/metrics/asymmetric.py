@@ -58,7 +58,9 @@ def rate_shares(model: nn.Module, rates: Mapping[str, float]) -> dict[float, flo
     return {rate: value / total for rate, value in powered.items()}
 
 
-def asymmetric_margin(model: nn.Module, X: torch.Tensor, y: torch.Tensor, rates: Mapping[str, float]) -> float:
+def asymmetric_margin(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, rates: Mapping[str, float], *, batch_size: int | None = None
+) -> float:
     """γ_Λ = q_min / ‖θ‖_{Λmax}^{1/λ_max}, the asymmetric normalized margin ([1], §4; SCIENCE.md §3).
 
     Invariant under ψ_α (q_min → e^α q_min, ‖θ‖_{Λmax} → e^{αλ_max}‖θ‖_{Λmax}); equals the normalized margin
@@ -70,7 +72,7 @@ def asymmetric_margin(model: nn.Module, X: torch.Tensor, y: torch.Tensor, rates:
         If some sample has q_n ≤ 0.
     """
     rates = _as_rates(rates)
-    q_min = require_separated(margins(model, X, y))
+    q_min = require_separated(margins(model, X, y, batch_size=batch_size))
     norm = lambda_seminorm(model, rates)
     if not norm > 0:
         raise InvalidArgumentError(f"the highest-rate parameters {list(rates.top)} are all zero; γ_Λ is undefined")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ..losses import log_loss
-from ..models.inference import evaluation, model_device, model_dtype
-from ..validation import check_features_labels
+from ..losses import LOSSES, log_loss
+from ..models.inference import evaluation, sample_slices, to_model
+from ..validation import check_choice, check_features_labels
+from .margins import model_labels
 
 
 def flat_parameters(source: nn.Module | Mapping[str, torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -48,22 +51,39 @@ def direction_cosine(
     return _cosine(a, b, "the direction cosine")
 
 
-def alignment(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str = "exponential") -> float:
+def alignment(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss: str = "exponential", *, batch_size: int | None = None
+) -> float:
     """cos(θ, −∇ℒ(θ)), the alignment of the parameters with the negative gradient (Ji & Telgarsky 2020, Thm 4.1:
     → 1 for homogeneous networks under gradient flow on exponential-type losses).
 
-    Computed from ∇ log ℒ = ∇ℒ/ℒ (same direction), so it stays exact when ℒ underflows float64.
+    Computed from ∇ log ℒ = ∇ℒ/ℒ (same direction), so it stays exact when ℒ underflows float64. With
+    ``batch_size`` the gradient is accumulated over batches b in log space: ∇ log ℒ = Σ_b e^{s_b − S} ∇s_b,
+    s_b = log ℒ_b, S = log Σ_b e^{s_b}, rescaled as S grows (one pass; gradients summed in float64).
     """
     check_features_labels(X, y)
+    check_choice("loss", loss, LOSSES)
+    labels = model_labels(model, X, y)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    X = X.to(device=model_device(model), dtype=model_dtype(model))
-    with evaluation(model), torch.enable_grad():
-        value = log_loss(model(X), y.to(X.device), loss)
-        grads = torch.autograd.grad(value, parameters, allow_unused=True)
-    gradient = torch.cat(
-        [(g if g is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64) for g, p in zip(grads, parameters)]
-    )
     theta = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in parameters])
+    gradient, total = torch.zeros_like(theta), -math.inf  # Σ_b e^{s_b − S} ∇s_b and S over the batches so far
+    with evaluation(model), torch.enable_grad():
+        for s in sample_slices(X.shape[0], batch_size):
+            outputs = model(to_model(model, X[s]))
+            value = log_loss(outputs, labels[s].to(outputs.device), loss, validate=False)
+            log_value = float(value.detach())
+            if log_value == -math.inf:  # ℒ_b = 0 (an exact mse fit): no part of ∇ℒ
+                continue
+            grads = torch.autograd.grad(value, parameters, allow_unused=True)
+            step = torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).reshape(-1).to(torch.float64)
+                    for g, p in zip(grads, parameters)
+                ]
+            )
+            joined = float(np.logaddexp(total, log_value))
+            gradient = gradient * math.exp(total - joined) + step * math.exp(log_value - joined)
+            total = joined
     return _cosine(theta, -gradient, "the alignment")
 
 

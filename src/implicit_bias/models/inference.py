@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from ..validation import check_scalar
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -34,7 +39,47 @@ def model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def sample_slices(n: int, batch_size: int | None) -> list[slice]:
+    """Consecutive slices of ``batch_size`` samples covering 0..n (one slice when ``batch_size`` is None)."""
+    if batch_size is not None:
+        check_scalar("batch_size", batch_size, int, low=1)
+    size = batch_size or max(n, 1)
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def to_model(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+    """``X`` cast to the model's device and floating dtype (a no-op when it already is)."""
+    return X.to(device=model_device(model), dtype=model_dtype(model))
+
+
 @torch.no_grad()
+def map_outputs(
+    model: nn.Module,
+    X: torch.Tensor,
+    fn: Callable[[torch.Tensor, slice], T],
+    *,
+    batch_size: int | None = None,
+    parameters: Mapping[str, torch.Tensor] | None = None,
+) -> list[T]:
+    """[fn(Φ(θ; X[s]), s) for s in the consecutive slices of ``batch_size`` samples], in evaluation mode.
+
+    Each chunk of ``X`` (which may live on any device, in any floating dtype) is cast to the model's dtype and
+    device only when its turn comes, so the model's device holds one batch at a time. ``parameters``
+    (name → tensor) replace the model's own for this call only (``torch.func.functional_call``), which lets
+    callers evaluate Φ at a rescaled θ without touching the model.
+    """
+    with evaluation(model):
+        return [
+            fn(
+                model(to_model(model, X[s]))
+                if parameters is None
+                else functional_call(model, dict(parameters), (to_model(model, X[s]),)),
+                s,
+            )
+            for s in sample_slices(X.shape[0], batch_size)
+        ]
+
+
 def predict(
     model: nn.Module,
     X: torch.Tensor,
@@ -42,17 +87,6 @@ def predict(
     batch_size: int | None = None,
     parameters: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Outputs Φ(θ; X) in evaluation mode, in chunks of ``batch_size`` samples (all at once by default).
-
-    ``X`` is cast to the model's dtype and device. ``parameters`` (name → tensor) replace the model's own for
-    this call only (``torch.func.functional_call``), which lets callers evaluate Φ at a rescaled θ without
-    touching the model.
-    """
-    X = X.to(device=model_device(model), dtype=model_dtype(model))
-    size = batch_size or X.shape[0]
-    with evaluation(model):
-        chunks = [
-            model(chunk) if parameters is None else functional_call(model, dict(parameters), (chunk,))
-            for chunk in X.split(size)
-        ]
-    return torch.cat(chunks)
+    """Outputs Φ(θ; X) in evaluation mode on the model's device, in chunks of ``batch_size`` samples (all at once
+    by default); see :func:`map_outputs`."""
+    return torch.cat(map_outputs(model, X, lambda outputs, _: outputs, batch_size=batch_size, parameters=parameters))

@@ -24,7 +24,7 @@ from ..errors import (
 from ..losses import MARGIN_LOSSES, output_margins
 from ..metrics.asymmetric import lambda_seminorm, rate_group_norms, rate_shares
 from ..metrics.direction import alignment, direction_cosine, flat_parameters, layer_norms
-from ..metrics.kkt import kkt_residual, support_size
+from ..metrics.kkt import KKT_MEMORY, kkt_residual, support_size
 from ..metrics.layerwise import collapse_by_layer
 from ..metrics.margins import (
     homogeneity_degree,
@@ -82,6 +82,16 @@ Probe = Callable[[ProbeContext], Mapping[str, float]]
 logger = logging.getLogger("implicit_bias.train")
 
 
+def _detected_degree(context: ProbeContext, missing: str, batch_size: int | None) -> float | None:
+    """The model's homogeneity degree, or None after a warning in the run's log saying what will be ``missing``
+    (e.g. "margins probe: no normalized margins") and the fix."""
+    try:
+        return homogeneity_degree(context.model, context.X, batch_size=batch_size)
+    except NotHomogeneousError as error:
+        logger.warning("%s for this model (pass degree=L to the probe if it is L-homogeneous): %s", missing, error)
+        return None
+
+
 FLAVOURS = {"": 2, "_linf": math.inf, "_l1": 1}  # key suffix → p of ‖θ‖_p (Tsilivis, Vardi & Kempe 2024)
 
 
@@ -91,12 +101,13 @@ class MarginProbe:
     losses, the smoothed margins ℓ^{−1}(ℒ)/‖θ‖_p^L (``smoothed_margin``, ``…_linf``, ``…_l1``) of Lyu & Li
     (2020, §3–4) and Tsilivis, Vardi & Kempe (2024).
 
-    The homogeneity degree L is detected on the first call unless given. For a model that is not homogeneous
-    the normalized quantities are undefined: the probe says so once in the run's log and logs q_min and ‖θ‖.
+    The homogeneity degree L is detected on the first call unless given (``batch_size`` samples at a time, all at
+    once by default). For a model that is not homogeneous the normalized quantities are undefined: the probe says
+    so once in the run's log, with the fix when the user knows L, and logs q_min and ‖θ‖.
     """
 
-    def __init__(self, degree: float | None = None) -> None:
-        self.degree = degree
+    def __init__(self, degree: float | None = None, batch_size: int | None = None) -> None:
+        self.degree, self.batch_size = degree, batch_size
         self.homogeneous = True
 
     def __call__(self, context: ProbeContext) -> dict[str, float]:
@@ -104,11 +115,8 @@ class MarginProbe:
         norms = {suffix: parameter_norm(context.model, p) for suffix, p in FLAVOURS.items()}
         row = {"q_min": float(q.min()), **{f"param_norm{suffix}": norm for suffix, norm in norms.items()}}
         if self.degree is None and self.homogeneous:
-            try:
-                self.degree = homogeneity_degree(context.model, context.X)
-            except NotHomogeneousError as error:
-                self.homogeneous = False
-                logger.warning("margins probe: no normalized margins for this model: %s", error)
+            self.degree = _detected_degree(context, "margins probe: no normalized margins", self.batch_size)
+            self.homogeneous = self.degree is not None
         if self.degree is None:
             return row
         try:
@@ -204,19 +212,30 @@ class DirectionProbe:
 
 
 class KKTProbe:
-    """``kkt_epsilon`` (ε/‖θ̃‖) and ``kkt_delta`` (δ) of Lyu & Li's (ε, δ)-KKT condition, once every point is fit."""
+    """``kkt_epsilon`` (ε/‖θ̃‖) and ``kkt_delta`` (δ) of Lyu & Li's (ε, δ)-KKT condition, once every point is fit.
 
-    def __init__(self, degree: float | None = None, slack: float = 0.2, max_points: int = 512) -> None:
+    The degree L is detected at the first fit step unless given; a model that is not homogeneous is reported once
+    in the run's log and the probe logs nothing. ``batch_size`` and ``max_memory`` go to
+    :func:`~implicit_bias.metrics.kkt_residual`.
+    """
+
+    def __init__(
+        self,
+        degree: float | None = None,
+        slack: float = 0.2,
+        max_points: int = 512,
+        batch_size: int | None = None,
+        max_memory: int = KKT_MEMORY,
+    ) -> None:
         self.degree, self.slack, self.max_points = degree, slack, max_points
+        self.batch_size, self.max_memory = batch_size, max_memory
 
     def __call__(self, context: ProbeContext) -> dict[str, float]:
         if not bool((context.margins > 0).all()):
             return {}
         if self.degree is None:
-            try:
-                self.degree = homogeneity_degree(context.model, context.X)
-            except NotHomogeneousError:
-                self.degree = math.nan
+            detected = _detected_degree(context, "kkt probe: no KKT residuals", self.batch_size)
+            self.degree = math.nan if detected is None else detected
         if math.isnan(self.degree):
             return {}
         epsilon, delta = kkt_residual(
@@ -226,6 +245,8 @@ class KKTProbe:
             degree=self.degree,
             slack=self.slack,
             max_points=self.max_points,
+            batch_size=self.batch_size,
+            max_memory=self.max_memory,
         )
         return {"kkt_epsilon": epsilon, "kkt_delta": delta}
 
