@@ -2,13 +2,14 @@
 
 import gzip
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
 
-from implicit_bias.data import Dataset, corrupt_labels, load, read_idx
+from implicit_bias.data import Dataset, corrupt_labels, files, load, read_idx
 from implicit_bias.data.files import CIFAR_TEST, CIFAR_TRAIN, MNIST_FILES
 from implicit_bias.errors import CorruptFileError, InvalidArgumentError, MissingFileError, UnknownNameError
 
@@ -111,8 +112,9 @@ def write_idx(path, array: np.ndarray, compress: bool) -> None:
     (gzip.open if compress else open)(path, "wb").write(payload)
 
 
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 @pytest.mark.parametrize("compress", [False, True])
-def test_mnist_idx_files_round_trip(tmp_path, compress):
+def test_mnist_layout_idx_files_round_trip(tmp_path, compress, name):
     rng = np.random.default_rng(0)
     images = {
         "train": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
@@ -126,16 +128,57 @@ def test_mnist_idx_files_round_trip(tmp_path, compress):
         suffix = ".gz" if compress else ""
         write_idx(tmp_path / f"{image_name}{suffix}", images[split], compress)
         write_idx(tmp_path / f"{label_name}{suffix}", labels[split], compress)
-    data = load("mnist", path=str(tmp_path))
+    data = load(name, path=str(tmp_path))
+    assert data.name == name and data.num_classes == 10
     assert data.X.shape == (12, 1, 28, 28) and data.test.X.shape == (5, 1, 28, 28)
     assert torch.allclose(data.X[:, 0] * 255, torch.as_tensor(images["train"], dtype=torch.float32))
     assert data.y.tolist() == labels["train"].tolist() and data.test.y.tolist() == labels["test"].tolist()
+
+
+def test_fashion_mnist_takes_the_shared_options(tmp_path):
+    labels = {"train": np.repeat(np.arange(10, dtype=np.uint8), 3), "test": np.arange(10, dtype=np.uint8)}
+    for split, (image_name, label_name) in MNIST_FILES.items():
+        # every pixel of an image equals 10 × its label, so relabelling and subsampling can be read off the pixels
+        write_idx(tmp_path / image_name, np.repeat(labels[split] * 10, 28 * 28).reshape(-1, 28, 28), compress=False)
+        write_idx(tmp_path / label_name, labels[split], compress=False)
+    data = load("fashion-mnist", path=str(tmp_path), classes=[7, 2], per_class=2, dtype="float64", seed=1)
+    assert data.X.dtype == torch.float64 and data.class_counts.tolist() == [2, 2]
+    assert torch.allclose(data.X[:, 0, 0, 0] * 255, torch.where(data.y == 0, 70.0, 20.0).double(), atol=1e-4)
+    assert data.test.y.tolist() == [1, 0]  # test labels 2 and 7, in file order, relabelled by the given order
+
+
+def test_fashion_mnist_missing_folder_names_the_path_and_the_fix(tmp_path, monkeypatch):
+    absent = tmp_path / "nowhere"
+    with pytest.raises(MissingFileError) as error:
+        load("fashion-mnist", path=str(absent))
+    message = str(error.value)
+    assert "\n" not in message and str(absent) in message
+    assert "pass path=" in message and "apt-get install dataset-fashion-mnist" in message
+    monkeypatch.setattr(files, "FASHION_MNIST_ROOT", str(absent))  # a machine without the Debian package
+    with pytest.raises(MissingFileError, match=f"{absent}.*apt-get install dataset-fashion-mnist"):
+        load("fashion-mnist")
+
+
+@pytest.mark.skipif(
+    not Path(files.FASHION_MNIST_ROOT).is_dir(),
+    reason=f"Fashion-MNIST is not installed in {files.FASHION_MNIST_ROOT} (apt-get install dataset-fashion-mnist)",
+)
+def test_fashion_mnist_package_files_have_the_published_shapes_counts_and_statistics():
+    data = load("fashion-mnist")
+    assert data.X.shape == (60_000, 1, 28, 28) and data.test.X.shape == (10_000, 1, 28, 28)
+    assert data.class_counts.tolist() == [6000] * 10 and data.test.class_counts.tolist() == [1000] * 10
+    assert float(data.X.min()) == 0.0 and float(data.X.max()) == 1.0
+    # torchvision's published normalization constants for the Fashion-MNIST training set: mean 0.2860, std 0.3530
+    assert float(data.X.double().mean()) == pytest.approx(0.2860, abs=1e-4)
+    assert float(data.X.double().std()) == pytest.approx(0.3530, abs=1e-4)
 
 
 def test_idx_reader_handles_big_endian_ints(tmp_path):
     array = (np.arange(6).reshape(2, 3) - 2).astype(">i4")
     write_idx(tmp_path / "ints", array, compress=False)
     assert read_idx(tmp_path / "ints").tolist() == [[-2, -1, 0], [1, 2, 3]]
+    write_idx(tmp_path / "gzipped-without-suffix", array, compress=True)  # recognised by gzip's magic bytes
+    assert read_idx(tmp_path / "gzipped-without-suffix").tolist() == [[-2, -1, 0], [1, 2, 3]]
 
 
 def test_mnist_missing_files_are_named(tmp_path):
@@ -153,6 +196,11 @@ def test_truncated_idx_file_is_reported(tmp_path):
     (tmp_path / "y").write_bytes(b"PK\x03\x04 not idx")
     with pytest.raises(CorruptFileError, match="not an IDX file"):
         read_idx(tmp_path / "y")
+    for image_name, label_name in MNIST_FILES.values():  # images stored as int32, not bytes
+        write_idx(tmp_path / image_name, np.zeros((2, 28, 28), dtype=">i4"), compress=False)
+        write_idx(tmp_path / label_name, np.zeros(2, dtype=np.uint8), compress=False)
+    with pytest.raises(CorruptFileError, match="fashion-mnist train images must be unsigned bytes"):
+        load("fashion-mnist", path=str(tmp_path))
 
 
 def write_cifar(folder, names, rng, per_batch=4):

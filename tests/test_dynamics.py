@@ -4,17 +4,21 @@ log ℒ = −10⁴, and progress toward each optimizer's max-margin direction de
 import math
 
 import mpmath
-import numpy as np
 import pytest
 import torch
-from scipy.optimize import linprog
 from torch import nn
 
 from implicit_bias.data import load
 from implicit_bias.dynamics import DualAccelerated, LogAdam, LossBasedLR, make_optimizer
 from implicit_bias.errors import InvalidArgumentError, UnknownNameError
 from implicit_bias.losses import log_loss
-from implicit_bias.metrics import direction_cosine, hard_margin_svm, l1_max_margin, normalized_margin
+from implicit_bias.metrics import (
+    direction_cosine,
+    hard_margin_svm,
+    l1_max_margin,
+    linf_max_margin,
+    normalized_margin,
+)
 from implicit_bias.models import build
 from implicit_bias.train import fit
 
@@ -212,21 +216,6 @@ def test_log_adam_loss_decay_rate_deep_in_the_terminal_phase_is_half_log_beta2()
     assert (values[-201] - values[-1]) / 200 == pytest.approx(-0.5 * math.log(0.9), rel=1e-2)
 
 
-def linf_max_margin(X, y):
-    """max_{‖w‖_∞ ≤ 1} min_n y_n⟨w, x_n⟩ as a linear program: max t s.t. Zw ≥ t, −1 ≤ w ≤ 1 (z_n = y_n x_n)."""
-    Z = (X * (2.0 * y - 1)[:, None]).numpy()
-    n, d = Z.shape
-    result = linprog(
-        np.r_[np.zeros(d), -1.0],
-        A_ub=np.hstack([-Z, np.ones((n, 1))]),
-        b_ub=np.zeros(n),
-        bounds=[(-1, 1)] * d + [(None, None)],
-        method="highs",
-    )
-    assert result.status == 0
-    return result.x[-1]
-
-
 @pytest.mark.parametrize(
     "name,options,lr,steps,p",
     [
@@ -246,7 +235,7 @@ def test_terminal_phase_progress_toward_each_optimizers_max_margin_direction(nam
     data = load("linear-separable", n=20, dim=3, margin=0.5, seed=0)
     best = {
         2: hard_margin_svm(data.X, data.y).margin,
-        math.inf: linf_max_margin(data.X, data.y),
+        math.inf: linf_max_margin(data.X, data.y).margin,
         1: l1_max_margin(data.X, data.y).margin,
     }[p]
     model = build("linear:bias=false", data.input_shape, 2).double()

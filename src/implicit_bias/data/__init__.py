@@ -28,7 +28,7 @@ from ..validation import check_choice, check_float_dtype, check_keys
 from .builtin import digits, mnist1d
 from .dataset import Dataset, balanced_subsample, corrupt_labels, select_classes
 from .dataset import standardize as standardize_features
-from .files import cifar10, mnist, read_idx
+from .files import cifar10, fashion_mnist, mnist, read_idx
 from .synthetic import gaussians, linear_separable, xor
 
 LOADERS: dict[str, Callable[..., Dataset]] = {
@@ -38,6 +38,7 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": digits,
     "mnist1d": mnist1d,
     "mnist": mnist,
+    "fashion-mnist": fashion_mnist,
     "cifar10": cifar10,
 }
 COMMON_OPTIONS = ("seed", "classes", "per_class", "standardize", "dtype")

@@ -1,4 +1,4 @@
-"""Standard dataset files read from disk: MNIST in IDX format and CIFAR-10 python batches.
+"""Standard dataset files read from disk: MNIST and Fashion-MNIST in IDX format, CIFAR-10 python batches.
 
 CIFAR-10 batches are pickles. They are read with :class:`CifarUnpickler`, which admits only the handful of
 globals that format needs (numpy's array reconstruction), so a malicious file cannot run code.
@@ -22,6 +22,7 @@ MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = "test_batch"
 
@@ -38,13 +39,15 @@ def _find(folder: Path, name: str, what: str, expected: list[str]) -> Path:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzip-compressed) into a numpy array of its declared type and shape."""
+    """Read an IDX file (optionally gzip-compressed, recognised by its content) into a numpy array of its declared
+    type and shape."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as handle:
+        with open(path, "rb") as handle:
             raw = handle.read()
-    except (OSError, EOFError) as error:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise CorruptFileError(f"cannot read IDX file {str(path)!r}: {error}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise CorruptFileError(f"{str(path)!r} is not an IDX file (bad magic number {raw[:4].hex()})")
@@ -60,22 +63,42 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def _idx_dataset(folder: Path, name: str) -> Dataset:
+    """The train and test splits of an MNIST-layout IDX folder (the four :data:`MNIST_FILES`, ``.gz`` accepted):
+    uint8 images scaled to [0, 1], shape (N, 1, H, W), labels 0..9."""
+    expected = [file for pair in MNIST_FILES.values() for file in pair]
+    splits = {}
+    for split, (images_name, labels_name) in MNIST_FILES.items():
+        images = read_idx(_find(folder, images_name, name, expected))
+        labels = read_idx(_find(folder, labels_name, name, expected))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise CorruptFileError(
+                f"{name} {split} files disagree: images of shape {images.shape}, labels of shape {labels.shape}"
+            )
+        if images.dtype != np.uint8:
+            raise CorruptFileError(f"{name} {split} images must be unsigned bytes (IDX type 0x08), got {images.dtype}")
+        X = torch.as_tensor(images, dtype=torch.float32)[:, None] / 255.0
+        splits[split] = Dataset(X, torch.as_tensor(labels.astype(np.int64)), 10, name)
+    return splits["train"].replace(test=splits["test"])
+
+
 def mnist(*, path: str | None = None) -> Dataset:
     """MNIST from the four standard IDX files in folder ``path`` (``.gz`` accepted): images scaled to [0, 1],
     shape (N, 1, 28, 28), with the official 10 000-image test split."""
-    folder = _require_folder(path, "mnist")
-    expected = [name for pair in MNIST_FILES.values() for name in pair]
-    splits = {}
-    for split, (images_name, labels_name) in MNIST_FILES.items():
-        images = read_idx(_find(folder, images_name, "mnist", expected))
-        labels = read_idx(_find(folder, labels_name, "mnist", expected))
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise CorruptFileError(
-                f"mnist {split} files disagree: images of shape {images.shape}, labels of shape {labels.shape}"
-            )
-        X = torch.as_tensor(images, dtype=torch.float32)[:, None] / 255.0
-        splits[split] = Dataset(X, torch.as_tensor(labels.astype(np.int64)), 10, "mnist")
-    return splits["train"].replace(test=splits["test"])
+    return _idx_dataset(_require_folder(path, "mnist"), "mnist")
+
+
+def fashion_mnist(*, path: str | None = None) -> Dataset:
+    """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from its four IDX files, named and laid out as MNIST's, in
+    folder ``path``, by default :data:`FASHION_MNIST_ROOT` where the Debian package ``dataset-fashion-mnist``
+    installs them: 60 000 training and 10 000 test images (N, 1, 28, 28) in [0, 1], 6000 / 1000 per class
+    (0 T-shirt/top, 1 trouser, 2 pullover, 3 dress, 4 coat, 5 sandal, 6 shirt, 7 sneaker, 8 bag, 9 ankle boot)."""
+    fix = (
+        "pass path=<folder holding train-images-idx3-ubyte(.gz) and the other three IDX files>, "
+        f"or install them into {FASHION_MNIST_ROOT} with `apt-get install dataset-fashion-mnist`"
+    )
+    folder = _require_folder(FASHION_MNIST_ROOT if path is None else path, "fashion-mnist", fix)
+    return _idx_dataset(folder, "fashion-mnist")
 
 
 class CifarUnpickler(pickle.Unpickler):
@@ -138,10 +161,10 @@ def cifar10(*, path: str | None = None) -> Dataset:
     return split(list(CIFAR_TRAIN)).replace(test=split([CIFAR_TEST]))
 
 
-def _require_folder(path: str | None, name: str) -> Path:
+def _require_folder(path: str | None, name: str, fix: str = "") -> Path:
     if path is None:
         raise MissingFileError(f"{name} is read from disk: pass path=<folder holding the files>")
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise MissingFileError(f"{name}: folder {str(folder)!r} does not exist")
+        raise MissingFileError(f"{name}: folder {str(folder)!r} does not exist" + (f"; {fix}" if fix else ""))
     return folder

@@ -18,7 +18,7 @@ from .spectra import (
     singular_values,
     stable_rank,
 )
-from .svm import L1MaxMargin, SVMSolution, hard_margin_svm, l1_max_margin
+from .svm import MaxMargin, SVMSolution, hard_margin_svm, l1_max_margin, linf_max_margin
 
 __all__ = [
     "CollapseAccumulator",
@@ -29,8 +29,8 @@ __all__ = [
     "FeatureSpectra",
     "KKTCertificate",
     "KKTResidual",
-    "L1MaxMargin",
     "LayerCollapse",
+    "MaxMargin",
     "MinimalDepth",
     "SVMSolution",
     "Spectrum",
@@ -52,6 +52,7 @@ __all__ = [
     "lambda_seminorm",
     "layer_norms",
     "layer_spectra",
+    "linf_max_margin",
     "margins",
     "minimal_ncc_depth",
     "normalized_margin",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +37,7 @@ def hard_margin_svm(X: torch.Tensor, y: torch.Tensor, *, support_tol: float = 1e
     NotSeparatedError
         If no direction separates the data (the dual is unbounded).
     """
-    check_features_labels(X, y)
-    signs = torch.as_tensor(canonical_labels(torch.zeros(len(y), 1), y), dtype=torch.float64) * 2 - 1
-    Z = (X.reshape(len(X), -1).to(torch.float64) * signs[:, None]).cpu().numpy()
+    Z = _signed_features(X, y)
     gram = Z @ Z.T
 
     def negative_dual(alpha: np.ndarray) -> tuple[float, np.ndarray]:
@@ -71,14 +70,39 @@ def hard_margin_svm(X: torch.Tensor, y: torch.Tensor, *, support_tol: float = 1e
 
 
 @dataclass(frozen=True)
-class L1MaxMargin:
-    """β = argmax_{‖β‖₁ ≤ 1} min_n y_n⟨β, x_n⟩ and that margin γ₁*."""
+class MaxMargin:
+    """β = argmax_{‖β‖_p ≤ 1} min_n y_n⟨β, x_n⟩ (one maximizer: it need not be unique) and that margin γ_p*."""
 
     weight: np.ndarray
     margin: float
+    p: float
 
 
-def l1_max_margin(X: torch.Tensor, y: torch.Tensor) -> L1MaxMargin:
+def _signed_features(X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """z_n = y_n x_n (y mapped to ±1, x flattened) in float64, after checking X and y."""
+    check_features_labels(X, y)
+    signs = torch.as_tensor(canonical_labels(torch.zeros(len(y), 1), y), dtype=torch.float64) * 2 - 1
+    return (X.reshape(len(X), -1).to(torch.float64) * signs[:, None]).cpu().numpy()
+
+
+def _max_margin_lp(A: np.ndarray, bounds: list, A_eq: np.ndarray | None, what: str) -> np.ndarray:
+    """Solve max t s.t. A v ≥ t (one row per sample), [A_eq v = 1], v within ``bounds``; return (v, t)."""
+    n, k = A.shape
+    result = linprog(
+        np.r_[np.zeros(k), -1.0],
+        A_ub=np.hstack([-A, np.ones((n, 1))]),
+        b_ub=np.zeros(n),
+        A_eq=None if A_eq is None else np.r_[A_eq, 0.0][None],
+        b_eq=None if A_eq is None else [1.0],
+        bounds=[*bounds, (None, None)],
+        method="highs",
+    )
+    if result.status != 0 or not result.x[-1] > 1e-12:
+        raise NotSeparatedError(f"no linear separator exists: the {what} max-margin problem has margin ≤ 0")
+    return result.x
+
+
+def l1_max_margin(X: torch.Tensor, y: torch.Tensor) -> MaxMargin:
     """The ℓ1 max-margin linear separator without intercept, as a linear program (HiGHS):
     max t s.t. y_n⟨β⁺ − β⁻, x_n⟩ ≥ t, Σ(β⁺ + β⁻) = 1, β^± ≥ 0.
 
@@ -90,21 +114,29 @@ def l1_max_margin(X: torch.Tensor, y: torch.Tensor) -> L1MaxMargin:
     NotSeparatedError
         If no direction separates the data (γ₁* ≤ 0).
     """
-    check_features_labels(X, y)
-    signs = torch.as_tensor(canonical_labels(torch.zeros(len(y), 1), y), dtype=torch.float64) * 2 - 1
-    Z = (X.reshape(len(X), -1).to(torch.float64) * signs[:, None]).cpu().numpy()
-    n, d = Z.shape
-    objective = np.zeros(2 * d + 1)
-    objective[-1] = -1.0
-    result = linprog(
-        objective,
-        A_ub=np.hstack([-Z, Z, np.ones((n, 1))]),
-        b_ub=np.zeros(n),
-        A_eq=np.concatenate([np.ones(2 * d), [0.0]])[None],
-        b_eq=[1.0],
-        bounds=[(0, None)] * (2 * d) + [(None, None)],
-        method="highs",
-    )
-    if result.status != 0 or not result.x[-1] > 1e-12:
-        raise NotSeparatedError("no linear separator exists: the ℓ1 max-margin problem has margin ≤ 0")
-    return L1MaxMargin(result.x[:d] - result.x[d : 2 * d], float(result.x[-1]))
+    Z = _signed_features(X, y)
+    d = Z.shape[1]
+    x = _max_margin_lp(np.hstack([Z, -Z]), [(0, None)] * (2 * d), np.ones(2 * d), "ℓ1")
+    return MaxMargin(x[:d] - x[d : 2 * d], float(x[-1]), 1.0)
+
+
+def linf_max_margin(X: torch.Tensor, y: torch.Tensor) -> MaxMargin:
+    """The ℓ∞ max-margin linear separator without intercept, γ∞* = max_{‖w‖∞ ≤ 1} min_n y_n⟨w, x_n⟩, as a
+    linear program (HiGHS): max t s.t. y_n⟨w, x_n⟩ ≥ t, −1 ≤ w_i ≤ 1.
+
+    The limit direction of steepest descent w.r.t. ‖·‖∞ (sign descent) on separable linear classification with
+    the exponential loss (Gunasekar, Lee, Soudry & Srebro 2018, "Characterizing implicit bias in terms of
+    optimization geometry", ICML: steepest descent in a norm ‖·‖ → the ‖·‖ max-margin direction), and the
+    ℓ∞ case of Tsilivis, Vardi & Kempe (2024, "Flavors of margin: implicit bias of steepest descent in
+    homogeneous neural networks"), which Adam without ε tracks. By LP duality
+    γ∞* = min_{α ∈ Δ} ‖Σ α_n y_n x_n‖₁, the ℓ1 distance from 0 to the convex hull of the y_n x_n. The margin
+    is unique; the direction in general is not (every maximizer has ‖w‖∞ = 1 when γ∞* > 0).
+
+    Raises
+    ------
+    NotSeparatedError
+        If no direction separates the data (γ∞* ≤ 0).
+    """
+    Z = _signed_features(X, y)
+    x = _max_margin_lp(Z, [(-1.0, 1.0)] * Z.shape[1], None, "ℓ∞")
+    return MaxMargin(x[:-1], float(x[-1]), math.inf)
