@@ -65,7 +65,7 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 def _idx_dataset(folder: Path, name: str) -> Dataset:
     """The train and test splits of an MNIST-layout IDX folder (the four :data:`MNIST_FILES`, ``.gz`` accepted):
-    uint8 images scaled to [0, 1], shape (N, 1, H, W), labels 0..9."""
+    uint8 images scaled to [0, 1] (float images taken as they are), shape (N, 1, H, W), labels 0..9."""
     expected = [file for pair in MNIST_FILES.values() for file in pair]
     splits = {}
     for split, (images_name, labels_name) in MNIST_FILES.items():
@@ -75,9 +75,15 @@ def _idx_dataset(folder: Path, name: str) -> Dataset:
             raise CorruptFileError(
                 f"{name} {split} files disagree: images of shape {images.shape}, labels of shape {labels.shape}"
             )
-        if images.dtype != np.uint8:
-            raise CorruptFileError(f"{name} {split} images must be unsigned bytes (IDX type 0x08), got {images.dtype}")
-        X = torch.as_tensor(images, dtype=torch.float32)[:, None] / 255.0
+        if images.dtype == np.uint8:
+            X = torch.as_tensor(images, dtype=torch.float32)[:, None] / 255.0
+        elif images.dtype.kind == "f":  # preprocessed images stored as IDX floats: taken as they are
+            X = torch.as_tensor(images)[:, None]
+        else:
+            raise CorruptFileError(
+                f"{name} {split} images must be unsigned bytes (IDX type 0x08) or floats (0x0D, 0x0E), "
+                f"got {images.dtype}"
+            )
         splits[split] = Dataset(X, torch.as_tensor(labels.astype(np.int64)), 10, name)
     return splits["train"].replace(test=splits["test"])
 
