@@ -29,7 +29,6 @@ not matter; parameters the forward pass never uses are listed as ``unused`` (rat
 
 from __future__ import annotations
 
-import copy
 import operator
 from dataclasses import dataclass
 
@@ -37,7 +36,6 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 from torch import fx, nn
-from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
@@ -178,8 +176,8 @@ class _Walker:
 def trace_constraints(model: nn.Module, example_input: torch.Tensor) -> RateGraph:
     """Trace ``model`` with ``torch.fx`` on ``example_input`` and collect its rate constraints (module docstring).
 
-    Rates are per parameter tensor, named as in ``model.named_parameters()``. The model is not run: shapes are
-    propagated on fake tensors (no compute, batch-norm running statistics untouched).
+    Rates are per parameter tensor, named as in ``model.named_parameters()``. The model is not modified: it runs
+    once on ``example_input`` for the shapes, and its buffers (batch-norm running statistics) are restored.
     """
     names = [name for name, _ in model.named_parameters()]
     indices = {id(parameter): i for i, (_, parameter) in enumerate(model.named_parameters())}
@@ -224,16 +222,14 @@ def trace_constraints(model: nn.Module, example_input: torch.Tensor) -> RateGrap
 
 
 def _propagate_shapes(graph_module: fx.GraphModule, example_input: torch.Tensor) -> None:
-    """Tensor shapes on every node: on fake tensors (no compute, no buffer touched), or — when a leaf branches
-    on data, which fake tensors cannot — by running a copy of the model once."""
-    with torch.no_grad():
-        fake = FakeTensorMode(allow_non_fake_inputs=True)
-        try:
-            ShapeProp(graph_module, fake_mode=fake).propagate(fake.from_tensor(example_input))
-        except RuntimeError as error:
-            if not isinstance(error.__cause__, (DynamicOutputShapeException, DataDependentOutputException)):
-                raise
-            twin = copy.deepcopy(graph_module)
-            ShapeProp(twin).propagate(example_input)
-            for node, copied in zip(graph_module.graph.nodes, twin.graph.nodes):
-                node.meta.update(copied.meta)
+    """Tensor shapes on every node, from one run on the example input that leaves no trace: the buffers it
+    updates (batch-norm running statistics) are restored and the random state is forked (dropout)."""
+    saved = {name: buffer.clone() for name, buffer in graph_module.named_buffers()}
+    devices = [example_input.device] if example_input.device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            ShapeProp(graph_module).propagate(example_input)
+    finally:
+        with torch.no_grad():
+            for name, buffer in graph_module.named_buffers():
+                buffer.copy_(saved[name])
