@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from scipy.optimize import linprog
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
 from .rules import Call, leaf_functions, leaf_modules, rule_for
@@ -191,7 +190,7 @@ def trace_constraints(model: nn.Module, example_input: torch.Tensor) -> RateGrap
             "(a mapping name → λ), which are checked numerically instead"
         ) from None
     try:
-        _propagate_shapes(graph_module, example_input)
+        _mark_tensors(graph_module, example_input)
     except RuntimeError as error:
         raise InvalidArgumentError(
             f"the model cannot run on the example input of shape {tuple(example_input.shape)}: "
@@ -202,7 +201,7 @@ def trace_constraints(model: nn.Module, example_input: torch.Tensor) -> RateGrap
     for node in graph_module.graph.nodes:
         if node.op == "output":
             output = node
-        elif "tensor_meta" not in node.meta:
+        elif not node.meta.get("is_tensor"):
             continue  # a shape, a size or another non-tensor value: no degree
         walker.visit(node)
     unused = tuple(name for i, name in enumerate(names) if i not in walker.used)
@@ -221,14 +220,24 @@ def trace_constraints(model: nn.Module, example_input: torch.Tensor) -> RateGrap
     )
 
 
-def _propagate_shapes(graph_module: fx.GraphModule, example_input: torch.Tensor) -> None:
-    """Tensor shapes on every node, from one run on the example input that leaves no trace: the buffers it
+class _TensorMarker(fx.Interpreter):
+    """Runs the graph once, marking the nodes whose value is a tensor (or a tuple of tensors)."""
+
+    def run_node(self, node: fx.Node) -> object:
+        result = super().run_node(node)
+        values = result if isinstance(result, (tuple, list)) else (result,)
+        node.meta["is_tensor"] = any(isinstance(value, torch.Tensor) for value in values)
+        return result
+
+
+def _mark_tensors(graph_module: fx.GraphModule, example_input: torch.Tensor) -> None:
+    """Which nodes hold tensors, from one run on the example input that leaves no trace: the buffers it
     updates (batch-norm running statistics) are restored and the random state is forked (dropout)."""
     saved = {name: buffer.clone() for name, buffer in graph_module.named_buffers()}
     devices = [example_input.device] if example_input.device.type == "cuda" else []
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            ShapeProp(graph_module).propagate(example_input)
+            _TensorMarker(graph_module).run(example_input)
     finally:
         with torch.no_grad():
             for name, buffer in graph_module.named_buffers():
