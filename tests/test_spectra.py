@@ -92,3 +92,14 @@ def test_feature_spectra_match_a_direct_svd_and_do_not_depend_on_the_batch_size(
     means = torch.stack([H[y == c].mean(0) for c in range(3)])
     assert whole.means.singular_values == pytest.approx(torch.linalg.svdvals(means), rel=1e-10)
     assert whole.centred_means.rank_relative <= 2  # K − 1 after centring
+
+
+def test_feature_spectra_refuses_non_finite_features_naming_the_layer():
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    X = torch.randn(6, 3)
+    X[4, 1] = float("nan")  # a batch from a loader: not checked as a dataset would be
+    batches = [(X[:3], torch.tensor([0, 1, 0])), (X[3:], torch.tensor([1, 0, 1]))]
+    with pytest.raises(InvalidArgumentError, match="features of layer '1' holds NaN"):
+        feature_spectra(model, batches, ["1"], num_classes=2)

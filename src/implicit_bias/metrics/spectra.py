@@ -22,6 +22,7 @@ from ..data import Dataset
 from ..errors import InvalidArgumentError
 from ..models.features import capture_features, feature_names
 from ..models.inference import evaluation, model_device, model_dtype
+from ..validation import check_finite
 from .layerwise import FeatureReducer, _batches
 
 
@@ -190,7 +191,7 @@ def feature_spectra(
             y = y.to(device)
             _, captured = capture_features(model, X.to(device=device, dtype=dtype), layers)
             for name, output in captured.items():
-                features = reducer(name, output).to(torch.float64)
+                features = check_finite(f"features of layer {name!r}", reducer(name, output).to(torch.float64))
                 if name not in grams:
                     grams[name] = torch.zeros(features.shape[1], features.shape[1], dtype=torch.float64, device=device)
                     sums[name] = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, device=device)
