@@ -355,3 +355,18 @@ def test_optimizer_names_and_options_are_checked():
     groups = [{"params": [nn.Parameter(torch.zeros(1))]}, {"params": [nn.Parameter(torch.zeros(1))]}]
     with pytest.raises(InvalidArgumentError, match="single parameter group"):
         DualAccelerated(groups, lr=0.1)
+
+
+def test_log_adam_keeps_its_weight_decay_at_an_exact_mse_fit():
+    # W = I fits one-hot targets exactly: ℒ = 0, ∇ℒ = 0, no moments yet — AdamW's step is θ ← (1 − lr·λ)θ.
+    from torch import nn
+
+    from implicit_bias.train import fit
+
+    model = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2, dtype=torch.float64))
+    X, y = torch.eye(2, dtype=torch.float64), torch.tensor([0, 1])
+    fit(model, (X, y), loss="mse", optimizer="adam", optimizer_options={"weight_decay": 0.1}, lr=0.1, steps=1,
+        log_points=1, progress=False)  # fmt: skip
+    assert torch.equal(model.weight.detach(), 0.99 * torch.eye(2, dtype=torch.float64))

@@ -61,6 +61,8 @@ class LogAdam(LogLossOptimizer):
             },
         )
 
+    steps_at_exact_fit = True  # ℒ = 0 (an exact mse fit): the momentum and the weight decay still act
+
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, but the moments stay float64: torch casts floating state to each parameter's dtype, which
         would round a float32 model's log-frame moments and break exact resume."""

@@ -23,6 +23,7 @@ class LogLossOptimizer(torch.optim.Optimizer):
     """
 
     steps_on_log_loss = True
+    steps_at_exact_fit = False  # whether step(log_loss=-inf) with zero gradients still moves θ (momentum, decay)
 
     def step(self, closure: None = None, *, log_loss: float) -> None:  # type: ignore[override]
         raise NotImplementedError

@@ -380,6 +380,8 @@ def _loop(
                     parameter.grad = torch.zeros_like(parameter)
                 if not on_log_loss:
                     optimizer.step()
+                elif getattr(optimizer, "steps_at_exact_fit", False):
+                    optimizer.step(log_loss=value)
             elif on_log_loss:
                 objective.backward()
                 optimizer.step(log_loss=value)
