@@ -79,24 +79,26 @@ class RateGraph:
         broken = [(c, r) for c, r in broken if abs(r) > tol]
         return sorted(broken, key=lambda item: -abs(item[1]))
 
-    def feasible(self, constraints: tuple[Constraint, ...] | None = None) -> bool:
-        """Whether some λ ≥ 0 satisfies ``constraints`` (all of the graph's by default)."""
+    def feasible_point(self, constraints: tuple[Constraint, ...] | None = None) -> np.ndarray | None:
+        """Some λ ≥ 0 satisfying ``constraints`` (all of the graph's by default), found by a linear program; None
+        when there is none."""
         rows = self.constraints if constraints is None else constraints
         if not rows:
-            return True
+            return np.zeros(len(self.names))
         A = np.stack([c.coefficients for c in rows])
         b = np.array([c.value for c in rows])
-        return linprog(np.zeros(len(self.names)), A_eq=A, b_eq=b, bounds=(0.0, None), method="highs").status == 0
+        result = linprog(np.zeros(len(self.names)), A_eq=A, b_eq=b, bounds=(0.0, None), method="highs")
+        return result.x if result.status == 0 else None
 
     def conflict(self) -> tuple[Constraint, ...]:
         """An irreducible infeasible subset of the constraints (deletion filter): dropping any one of them
         makes the rest satisfiable. Empty when the constraints are satisfiable."""
-        if self.feasible():
+        if self.feasible_point() is not None:
             return ()
         kept = list(self.constraints)
         for constraint in list(kept):
             trial = tuple(c for c in kept if c is not constraint)
-            if not self.feasible(trial):
+            if self.feasible_point(trial) is None:
                 kept = list(trial)
         return tuple(kept)
 

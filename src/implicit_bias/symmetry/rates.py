@@ -162,8 +162,8 @@ def _minimum_norm(graph: RateGraph) -> np.ndarray:
     A, b = graph.matrix
     n = len(graph.names)
     weights = np.array([name not in graph.shifts for name in graph.names])
-    feasible = linprog(np.zeros(n), A_eq=A, b_eq=b, bounds=(0.0, None), method="highs")
-    if feasible.status != 0:
+    feasible = graph.feasible_point()
+    if feasible is None:
         raise _infeasible(graph)
     scale = np.sqrt(np.where(weights, 1.0, 1e-4))
     stiffness = 1e4
@@ -177,7 +177,7 @@ def _minimum_norm(graph: RateGraph) -> np.ndarray:
         if (polished >= -1e-12).all():
             return np.clip(polished, 0.0, None)
         zero |= polished < -1e-12
-    return feasible.x
+    return feasible
 
 
 def _polish(A: np.ndarray, b: np.ndarray, weights: np.ndarray, zero: np.ndarray) -> np.ndarray | None:
