@@ -1,20 +1,15 @@
 """The training loop: histories, terminal-phase numerics, errors, checkpoints and exact resumption."""
 
 import math
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-import yaml
 
 from implicit_bias.data import load
 from implicit_bias.errors import CorruptFileError, InvalidArgumentError, NumericalError, UnknownNameError
 from implicit_bias.metrics import normalized_margin
 from implicit_bias.models import build
-from implicit_bias.train import MarginProbe, TrainConfig, fit, load_checkpoint, resume_run, run
+from implicit_bias.train import MarginProbe, TrainConfig, fit, resume_run, run
 from implicit_bias.train.rundir import CHECKPOINT_FILE
 
 
@@ -106,109 +101,6 @@ def test_float32_mse_with_batchnorm_trains():
         progress=False,
     )
     assert history.last["log_loss"] < history.rows[0]["log_loss"] and history.last["accuracy"] > 0.9
-
-
-class Interrupt(Exception):
-    pass
-
-
-def interrupt_at(step):
-    def probe(context):
-        if context.step >= step:
-            raise Interrupt
-        return {}
-
-    return probe
-
-
-@pytest.mark.parametrize(
-    "optimizer,options,batch_size",
-    [
-        ("adam", {"eps": 1e-10}, 16),
-        ("sgd", {"momentum": 0.9, "weight_decay": 1e-3}, 20),
-        ("normalized-gd", {}, None),
-    ],
-)
-def test_resume_after_an_interruption_is_bit_identical(tmp_path, optimizer, options, batch_size):
-    data = load("gaussians", num_classes=3, dim=3, seed=1)
-
-    def train(run_dir, probes=(), resume=False):
-        model = build("mlp:depth=3,width=16,bias=false", data.input_shape, 3, seed=0)
-        fit(
-            model,
-            data,
-            loss="cross-entropy",
-            optimizer=optimizer,
-            optimizer_options=options,
-            steps=120,
-            lr=0.05,
-            batch_size=batch_size,
-            probes=probes,
-            run_dir=run_dir,
-            resume=resume,
-            checkpoint_seconds=0.0,
-            log_points=15,
-            progress=False,
-        )
-        return model
-
-    reference = train(tmp_path / "a")
-    with pytest.raises(Interrupt):
-        train(tmp_path / "b", probes=[interrupt_at(33)])
-    assert 33 <= load_checkpoint(tmp_path / "b" / CHECKPOINT_FILE).step < 120
-    resumed = train(tmp_path / "b", resume=True)
-    for p, q in zip(reference.parameters(), resumed.parameters()):
-        assert torch.equal(p, q)
-    steps_a = [r["step"] for r in load_checkpoint(tmp_path / "a" / CHECKPOINT_FILE).history]
-    history_b = load_checkpoint(tmp_path / "b" / CHECKPOINT_FILE).history
-    assert [r["step"] for r in history_b] == steps_a
-
-
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    config = TrainConfig(
-        dataset="gaussians",
-        data_options={"num_classes": 4, "dim": 5, "n_per_class": 100},
-        model="mlp:depth=3,width=64,bias=false",
-        loss="exponential",
-        optimizer="sgd",
-        optimizer_options={"momentum": 0.9},
-        steps=6000,
-        lr=0.01,
-        batch_size=50,
-        checkpoint_seconds=0.05,
-        log_points=40,
-    )
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config.to_dict()))
-    killed = tmp_path / "killed"
-    command = [
-        sys.executable,
-        "-m",
-        "implicit_bias.cli",
-        "train",
-        "--config",
-        str(tmp_path / "config.yaml"),
-        "--run-dir",
-        str(killed),
-        "--no-progress",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while not (killed / CHECKPOINT_FILE).exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
-    interrupted_at = load_checkpoint(killed / CHECKPOINT_FILE).step
-    assert 0 < interrupted_at < config.steps
-    resume_run(killed, progress=False)
-    run(config, tmp_path / "straight", progress=False)
-    final = load_checkpoint(killed / CHECKPOINT_FILE)
-    reference = load_checkpoint(tmp_path / "straight" / CHECKPOINT_FILE)
-    assert final.step == reference.step == config.steps
-    for name, tensor in reference.model.items():
-        assert torch.equal(final.model[name], tensor), name
-    assert [r["log_loss"] for r in final.history] == [r["log_loss"] for r in reference.history]
 
 
 def test_run_directories_are_protected_and_checked(tmp_path):

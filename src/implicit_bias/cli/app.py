@@ -137,12 +137,25 @@ def train(
 @user_errors
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="The run directory to continue.")],
+    steps: Annotated[
+        int | None, typer.Option(help="Train to this many steps in all (extends the run). Default: the run's own.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Continue a run from its last checkpoint; the result is bit-identical to an uninterrupted run."""
+    """Continue a run from its last good checkpoint; the result is bit-identical to an uninterrupted run.
+
+    Every setting is the run's own (an edited config.yaml is refused); only --steps may extend it.
+    """
+    import warnings
+
     from ..train import resume_run
 
-    history = resume_run(run_dir, progress=progress)
+    def one_line(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+        errors.print(f"[bold yellow]warning:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        history = resume_run(run_dir, steps=steps, progress=progress)
     _print_rows(history, last=4)
     console.print(f"run {run_dir} complete")
 

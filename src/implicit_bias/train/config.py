@@ -85,8 +85,12 @@ def run(config: TrainConfig, run_dir: str | Path | None, *, resume: bool = False
     )
 
 
-def resume_run(run_dir: str | Path, *, progress: bool = True) -> History:
-    """Continue the run in ``run_dir`` from its last checkpoint, as its ``config.yaml`` describes."""
+def resume_run(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> History:
+    """Continue the run in ``run_dir`` from its last good checkpoint, as its ``config.yaml`` describes.
+
+    ``steps`` extends the run (recorded in ``config.yaml`` and ``train.log``); every other setting is the
+    run's own: a ``config.yaml`` edited since the checkpoint was written is refused.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     values = read_yaml(config_path)
@@ -96,9 +100,7 @@ def resume_run(run_dir: str | Path, *, progress: bool = True) -> History:
             "model of its own); resume it with implicit_bias.train.fit(..., run_dir=..., resume=True)"
         )
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return run(
-        TrainConfig.from_mapping({k: v for k, v in values.items() if k in fields}, source=str(config_path)),
-        run_dir,
-        resume=True,
-        progress=progress,
-    )
+    config = TrainConfig.from_mapping({k: v for k, v in values.items() if k in fields}, source=str(config_path))
+    if steps is not None:
+        config = dataclasses.replace(config, steps=steps)
+    return run(config, run_dir, resume=True, progress=progress)

@@ -3,10 +3,13 @@ atomic checkpoints and exact resumption."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +30,20 @@ from ..errors import ImplicitBiasError, InvalidArgumentError, NumericalError
 from ..losses import LOSSES, canonical_labels, log_loss, output_margins
 from ..models.inference import predict
 from ..validation import check_choice, check_features_labels, check_float_dtype, check_model_input, check_scalar
-from .checkpoint import load_checkpoint, restore, save_checkpoint
+from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .history import History
-from .probes import Probe, ProbeContext
-from .rundir import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, METRICS_FILE, atomic_write, versions, write_yaml
+from .probes import Probe, ProbeContext, probe_name
+from .rundir import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    atomic_write,
+    read_yaml,
+    remove_temporaries,
+    versions,
+    write_yaml,
+)
 
 logger = logging.getLogger("implicit_bias.train")
 
@@ -227,13 +240,14 @@ def fit(
         "reduction": reduction,
         "log_points": log_points,
     }
+    config = _plain({**dict(record or {}), **settings})
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        start, history, elapsed = 0, History(), 0.0
-        if run_path is not None:
-            start, history, elapsed = _open_run(run_path, resume, model, optimizer, {**dict(record or {}), **settings})
+        opened = _Start() if run_path is None else _open_run(run_path, resume, model, optimizer, probes, config)
         handler = _attach_log(run_path)
         try:
+            for note in opened.notes:
+                logger.warning(note)
             return _loop(
                 model,
                 dataset,
@@ -242,13 +256,14 @@ def fit(
                 loss=loss,
                 reduction=reduction,
                 steps=steps,
-                start=start,
+                start=opened.step,
                 batch_size=batch_size,
                 seed=seed,
                 probes=probes,
                 run_path=run_path,
-                history=history,
-                elapsed=elapsed,
+                config=config,
+                history=opened.history,
+                elapsed=opened.elapsed,
                 log_steps=log_spaced_steps(steps, log_points),
                 eval_batch_size=eval_batch_size,
                 checkpoint_seconds=checkpoint_seconds,
@@ -260,26 +275,121 @@ def fit(
                 handler.close()
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where a run starts: its step, the history so far, the seconds already trained, and what to log first."""
+
+    step: int = 0
+    history: History = field(default_factory=History)
+    elapsed: float = 0.0
+    notes: tuple[str, ...] = ()
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as JSON stores them (tuples become lists), so that a stored config compares equal to it."""
+    return json.loads(json.dumps(dict(values)))
+
+
+def _changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``key: old → new`` for every key but ``steps`` whose value differs, joined by "; " (empty if none)."""
+    absent = object()
+
+    def shown(value: Any) -> str:
+        return "(absent)" if value is absent else value if isinstance(value, str) else repr(value)
+
+    keys = [k for k in {**old, **new} if k != "steps" and old.get(k, absent) != new.get(k, absent)]
+    return "; ".join(f"{k}: {shown(old.get(k, absent))} → {shown(new.get(k, absent))}" for k in keys)
+
+
 def _open_run(
-    run_path: Path, resume: bool, model: nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]
-) -> tuple[int, History, float]:
-    checkpoint_path = run_path / CHECKPOINT_FILE
-    if resume:
-        if not (run_path / CONFIG_FILE).is_file():
-            raise InvalidArgumentError(f"cannot resume: {str(run_path)!r} is not a run directory (no {CONFIG_FILE})")
-        if not checkpoint_path.is_file():  # stopped before its first checkpoint: start over, same config
-            logger.info("no checkpoint yet; starting from step 0")
-            return 0, History(), 0.0
-        checkpoint = load_checkpoint(checkpoint_path)
-        restore(checkpoint, model, optimizer)
-        return checkpoint.step, checkpoint.history, float(checkpoint.extra.get("elapsed", 0.0))
-    if checkpoint_path.exists() or (run_path / CONFIG_FILE).exists():
+    run_path: Path,
+    resume: bool,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    probes: Sequence[Probe],
+    config: dict[str, Any],
+) -> _Start:
+    """Create a new run directory; or check that ``config`` and ``probes`` are those of the run being resumed
+    (only ``steps`` may change, to no fewer than the checkpoint's step) and restore its latest good checkpoint."""
+    if not resume:
+        _create_run(run_path, config)
+        return _Start()
+    recorded = _recorded_config(run_path)
+    remove_temporaries(run_path, CHECKPOINT_FILE)
+    checkpoint, fallback = latest_checkpoint(run_path / CHECKPOINT_FILE)
+    stored = recorded if checkpoint is None else checkpoint.config
+    step = 0 if checkpoint is None else checkpoint.step
+    _check_unchanged(run_path, recorded, stored, config, step)
+    if checkpoint is not None:
+        _check_probes(run_path, [name for name, _ in checkpoint.probes], [probe_name(p) for p in probes])
+    notes = [fallback] if fallback else []
+    if fallback:
+        warnings.warn(fallback, RuntimeWarning, stacklevel=3)
+    if config["steps"] != stored["steps"] or config["steps"] != recorded["steps"]:
+        notes.append(_change_steps(run_path, stored["steps"], config["steps"], step))
+    if checkpoint is None:  # stopped before its first checkpoint: start over, same config
+        return _Start(notes=(*notes, "no checkpoint yet; starting from step 0"))
+    restore(checkpoint, model, optimizer, probes)
+    return _Start(checkpoint.step, checkpoint.history, float(checkpoint.extra.get("elapsed", 0.0)), tuple(notes))
+
+
+def _create_run(run_path: Path, config: dict[str, Any]) -> None:
+    if (run_path / CHECKPOINT_FILE).exists() or (run_path / CONFIG_FILE).exists():
         raise InvalidArgumentError(
             f"{str(run_path)!r} already holds a run; resume it (implicit-bias resume) or choose a new run directory"
         )
     run_path.mkdir(parents=True, exist_ok=True)
     write_yaml(run_path / CONFIG_FILE, {**config, "versions": versions()})
-    return 0, History(), 0.0
+
+
+def _recorded_config(run_path: Path) -> dict[str, Any]:
+    """The run's ``config.yaml`` without its ``versions``."""
+    if not (run_path / CONFIG_FILE).is_file():
+        raise InvalidArgumentError(f"cannot resume: {str(run_path)!r} is not a run directory (no {CONFIG_FILE})")
+    recorded = read_yaml(run_path / CONFIG_FILE)
+    recorded.pop("versions", None)
+    return recorded
+
+
+def _check_unchanged(
+    run_path: Path, recorded: dict[str, Any], stored: dict[str, Any], config: dict[str, Any], step: int
+) -> None:
+    """Refuse an edited ``config.yaml``, a resumption with other settings than the run's, or fewer steps than
+    the checkpoint has already taken."""
+    edited = _changes(stored, recorded)
+    if edited:
+        raise InvalidArgumentError(
+            f"cannot resume {str(run_path)!r}: its {CONFIG_FILE} no longer matches the configuration stored in "
+            f"its checkpoint at step {step}: {edited}; undo the edit (to train longer, resume with --steps N)"
+        )
+    changed = _changes(stored, config)
+    if changed:
+        raise InvalidArgumentError(
+            f"cannot resume {str(run_path)!r} with other settings than it was trained with: {changed}; only steps "
+            "may change on resume (to extend the run): start a new run directory for other settings"
+        )
+    if config["steps"] < step:
+        raise InvalidArgumentError(
+            f"cannot resume {str(run_path)!r} with steps={config['steps']}: its checkpoint is already at step "
+            f"{step}; pass steps >= {step}"
+        )
+
+
+def _check_probes(run_path: Path, stored: list[str], given: list[str]) -> None:
+    if stored != given:
+        raise InvalidArgumentError(
+            f"cannot resume {str(run_path)!r} with other probes than it was trained with: probes: "
+            f"[{', '.join(stored)}] → [{', '.join(given)}]; pass the same probes in the same order"
+        )
+
+
+def _change_steps(run_path: Path, old: int, new: int, step: int) -> str:
+    """Record a change of ``steps`` in ``config.yaml``; returns the line that says so in the log."""
+    write_yaml(run_path / CONFIG_FILE, {**read_yaml(run_path / CONFIG_FILE), "steps": new})
+    return (
+        f"steps changed from {old} to {new} at step {step} ({CONFIG_FILE} updated): the rows already logged "
+        f"stay; new rows follow the log-spaced schedule of {new} steps beyond step {step}"
+    )
 
 
 def _attach_log(run_path: Path | None) -> logging.Handler | None:
@@ -306,6 +416,7 @@ def _loop(
     seed: int,
     probes: Sequence[Probe],
     run_path: Path | None,
+    config: dict[str, Any],
     history: History,
     elapsed: float,
     log_steps: list[int],
@@ -330,6 +441,8 @@ def _loop(
                 model=model,
                 optimizer=optimizer,
                 history=history,
+                config=config,
+                probes=probes,
                 extra={"elapsed": time.perf_counter() - clock},
             )
             last_save = time.perf_counter()
@@ -423,9 +536,7 @@ def _log_row(
         try:
             values = probe(context)
         except ImplicitBiasError as error:
-            raise type(error)(
-                f"probe {getattr(probe, '__name__', type(probe).__name__)} failed at step {step}: {error}"
-            ) from None
+            raise type(error)(f"probe {probe_name(probe)} failed at step {step}: {error}") from None
         for key, value in values.items():
             if math.isfinite(value):
                 row[key] = float(value)

@@ -1,7 +1,9 @@
 """Probes: callbacks that compute metrics at the logged steps of a run.
 
 A probe is any callable ``probe(context) -> {name: value}``. It returns only the values that are defined at
-that step (a margin before the data is fit is simply absent from the row).
+that step (a margin before the data is fit is simply absent from the row). A probe that keeps state between
+calls defines ``state_dict() -> {key: Tensor}`` and ``load_state_dict(state)``: checkpoints save that state and
+resuming restores it, so a resumed run logs exactly what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -79,6 +81,21 @@ class ProbeContext:
 
 Probe = Callable[[ProbeContext], Mapping[str, float]]
 
+
+def probe_name(probe: Probe) -> str:
+    """A probe's name: its function's name or its class's."""
+    return getattr(probe, "__name__", type(probe).__name__)
+
+
+def _degree_state(degree: float | None) -> dict[str, torch.Tensor]:
+    """A detected (or given) degree as a checkpointable state; NaN stands for "not homogeneous"."""
+    return {} if degree is None else {"degree": torch.tensor(degree, dtype=torch.float64)}
+
+
+def _loaded_degree(state: Mapping[str, torch.Tensor]) -> float | None:
+    return float(state["degree"]) if "degree" in state else None
+
+
 logger = logging.getLogger("implicit_bias.train")
 
 
@@ -109,6 +126,15 @@ class MarginProbe:
     def __init__(self, degree: float | None = None, batch_size: int | None = None) -> None:
         self.degree, self.batch_size = degree, batch_size
         self.homogeneous = True
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The degree L once known (NaN once the model was found not homogeneous)."""
+        return _degree_state(self.degree if self.homogeneous else math.nan)
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        degree = _loaded_degree(state)
+        self.homogeneous = degree is None or not math.isnan(degree)
+        self.degree = degree if self.homogeneous else None
 
     def __call__(self, context: ProbeContext) -> dict[str, float]:
         q = context.margins
@@ -155,7 +181,8 @@ class AsymmetricMarginProbe:
 
     Rates are inferred on the first call (``choice``, see :func:`~implicit_bias.symmetry.infer_rates`, with the
     model in evaluation mode, as margins are measured) unless given. A model that is not quasi-homogeneous is
-    reported once in the run's log and the probe logs nothing.
+    reported once in the run's log and the probe logs nothing. The rates depend on the architecture alone, not on
+    θ, so a resumed run infers the same ones again and the probe keeps no checkpointed state.
     """
 
     def __init__(self, rates: Mapping[str, float] | None = None, choice: str = "uniform") -> None:
@@ -202,6 +229,13 @@ class DirectionProbe:
     def __init__(self) -> None:
         self.previous: torch.Tensor | None = None
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """θ_s of the previous logged step, once there is one."""
+        return {} if self.previous is None else {"previous": self.previous}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.previous = state.get("previous")
+
     def __call__(self, context: ProbeContext) -> dict[str, float]:
         current = flat_parameters(context.model)
         row = {}
@@ -229,6 +263,13 @@ class KKTProbe:
     ) -> None:
         self.degree, self.slack, self.max_points = degree, slack, max_points
         self.batch_size, self.max_memory = batch_size, max_memory
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The degree L once known (NaN once the model was found not homogeneous)."""
+        return _degree_state(self.degree)
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.degree = _loaded_degree(state)
 
     def __call__(self, context: ProbeContext) -> dict[str, float]:
         if not bool((context.margins > 0).all()):

@@ -17,25 +17,55 @@ from ..errors import CorruptFileError, MissingFileError
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.safetensors"  # the last good one, kept while the next is written
 LOG_FILE = "train.log"
+TEMPORARY_SUFFIX = ".tmp"
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
+def atomic_write(path: str | Path, data: bytes | str, *, keep: str | Path | None = None) -> None:
     """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, never a mix:
-    write a temporary file in the same folder, flush it to disk, then rename it over ``path``."""
+    write a temporary file in the same folder, flush it to disk, then rename it over ``path``.
+
+    With ``keep``, the old ``path`` is first renamed to ``keep`` — only once the new file is complete and on
+    disk — so that the previous version survives too (a crash between the two renames leaves ``keep`` and no
+    ``path``). The folder is flushed after the renames.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode() if isinstance(data, str) else data
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(payload)
             file.flush()
             os.fsync(file.fileno())
+        if keep is not None and path.exists():
+            os.replace(path, keep)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the renames) to disk, where the platform allows opening a folder."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def remove_temporaries(folder: str | Path, name: str) -> None:
+    """Delete the temporary files a killed :func:`atomic_write` of ``folder/name`` left behind."""
+    for stale in Path(folder).glob(f".{name}.*{TEMPORARY_SUFFIX}"):
+        stale.unlink(missing_ok=True)
 
 
 def versions() -> dict[str, str]:
