@@ -168,6 +168,16 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
     assert "at step 19" in (tmp_path / "b" / LOG_FILE).read_text()
 
 
+def test_the_cli_says_in_one_line_which_checkpoint_it_falls_back_to(tmp_path):
+    run(quick_config(checkpoint_seconds=0.0), tmp_path / "r", progress=False)
+    truncate(tmp_path / "r" / CHECKPOINT_FILE)
+    result = CliRunner().invoke(app, ["resume", str(tmp_path / "r"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    # saved after the 40th step, then again at the end with the last row: the previous one is at step 40 too
+    assert len(warning) == 1 and warning[0].endswith(f"{PREVIOUS_CHECKPOINT_FILE}', at step 40"), result.output
+
+
 def test_two_damaged_checkpoints_are_a_clear_error(tmp_path):
     with pytest.raises(Interrupt):
         train(tmp_path / "b", stop=10)

@@ -1,6 +1,6 @@
 """Training runs: ``fit`` (the Python API), probes, history, checkpoints and run directories."""
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, resume_run, run
 from .history import History
 from .loop import as_dataset, fit
@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "as_dataset",
     "fit",
+    "latest_checkpoint",
     "load_checkpoint",
     "make_probe",
     "norms_probe",

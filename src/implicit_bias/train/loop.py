@@ -186,9 +186,15 @@ def fit(
         Called at every logged step with a :class:`ProbeContext`; their values join the row.
     run_dir : path, optional
         Where to write ``config.yaml``, ``metrics.csv``, ``train.log`` and ``checkpoint.safetensors``
-        (atomically, at least every ``checkpoint_seconds`` and at the end).
+        (atomically, at least every ``checkpoint_seconds`` and at the end; the one before is kept as
+        ``checkpoint.prev.safetensors`` and used if the newest is missing or damaged, with a warning).
     resume : bool
-        Continue from ``run_dir``'s checkpoint; the result is bit-identical to an uninterrupted run.
+        Continue from ``run_dir``'s checkpoint; the result — parameters and every logged value but ``time`` —
+        is bit-identical to an uninterrupted run. Every setting, the ``record`` and the probes (names, in order)
+        must be the run's own, and ``config.yaml`` must still match the copy inside the checkpoint; a
+        difference is refused in one line ``key: old → new``. Only ``steps`` may change, to no fewer than the
+        checkpoint's step: the change is recorded in ``config.yaml`` and ``train.log``; the rows already logged
+        stay and new rows follow the log-spaced schedule of the new ``steps`` beyond the checkpoint's step.
     record : mapping, optional
         Extra entries for ``config.yaml`` (the CLI stores the dataset and model specs there).
     """
@@ -246,8 +252,8 @@ def fit(
         opened = _Start() if run_path is None else _open_run(run_path, resume, model, optimizer, probes, config)
         handler = _attach_log(run_path)
         try:
-            for note in opened.notes:
-                logger.warning(note)
+            for level, note in opened.notes:
+                logger.log(level, note)
             return _loop(
                 model,
                 dataset,
@@ -282,7 +288,7 @@ class _Start:
     step: int = 0
     history: History = field(default_factory=History)
     elapsed: float = 0.0
-    notes: tuple[str, ...] = ()
+    notes: tuple[tuple[int, str], ...] = ()  # (logging level, line) for train.log
 
 
 def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,13 +328,14 @@ def _open_run(
     _check_unchanged(run_path, recorded, stored, config, step)
     if checkpoint is not None:
         _check_probes(run_path, [name for name, _ in checkpoint.probes], [probe_name(p) for p in probes])
-    notes = [fallback] if fallback else []
+    notes = []
     if fallback:
         warnings.warn(fallback, RuntimeWarning, stacklevel=3)
-    if config["steps"] != stored["steps"] or config["steps"] != recorded["steps"]:
-        notes.append(_change_steps(run_path, stored["steps"], config["steps"], step))
+        notes.append((logging.WARNING, fallback))
+    if config["steps"] != stored.get("steps") or config["steps"] != recorded.get("steps"):
+        notes.append((logging.INFO, _change_steps(run_path, stored.get("steps"), config["steps"], step)))
     if checkpoint is None:  # stopped before its first checkpoint: start over, same config
-        return _Start(notes=(*notes, "no checkpoint yet; starting from step 0"))
+        return _Start(notes=(*notes, (logging.INFO, "no checkpoint yet; starting from step 0")))
     restore(checkpoint, model, optimizer, probes)
     return _Start(checkpoint.step, checkpoint.history, float(checkpoint.extra.get("elapsed", 0.0)), tuple(notes))
 
@@ -383,7 +390,7 @@ def _check_probes(run_path: Path, stored: list[str], given: list[str]) -> None:
         )
 
 
-def _change_steps(run_path: Path, old: int, new: int, step: int) -> str:
+def _change_steps(run_path: Path, old: int | None, new: int, step: int) -> str:
     """Record a change of ``steps`` in ``config.yaml``; returns the line that says so in the log."""
     write_yaml(run_path / CONFIG_FILE, {**read_yaml(run_path / CONFIG_FILE), "steps": new})
     return (
