@@ -92,8 +92,9 @@ def test_resuming_with_other_settings_is_refused_in_one_line(tmp_path):
     assert "loss: cross-entropy → exponential; lr: 0.05 → 5.0; only steps may change" in message
     with pytest.raises(InvalidArgumentError, match=r"steps=50: its checkpoint is already at step 60; pass steps >= 60"):
         train(tmp_path / "r", resume=True, steps=50)
-    with pytest.raises(InvalidArgumentError, match=r"probes: \[MarginProbe, DirectionProbe, norms_probe, Stop\] → "):
-        train(tmp_path / "r", resume=True, probes=[MarginProbe()])
+    both = r"with other settings than it was trained with: lr: 0.05 → 0.1; probes: \[MarginProbe, DirectionProbe, "
+    with pytest.raises(InvalidArgumentError, match=both + r"norms_probe, Stop\] → \[MarginProbe\]; only steps"):
+        train(tmp_path / "r", resume=True, lr=0.1, probes=[MarginProbe()])
     assert (tmp_path / "r" / CHECKPOINT_FILE).read_bytes() == before
     assert yaml.safe_load((tmp_path / "r" / CONFIG_FILE).read_text())["steps"] == 60
 

@@ -325,9 +325,10 @@ def _open_run(
     checkpoint, fallback = latest_checkpoint(run_path / CHECKPOINT_FILE)
     stored = recorded if checkpoint is None else checkpoint.config
     step = 0 if checkpoint is None else checkpoint.step
-    _check_unchanged(run_path, recorded, stored, config, step)
-    if checkpoint is not None:
-        _check_probes(run_path, [name for name, _ in checkpoint.probes], [probe_name(p) for p in probes])
+    probe_names = (
+        None if checkpoint is None else ([name for name, _ in checkpoint.probes], list(map(probe_name, probes)))
+    )
+    _check_unchanged(run_path, recorded, stored, config, step, probe_names)
     notes = []
     if fallback:
         warnings.warn(fallback, RuntimeWarning, stacklevel=3)
@@ -359,10 +360,16 @@ def _recorded_config(run_path: Path) -> dict[str, Any]:
 
 
 def _check_unchanged(
-    run_path: Path, recorded: dict[str, Any], stored: dict[str, Any], config: dict[str, Any], step: int
+    run_path: Path,
+    recorded: dict[str, Any],
+    stored: dict[str, Any],
+    config: dict[str, Any],
+    step: int,
+    probe_names: tuple[list[str], list[str]] | None,
 ) -> None:
-    """Refuse an edited ``config.yaml``, a resumption with other settings than the run's, or fewer steps than
-    the checkpoint has already taken."""
+    """Refuse an edited ``config.yaml``, a resumption with other settings or probes (``probe_names``: the
+    checkpoint's and the given ones, whose states are restored by position) than the run's, or fewer steps
+    than the checkpoint has already taken."""
     edited = _changes(stored, recorded)
     if edited:
         raise InvalidArgumentError(
@@ -370,23 +377,18 @@ def _check_unchanged(
             f"its checkpoint at step {step}: {edited}; undo the edit (to train longer, resume with --steps N)"
         )
     changed = _changes(stored, config)
+    if probe_names is not None and probe_names[0] != probe_names[1]:
+        listed = [f"[{', '.join(names)}]" for names in probe_names]
+        changed = "; ".join(filter(None, [changed, f"probes: {listed[0]} → {listed[1]}"]))
     if changed:
         raise InvalidArgumentError(
             f"cannot resume {str(run_path)!r} with other settings than it was trained with: {changed}; only steps "
-            "may change on resume (to extend the run): start a new run directory for other settings"
+            "may change on resume (to extend the run): start a new run directory for other settings or probes"
         )
     if config["steps"] < step:
         raise InvalidArgumentError(
             f"cannot resume {str(run_path)!r} with steps={config['steps']}: its checkpoint is already at step "
             f"{step}; pass steps >= {step}"
-        )
-
-
-def _check_probes(run_path: Path, stored: list[str], given: list[str]) -> None:
-    if stored != given:
-        raise InvalidArgumentError(
-            f"cannot resume {str(run_path)!r} with other probes than it was trained with: probes: "
-            f"[{', '.join(stored)}] → [{', '.join(given)}]; pass the same probes in the same order"
         )
 
 
