@@ -198,19 +198,27 @@ def test_a_format_1_checkpoint_is_refused_with_the_reason(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_cuda_run_with_dropout_resumes_bit_identically(tmp_path):
-    def cuda_run(run_dir, stop=None, resume=False):
-        model = build("mlp:depth=2,width=32,dropout=0.3", DATA.input_shape, 3, seed=0)
-        fit(model, DATA, steps=40, lr=0.05, device="cuda", probes=[Stop(stop)], run_dir=run_dir, resume=resume,
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))],
+)
+def test_a_run_with_dropout_resumes_bit_identically_on_its_device(tmp_path, device):
+    """Dropout draws from the generator of the model's device: its state must be checkpointed and restored."""
+
+    def dropout_run(run_dir, stop=None, resume=False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(3, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 3)
+        )
+        fit(model, DATA, steps=40, lr=0.05, device=device, probes=[Stop(stop)], run_dir=run_dir, resume=resume,
             checkpoint_seconds=0.0, log_points=8, progress=False)  # fmt: skip
         return model
 
-    reference = cuda_run(tmp_path / "a")
+    reference = dropout_run(None)
     with pytest.raises(Interrupt):
-        cuda_run(tmp_path / "b", stop=15)
-    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_FILE).cuda_rng is not None
-    assert_same_parameters(cuda_run(tmp_path / "b", resume=True), reference)
+        dropout_run(tmp_path / "b", stop=15)
+    assert (load_checkpoint(tmp_path / "b" / CHECKPOINT_FILE).cuda_rng is not None) == (device == "cuda")
+    assert_same_parameters(dropout_run(tmp_path / "b", resume=True), reference)
 
 
 # --- SIGKILL: the test forks one training process per kill; each kills itself (SIGKILL) at a chosen os.replace of
