@@ -46,7 +46,16 @@ def canonical_labels(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Validate labels against model outputs and return them as 0..K−1 (binary ±1 labels become 0/1).
 
     A single-output model takes binary labels in {0, 1} or {−1, +1}; a K-output model labels in 0..K−1.
+    Labels must be a 1-D integer tensor (float or boolean labels are refused, never rounded).
     """
+    if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise InvalidArgumentError(
+            "labels y must be a 1-D integer tensor of class labels, got "
+            f"{f'dtype {y.dtype}' if isinstance(y, torch.Tensor) else type(y).__name__}; "
+            "convert with torch.as_tensor(y).long()"
+        )
+    if y.ndim != 1:
+        raise InvalidArgumentError(f"labels y must be a 1-D integer tensor of class labels, got shape {tuple(y.shape)}")
     if outputs.ndim not in (1, 2) or outputs.shape[0] != y.shape[0]:
         raise InvalidArgumentError(
             f"model outputs must have shape (N,) or (N, K) with N = len(y) = {y.shape[0]}, got {tuple(outputs.shape)}"

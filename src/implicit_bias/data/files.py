@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,12 +43,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (optionally gzip-compressed, recognised by its content) into a numpy array of its declared
     type and shape."""
     path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"no IDX file at {str(path)!r}")
     try:
         with open(path, "rb") as handle:
             raw = handle.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise CorruptFileError(f"cannot read IDX file {str(path)!r}: {error}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise CorruptFileError(f"{str(path)!r} is not an IDX file (bad magic number {raw[:4].hex()})")
@@ -84,6 +87,8 @@ def _idx_dataset(folder: Path, name: str) -> Dataset:
                 f"{name} {split} images must be unsigned bytes (IDX type 0x08) or floats (0x0D, 0x0E), "
                 f"got {images.dtype}"
             )
+        if labels.dtype.kind not in "ui":  # a float label file would be truncated to integers silently
+            raise CorruptFileError(f"{name} {split} labels must be integers (IDX type 0x08-0x0C), got {labels.dtype}")
         splits[split] = Dataset(X, torch.as_tensor(labels.astype(np.int64)), 10, name)
     return splits["train"].replace(test=splits["test"])
 
