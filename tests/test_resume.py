@@ -291,3 +291,13 @@ def test_runs_killed_during_and_between_checkpoint_writes_resume_bit_identically
     assert logged(history) == logged(expected)
     assert logged(load_checkpoint(killed / CHECKPOINT_FILE).history) == logged(expected)
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(tmp_path: Path) -> None:
+    # Same settings, other parameter names: torch's multi-line load_state_dict message becomes one line.
+    X, y = torch.randn(8, 3, dtype=torch.float64), torch.arange(8) % 2
+    fit(torch.nn.Linear(3, 1, dtype=torch.float64), (X, y), steps=2, run_dir=tmp_path / "run", progress=False)
+    other = torch.nn.Sequential(torch.nn.Linear(3, 1, dtype=torch.float64))
+    with pytest.raises(CorruptFileError, match=r"does not match this model .*Missing key\(s\).*\"0\.weight\"") as info:
+        fit(other, (X, y), steps=2, run_dir=tmp_path / "run", resume=True, progress=False)
+    assert "\n" not in str(info.value)

@@ -235,7 +235,8 @@ def restore(
         model.load_state_dict(checkpoint.model)
         optimizer.load_state_dict(checkpoint.optimizer)
     except (RuntimeError, ValueError, KeyError) as error:
-        raise CorruptFileError(f"the checkpoint does not match this model or optimizer: {error}") from None
+        reason = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())  # one line
+        raise CorruptFileError(f"the checkpoint does not match this model or optimizer: {reason}") from None
     device = next(iter(model.parameters())).device
     for probe, (_, state) in zip(probes, checkpoint.probes, strict=True):
         if hasattr(probe, "load_state_dict"):
