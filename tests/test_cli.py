@@ -119,6 +119,12 @@ def test_reproduce_writes_result_figures_and_report(tmp_path):
         (["reproduce", "homogeneous-margin", "--set", "stepz=3"], "'stepz'"),
         (["reproduce", "homogeneous-margin", "--set", "steps=many"], "steps must be int"),
         (["train", "--device", "cuda:0"], "CUDA"),
+        (["train", "--model", "mlp:bias=flase"], "option bias must be bool (true or false), got str 'flase'"),
+        (["train", "-d", "standardize=flase"], "option standardize must be bool (true or false)"),
+        (["train", "--optimizer", "sgd", "-o", "nesterov=ja"], "option nesterov must be bool (true or false)"),
+        (["train", "--dtype", "float16"], "dtype must be float64 or float32, got 'float16'"),
+        (["train", "--dtype", "bfloat16"], "dtype must be float64 or float32"),
+        (["train", "--optimizer", "sgd", "-o", "nesterov=true"], "nesterov needs momentum > 0 and dampening 0"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(tmp_path, monkeypatch, args, fragment):
@@ -136,6 +142,8 @@ def test_malformed_config_file(tmp_path):
     assert_user_error(invoke("train", "--config", bad), "not valid YAML")
     bad.write_text("learning_rate: 0.1\n")
     assert_user_error(invoke("train", "--config", bad), "'learning_rate'")
+    bad.write_text("dtype: float16\n")
+    assert_user_error(invoke("train", "--config", bad), "dtype must be float64 or float32, got 'float16'")
 
 
 def test_reproduce_refuses_to_overwrite(tmp_path):
