@@ -1,12 +1,14 @@
 """The command line: happy paths and every user error as one line with exit code 2."""
 
 import json
+from dataclasses import dataclass
 
 import pytest
 from typer.testing import CliRunner
 
 from implicit_bias import __version__
 from implicit_bias.cli import app
+from implicit_bias.experiments import EXPERIMENTS, Experiment, ExperimentError, Outcome, reproduce
 
 runner = CliRunner()
 
@@ -117,6 +119,12 @@ def test_reproduce_writes_result_figures_and_report(tmp_path):
         (["reproduce", "homogeneous-margin", "--set", "stepz=3"], "'stepz'"),
         (["reproduce", "homogeneous-margin", "--set", "steps=many"], "steps must be int"),
         (["train", "--device", "cuda:0"], "CUDA"),
+        (["train", "--model", "mlp:bias=flase"], "option bias must be bool (true or false), got str 'flase'"),
+        (["train", "-d", "standardize=flase"], "option standardize must be bool (true or false)"),
+        (["train", "--optimizer", "sgd", "-o", "nesterov=ja"], "option nesterov must be bool (true or false)"),
+        (["train", "--dtype", "float16"], "dtype must be float64 or float32, got 'float16'"),
+        (["train", "--dtype", "bfloat16"], "dtype must be float64 or float32"),
+        (["train", "--optimizer", "sgd", "-o", "nesterov=true"], "nesterov needs momentum > 0 and dampening 0"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(tmp_path, monkeypatch, args, fragment):
@@ -134,6 +142,8 @@ def test_malformed_config_file(tmp_path):
     assert_user_error(invoke("train", "--config", bad), "not valid YAML")
     bad.write_text("learning_rate: 0.1\n")
     assert_user_error(invoke("train", "--config", bad), "'learning_rate'")
+    bad.write_text("dtype: float16\n")
+    assert_user_error(invoke("train", "--config", bad), "dtype must be float64 or float32, got 'float16'")
 
 
 def test_reproduce_refuses_to_overwrite(tmp_path):
@@ -153,3 +163,103 @@ def test_rates_prints_the_table_and_a_passing_check():
 def test_rates_refuses_non_quasi_homogeneous_and_unknown_choices():
     assert_user_error(invoke("rates", "mlp:depth=2", "--choice", "largest"), "choice must be one of")
     assert_user_error(invoke("rates", "mlp:depth=2", "--mode", "test"), "mode")
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    threshold: float = 0.5
+
+
+def _claim_holds(config, folder, progress):
+    return Outcome(passed=1.0 > config.threshold, numbers={"value": 1.0}, figures=[])
+
+
+def _raises(config, folder, progress):
+    raise RuntimeError("boom | from a fake experiment")
+
+
+FAKES = {  # in this order: the one that raises runs first
+    "fake-raises": Experiment("fake-raises", "raises", TinyConfig(), TinyConfig(), _raises, "value"),
+    "fake-passes": Experiment("fake-passes", "1 > 0.5", TinyConfig(), TinyConfig(), _claim_holds, "value"),
+    "fake-fails": Experiment("fake-fails", "1 > 2", TinyConfig(2.0), TinyConfig(2.0), _claim_holds, "value"),
+}
+
+
+@pytest.fixture
+def fake_registry():
+    """EXPERIMENTS holding only the three instant fakes (the real registry is restored afterwards)."""
+    saved = dict(EXPERIMENTS)
+    EXPERIMENTS.clear()
+    EXPERIMENTS.update(FAKES)
+    yield FAKES
+    EXPERIMENTS.clear()
+    EXPERIMENTS.update(saved)
+
+
+def test_reproduce_exit_code_says_whether_the_claim_held(tmp_path, fake_registry):
+    passed = invoke("reproduce", "fake-passes", "--quick", "--out", tmp_path, "--no-progress")
+    assert passed.exit_code == 0 and "PASSED" in passed.output, passed.output
+    failed = invoke("reproduce", "fake-fails", "--quick", "--out", tmp_path, "--no-progress")
+    assert failed.exit_code == 1 and "FAILED" in failed.output, failed.output
+    assert json.loads((tmp_path / "fake-fails" / "result.json").read_text())["passed"] is False
+    # the same experiment made to pass by an override exits 0: the code follows the verdict, not the name
+    fixed = invoke("reproduce", "fake-fails", "--set", "threshold=0.1", "--out", tmp_path / "b", "--no-progress")
+    assert fixed.exit_code == 0, fixed.output
+
+
+def test_reproduce_that_raises_records_the_error_and_exits_1(tmp_path, fake_registry):
+    result = invoke("reproduce", "fake-raises", "--out", tmp_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "RuntimeError: boom" in result.output
+    folder = tmp_path / "fake-raises"
+    payload = json.loads((folder / "result.json").read_text())
+    assert payload["passed"] is False and payload["error"] == "RuntimeError: boom | from a fake experiment"
+    trace = (folder / payload["traceback"]).read_text()
+    assert trace.startswith("Traceback") and "in _raises" in trace
+    assert "ERROR" in (folder / "report.md").read_text()
+    with pytest.raises(ExperimentError, match="'fake-raises' raised RuntimeError: boom") as caught:
+        reproduce("fake-raises", tmp_path / "python", progress=False)
+    assert caught.value.result["error"] == payload["error"]
+
+
+def test_reproduce_all_runs_past_an_error_writes_the_index_and_exits_1(tmp_path, fake_registry):
+    result = invoke("reproduce", "--all", "--quick", "--out", tmp_path, "--no-progress")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    for name in fake_registry:  # the one that raised came first: the other two still ran
+        assert "passed" in json.loads((tmp_path / name / "result.json").read_text())
+    assert (tmp_path / "fake-raises" / "traceback.txt").is_file()
+    rows = {
+        line.split("]")[0].lstrip("| ["): line
+        for line in (tmp_path / "index.md").read_text().splitlines()
+        if line.startswith("| [")
+    }
+    assert set(rows) == set(fake_registry)
+    assert "| error |" in rows["fake-raises"] and "boom \\| from" in rows["fake-raises"]  # the pipe escaped
+    assert "| yes |" in rows["fake-passes"] and "| no |" in rows["fake-fails"]
+    assert "1 of 3 claims reproduced; 1 experiment(s) raised an error." in (tmp_path / "index.md").read_text()
+
+
+def test_reproduce_all_exits_0_when_every_claim_holds(tmp_path, fake_registry):
+    del EXPERIMENTS["fake-raises"], EXPERIMENTS["fake-fails"]
+    result = invoke("reproduce", "--all", "--out", tmp_path, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "1 of 1 claims reproduced." in (tmp_path / "index.md").read_text()
+
+
+def test_a_left_folder_needs_force_which_replaces_only_a_reproduction(tmp_path, fake_registry):
+    assert invoke("reproduce", "fake-passes", "--out", tmp_path, "--no-progress").exit_code == 0
+    stale = tmp_path / "fake-passes" / "stale.png"
+    stale.write_text("from the killed run")
+    assert_user_error(invoke("reproduce", "fake-passes", "--out", tmp_path), "--force")
+    replaced = invoke("reproduce", "fake-passes", "--out", tmp_path, "--force", "--no-progress")
+    assert replaced.exit_code == 0, replaced.output
+    assert not stale.exists() and (tmp_path / "fake-passes" / "result.json").is_file()
+    foreign = tmp_path / "fake-fails"  # non-empty, but not a reproduction of fake-fails: never deleted
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert_user_error(invoke("reproduce", "fake-fails", "--out", tmp_path, "--force"), "will not delete")
+    assert (foreign / "notes.txt").read_text() == "mine"
+    # --all checks every folder before running anything
+    assert_user_error(invoke("reproduce", "--all", "--out", tmp_path), "--force")
+    assert not (tmp_path / "fake-raises").exists()

@@ -2,6 +2,7 @@
 
 import gzip
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +262,39 @@ def test_dataset_rejects_mismatched_inputs():
         Dataset(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long), 2)
     with pytest.raises(InvalidArgumentError, match="labels .* must lie in 0..1"):
         Dataset(torch.zeros(3, 2), torch.tensor([0, 1, 2]), 2)
+
+
+@pytest.mark.parametrize(
+    "options,fragment",
+    [
+        ({"standardize": "flase"}, "option standardize must be bool (true or false), got str 'flase'"),  # was truthy
+        ({"per_class": 2.5}, "option per_class must be int | None, got float 2.5"),
+        ({"n_per_class": True}, "option n_per_class must be int, got bool True"),
+        ({"noise": "x"}, "option noise must be float, got str 'x'"),
+        ({"classes": [0, "1"]}, "option classes must be list[int] | None, got list [0, '1']"),
+        ({"seed": 1.5}, "option seed must be int | None, got float 1.5"),
+    ],
+)
+def test_option_types_are_checked_against_the_loaders_annotations(options, fragment):
+    with pytest.raises(InvalidArgumentError) as caught:
+        load("gaussians", **options)
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message
+    assert "allowed: seed: int | None, num_classes: int, dim: int," in message and "standardize: bool" in message
+
+
+def test_standardize_false_and_0_leave_the_features_as_generated():
+    raw = load("gaussians", num_classes=2, seed=3)
+    for off in (False, 0):
+        assert torch.equal(load("gaussians", num_classes=2, seed=3, standardize=off).X, raw.X)
+    scaled = load("gaussians", num_classes=2, seed=3, standardize=1).X
+    assert torch.allclose(scaled.mean(dim=0), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(scaled.std(dim=0), torch.ones(2, dtype=torch.float64), atol=1e-12)  # z-scores
+
+
+def test_a_path_option_takes_a_string_or_a_path_and_nothing_else(tmp_path):
+    for path in (tmp_path / "absent", str(tmp_path / "absent")):
+        with pytest.raises(MissingFileError, match="absent"):  # got past the type check, to the folder check
+            load("mnist", path=path)
+    with pytest.raises(InvalidArgumentError, match=re.escape("option path must be str | Path | None, got int 3")):
+        load("mnist", path=3)

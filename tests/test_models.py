@@ -138,5 +138,45 @@ def test_bad_specs_are_refused_with_the_allowed_options():
         build("mlp:depth", (4,), 3)
     with pytest.raises(InvalidArgumentError, match="too small for the cnn"):
         build("cnn", (1, 8, 8), 10)
-    with pytest.raises(UnknownNameError, match="unknown activation 'tanh'"):
+    with pytest.raises(
+        UnknownNameError, match=r"activation must be 'relu' \| 'leaky_relu' \| 'identity', got str 'tanh'"
+    ):
         build("mlp:activation=tanh", (4,), 3)
+
+
+def _bias_count(model):
+    return sum(module.bias is not None for module in model.modules() if isinstance(module, torch.nn.Linear))
+
+
+@pytest.mark.parametrize("value,biases", [("false", 0), ("0", 0), ("true", 2), ("1", 2)])
+def test_bool_options_take_true_false_1_0(value, biases):
+    assert _bias_count(build(f"mlp:depth=2,width=3,bias={value}", (4,), 3)) == biases  # two Linear layers
+
+
+@pytest.mark.parametrize(
+    "spec,fragment",
+    [
+        ("mlp:bias=flase", "option bias must be bool (true or false), got str 'flase'"),  # was built with biases
+        ("mlp:bias=2", "option bias must be bool (true or false), got int 2"),
+        ({"name": "mlp", "bias": "false"}, "got str 'false'"),
+        ("mlp:width=2.5", "option width must be int, got float 2.5"),
+        ("mlp:depth=true", "option depth must be int, got bool True"),
+        ("mlp:negative_slope=small", "option negative_slope must be float, got str 'small'"),
+        ("mlp:init_scale=nan", "option init_scale must be float, got float nan"),
+        ("cnn:channels=[4, x]", r"option channels must be tuple[int, int] | list[int], got list [4, 'x']"),
+        ("resnet:norm=group", "option norm must be 'none' | 'batchnorm' | 'layernorm' | 'groupnorm'"),
+        ("cnn:padding=full", "option padding must be 'valid' | 'same', got str 'full'"),
+    ],
+)
+def test_option_types_are_checked_against_the_builders_annotations(spec, fragment):
+    with pytest.raises(InvalidArgumentError) as caught:
+        build(spec, (1, 8, 8), 3)
+    message = str(caught.value)
+    assert fragment in message and "\n" not in message
+    assert "allowed: " in message and "outputs: int, init_scale: float" in message  # every option with its type
+
+
+def test_whole_numbers_and_ints_convert_exactly():
+    model = build("mlp:depth=2,width=1e1,negative_slope=0,activation=leaky_relu", (4,), 3)
+    assert model.layer1[0].out_features == 10 and model.layer1[1].negative_slope == 0.0
+    assert isinstance(model.layer1[1].negative_slope, float)

@@ -197,3 +197,89 @@ def check_float_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
         raise InvalidArgumentError(f"dtype must be a floating dtype such as 'float64' or 'float32', got {dtype!r}")
     return resolved
+
+
+def check_options(what: str, options: Mapping[str, Any], *sources: Any, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """``options`` checked against the annotated keyword parameters of ``sources`` (callables or classes, whose
+    ``__init__`` is read, or mappings of name → type; a later source's annotation of a name wins).
+
+    Unknown keys are refused (:class:`UnknownNameError`) and each value must match its annotation: ``bool``
+    takes True / False / 0 / 1 (never a string such as ``"flase"``), ``int`` an integer or a whole float
+    (``1e3``; not a bool, not 2.5), ``float`` a real number (NaN refused), ``Literal`` one of its values (else
+    :class:`UnknownNameError`), ``tuple`` / ``list`` a list or tuple of the right length and element types,
+    ``X | None`` None too; an unannotated parameter takes anything. Every error is one line listing the allowed
+    options with their types. Returns the options converted (0/1 → bool, 1e3 → 1000, int → float, list ↔ tuple).
+    """
+    import inspect
+    import numbers
+    import types
+    import typing
+
+    exclude = set(exclude)
+    annotations: dict[str, Any] = {}
+    for source in sources:
+        if isinstance(source, Mapping):
+            annotations.update(source)
+            continue
+        hints = typing.get_type_hints(source.__init__ if isinstance(source, type) else source)
+        for key, parameter in inspect.signature(source).parameters.items():
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) and key not in exclude:
+                annotations[key] = hints.get(key, Any)
+    missing = object()
+
+    def describe(kind: Any) -> str:
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if kind is type(None):
+            return "None"
+        if origin is typing.Literal:
+            return " | ".join(map(repr, args))
+        if origin in (typing.Union, types.UnionType):
+            return " | ".join(map(describe, args))
+        if origin is not None:
+            return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else describe(a) for a in args)}]"
+        return getattr(kind, "__name__", str(kind))
+
+    def convert(value: Any, kind: Any) -> Any:  # the converted value, or `missing` if it does not match
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if kind is Any:
+            return value
+        if kind is type(None) or kind is None:
+            return None if value is None else missing
+        if origin is typing.Literal:
+            return value if any(value == a and type(value) is type(a) for a in args) else missing
+        if origin in (typing.Union, types.UnionType):
+            return next((c for c in (convert(value, a) for a in args) if c is not missing), missing)
+        if kind is bool:
+            return bool(value) if isinstance(value, (bool, numbers.Integral)) and value in (0, 1) else missing
+        if kind is int:
+            whole = isinstance(value, float) and value.is_integer()  # 1e3 on a command line reads as a float
+            integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            return int(value) if integer or whole else missing
+        if kind is float:
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            return float(value) if real and not math.isnan(value) else missing
+        if origin in (tuple, list):
+            if not isinstance(value, (tuple, list)):
+                return missing
+            items = args if origin is tuple and Ellipsis not in args else (args[:1] or (Any,)) * len(value)
+            if len(items) != len(value):
+                return missing
+            converted = [convert(item, item_kind) for item, item_kind in zip(value, items)]
+            return missing if any(c is missing for c in converted) else origin(converted)
+        target = origin or kind
+        return value if not isinstance(target, type) or isinstance(value, target) else missing
+
+    listing = ", ".join(f"{key}: {describe(kind)}" for key, kind in annotations.items()) or "(none)"
+    unknown = [key for key in options if key not in annotations]
+    if unknown:
+        raise UnknownNameError(f"unknown {what} option(s) {', '.join(map(repr, unknown))}; allowed: {listing}")
+    checked = {}
+    for key, value in options.items():
+        checked[key] = convert(value, annotations[key])
+        if checked[key] is missing:
+            expected = describe(annotations[key]).replace("bool", "bool (true or false)")
+            error = UnknownNameError if typing.get_origin(annotations[key]) is typing.Literal else InvalidArgumentError
+            raise error(
+                f"{what} option {key} must be {expected}, got {type(value).__name__} {value!r}; allowed: {listing}"
+            )
+    return checked

@@ -29,6 +29,7 @@ console = Console()
 if not console.is_terminal:  # logs and pipes: wide enough that tables keep one line per row
     console = Console(width=160)
 errors = Console(stderr=True)
+TRAIN_DTYPES = ("float64", "float32")
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -92,7 +93,7 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Number of optimizer steps. Default: 1000.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. Default: 0.05.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size. Default: full batch.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float64 | float32. Default: float64.")] = None,
+    dtype: Annotated[str | None, typer.Option(help=f"{' | '.join(TRAIN_DTYPES)}. Default: float64.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda. Default: cpu.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed. Default: 0.")] = None,
     probe: Annotated[list[str] | None, typer.Option(help="Probe name (repeatable). Default: margins.")] = None,
@@ -127,6 +128,11 @@ def train(
     if probe:
         overrides["probes"] = list(probe)
     resolved = dataclass_from_mapping(TrainConfig, overrides, base=base, source="options")
+    if resolved.dtype not in TRAIN_DTYPES:
+        raise InvalidArgumentError(
+            f"dtype must be {' or '.join(TRAIN_DTYPES)}, got {resolved.dtype!r} (half precisions underflow in the "
+            "terminal phase)"
+        )
     folder = run_dir or timestamped("train")
     history = run(resolved, folder, progress=progress)
     _print_rows(history, last=4)
@@ -274,10 +280,18 @@ def reproduce(
         list[str] | None, typer.Option("--set", help="Override a config field, key=value (repeatable).")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder. Default: runs/reproduce-<time>.")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(help="Replace an earlier reproduction of the same experiment in the output folder."),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run a registered experiment (or --all): it checks its claim and writes result.json, figures and a report."""
-    from ..experiments import EXPERIMENTS, reproduce_all
+    """Run a registered experiment (or --all): it checks its claim and writes result.json, figures and a report.
+
+    Exit code 0: every claim reproduced; 1: a claim failed or an experiment raised (its traceback is in its
+    folder); 2: a usage error (unknown name, bad --set, a non-empty output folder without --force).
+    """
+    from ..experiments import EXPERIMENTS, ExperimentError, reproduce_all
     from ..experiments import reproduce as run_experiment
 
     if all_ == (name is not None):
@@ -293,24 +307,30 @@ def reproduce(
         def add(result: dict[str, Any]) -> None:
             key = EXPERIMENTS[result["name"]].key_number
             value = result["numbers"].get(key)
-            table.add_row(
-                result["name"],
-                result["claim"],
-                "[green]yes[/]" if result["passed"] else "[red]no[/]",
-                f"{key} = {value:.4g}" if isinstance(value, (int, float)) else "",
-                f"{result['seconds']:.1f}",
-            )
+            if "error" in result:
+                passed, shown = "[red]error[/]", result["error"]
+            else:
+                passed = "[green]yes[/]" if result["passed"] else "[red]no[/]"
+                shown = f"{key} = {value:.4g}" if isinstance(value, (int, float)) else ""
+            table.add_row(result["name"], result["claim"], passed, shown, f"{result['seconds']:.1f}")
 
-        reproduce_all(folder, quick=quick, progress=progress, on_result=add)
+        results = reproduce_all(folder, quick=quick, progress=progress, force=force, on_result=add)
         console.print(table)
         console.print(f"index report: [bold]{folder / 'index.md'}[/]")
+        if not all(result["passed"] for result in results):
+            raise typer.Exit(1)
         return
     assert name is not None
-    result = run_experiment(
-        name, folder / name, quick=quick, overrides=parse_assignments(set_ or [], "--set"), progress=progress
-    )
+    overrides = parse_assignments(set_ or [], "--set")
+    try:
+        result = run_experiment(name, folder / name, quick=quick, overrides=overrides, progress=progress, force=force)
+    except ExperimentError as error:
+        errors.print(f"[bold red]{name}: ERROR[/] {error}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(1) from None
     verdict = "[green]PASSED[/]" if result["passed"] else "[red]FAILED[/]"
     console.print(f"{name}: {verdict} in {result['seconds']:.1f} s — {result['claim']}")
     for key, value in result["numbers"].items():
         console.print(f"  {key} = {value:.6g}" if isinstance(value, float) else f"  {key} = {value}")
     console.print(f"report: [bold]{folder / name / 'report.md'}[/]")
+    if not result["passed"]:
+        raise typer.Exit(1)

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ..validation import check_choice, check_float_dtype, check_keys
+from ..validation import check_choice, check_float_dtype, check_options
 from .builtin import digits, mnist1d
 from .dataset import Dataset, balanced_subsample, corrupt_labels, select_classes
 from .dataset import standardize as standardize_features
@@ -73,8 +73,9 @@ def load(
     """
     check_choice("dataset", name, LOADERS)
     loader = LOADERS[name]
-    specific = loader_options(name)
-    check_keys(f"dataset {name!r}", options, [*specific, *COMMON_OPTIONS])
+    shared = {"seed": seed, "classes": classes, "per_class": per_class, "standardize": standardize, "dtype": dtype}
+    options = check_options(f"dataset {name!r}", {**options, **shared}, loader, load, exclude=("name",))
+    seed, classes, per_class, standardize, dtype = (options.pop(key) for key in COMMON_OPTIONS)
     if seed is not None and "seed" in inspect.signature(loader).parameters:
         options["seed"] = seed
     dataset = loader(**options)

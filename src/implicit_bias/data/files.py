@@ -93,13 +93,13 @@ def _idx_dataset(folder: Path, name: str) -> Dataset:
     return splits["train"].replace(test=splits["test"])
 
 
-def mnist(*, path: str | None = None) -> Dataset:
+def mnist(*, path: str | Path | None = None) -> Dataset:
     """MNIST from the four standard IDX files in folder ``path`` (``.gz`` accepted): images scaled to [0, 1],
     shape (N, 1, 28, 28), with the official 10 000-image test split."""
     return _idx_dataset(_require_folder(path, "mnist"), "mnist")
 
 
-def fashion_mnist(*, path: str | None = None) -> Dataset:
+def fashion_mnist(*, path: str | Path | None = None) -> Dataset:
     """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017) from its four IDX files, named and laid out as MNIST's, in
     folder ``path``, by default :data:`FASHION_MNIST_ROOT` where the Debian package ``dataset-fashion-mnist``
     installs them: 60 000 training and 10 000 test images (N, 1, 28, 28) in [0, 1], 6000 / 1000 per class
@@ -151,7 +151,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def cifar10(*, path: str | None = None) -> Dataset:
+def cifar10(*, path: str | Path | None = None) -> Dataset:
     """CIFAR-10 from the python batches (``data_batch_1``…``data_batch_5``, ``test_batch``) in folder ``path``
     or its ``cifar-10-batches-py`` subfolder: images scaled to [0, 1], shape (N, 3, 32, 32)."""
     folder = _require_folder(path, "cifar10")
@@ -172,7 +172,7 @@ def cifar10(*, path: str | None = None) -> Dataset:
     return split(list(CIFAR_TRAIN)).replace(test=split([CIFAR_TEST]))
 
 
-def _require_folder(path: str | None, name: str, fix: str = "") -> Path:
+def _require_folder(path: str | Path | None, name: str, fix: str = "") -> Path:
     if path is None:
         raise MissingFileError(f"{name} is read from disk: pass path=<folder holding the files>")
     folder = Path(path).expanduser()

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from ..validation import check_choice, check_keys, check_scalar
+from ..errors import InvalidArgumentError
+from ..validation import check_choice, check_options, check_scalar
 from .adam import LogAdam
 from .dual_accelerated import DualAccelerated
 from .loss_based import LossBasedLR
@@ -46,6 +47,10 @@ def _sgd(
     weight_decay: float = 0.0,
     nesterov: bool = False,
 ) -> torch.optim.Optimizer:
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise InvalidArgumentError(
+            f"sgd: nesterov needs momentum > 0 and dampening 0, got momentum={momentum} and dampening={dampening}"
+        )
     return torch.optim.SGD(
         params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
     )
@@ -90,7 +95,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """Construct optimizer ``name`` (see :data:`OPTIMIZERS`) over ``params`` with learning rate ``lr``."""
     check_choice("optimizer", name, OPTIMIZERS)
-    check_keys(f"optimizer {name!r}", options, optimizer_options(name))
+    options = check_options(f"optimizer {name!r}", options, OPTIMIZERS[name], exclude=("params", "lr"))
     check_scalar("lr", lr, (int, float), low=0.0, low_inclusive=False)
     return OPTIMIZERS[name](params, lr=float(lr), **options)
 

@@ -12,6 +12,24 @@ from . import (  # noqa: F401  (importing a module registers its experiments)
     sukenik,
     tsilivis_2024,
 )
-from .registry import EXPERIMENTS, Experiment, Outcome, register, reproduce, reproduce_all, resolve_config
+from .registry import (
+    EXPERIMENTS,
+    Experiment,
+    ExperimentError,
+    Outcome,
+    register,
+    reproduce,
+    reproduce_all,
+    resolve_config,
+)
 
-__all__ = ["EXPERIMENTS", "Experiment", "Outcome", "register", "reproduce", "reproduce_all", "resolve_config"]
+__all__ = [
+    "EXPERIMENTS",
+    "Experiment",
+    "ExperimentError",
+    "Outcome",
+    "register",
+    "reproduce",
+    "reproduce_all",
+    "resolve_config",
+]

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError
+from ..errors import ImplicitBiasError, InvalidArgumentError
 from ..report import experiment_report, index_report
-from ..train.rundir import atomic_write, versions, write_yaml
+from ..train.rundir import atomic_write, read_yaml, versions, write_yaml
 from ..validation import check_choice, dataclass_from_mapping
 
 
@@ -69,6 +71,74 @@ def resolve_config(name: str, *, quick: bool, overrides: Mapping[str, Any] | Non
     return dataclass_from_mapping(type(base), dict(overrides or {}), base=base, source=f"experiment {name!r}")
 
 
+class ExperimentError(RuntimeError):
+    """An experiment raised while it ran. Its folder keeps the evidence: ``result.json`` (``passed`` false,
+    ``error``), ``report.md`` and the traceback in ``traceback.txt``; ``result`` is that result."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+TRACEBACK_FILE = "traceback.txt"
+
+
+def _check_folder(name: str, folder: Path, *, force: bool) -> bool:
+    """Whether ``folder`` holds an earlier reproduction of ``name`` to delete first (only with ``force``).
+
+    A non-empty folder is refused without ``force``; with it, only a folder whose ``config.yaml`` names the
+    experiment is given up for deletion, so nothing else is ever removed.
+    """
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise InvalidArgumentError(f"{str(folder)!r} is not a folder; choose a new output folder")
+    if not folder.exists() or not any(folder.iterdir()):
+        return False
+    if not force:
+        raise InvalidArgumentError(
+            f"{str(folder)!r} is not empty (a reproduction that finished or was killed); pass --force "
+            "(force=True) to replace it, or choose a new output folder (--out)"
+        )
+    try:
+        recorded = read_yaml(folder / "config.yaml").get("experiment")
+    except ImplicitBiasError:
+        recorded = None
+    if recorded != name:
+        raise InvalidArgumentError(
+            f"{str(folder)!r} is not empty and does not hold a reproduction of {name!r} (no config.yaml naming it), "
+            "so --force will not delete it; choose a new output folder (--out)"
+        )
+    return True
+
+
+def _run(name: str, config: Any, folder: Path, *, quick: bool, progress: bool) -> dict[str, Any]:
+    """Run the prepared experiment; an exception is recorded in the folder and raised as :class:`ExperimentError`."""
+    experiment = EXPERIMENTS[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    config_dict = dataclasses.asdict(config)
+    write_yaml(folder / "config.yaml", {"experiment": name, "quick": quick, **config_dict, "versions": versions()})
+    result: dict[str, Any] = {"name": name, "claim": experiment.claim, "quick": quick}
+    start = time.perf_counter()
+    try:
+        outcome = experiment.runner(config, folder, progress)
+    except Exception as error:  # noqa: BLE001 (any failure of the run is recorded, then raised as ExperimentError)
+        atomic_write(folder / TRACEBACK_FILE, traceback.format_exc())
+        message = f"{type(error).__name__}: {error}".strip().split("\n")[0]
+        result |= {"passed": False, "error": message, "traceback": TRACEBACK_FILE, "numbers": {}, "figures": []}
+        result["seconds"] = time.perf_counter() - start
+        notes = ""
+    else:
+        result |= {"passed": bool(outcome.passed), "numbers": outcome.numbers, "figures": outcome.figures}
+        result["seconds"] = time.perf_counter() - start
+        notes = outcome.notes
+    atomic_write(folder / "result.json", json.dumps(result, indent=2))
+    atomic_write(folder / "report.md", experiment_report(result, config_dict, notes))
+    if "error" in result:
+        raise ExperimentError(
+            f"experiment {name!r} raised {result['error']} (traceback: {folder / TRACEBACK_FILE})", result
+        )
+    return result
+
+
 def reproduce(
     name: str,
     out_dir: str | Path,
@@ -76,35 +146,20 @@ def reproduce(
     quick: bool = False,
     overrides: Mapping[str, Any] | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run experiment ``name`` into ``out_dir``: ``config.yaml``, figures, ``result.json`` and ``report.md``.
 
-    Returns the result: ``{"name", "claim", "passed", "numbers", "figures", "seconds", "quick"}``.
+    A non-empty ``out_dir`` is refused unless ``force``, which replaces an earlier reproduction of ``name``
+    (finished or killed) and nothing else. Returns the result: ``{"name", "claim", "passed", "numbers",
+    "figures", "seconds", "quick"}``. If the experiment raises, the result gains ``"error"`` (the message) and
+    ``"traceback"`` (a file in ``out_dir``), is written all the same, and :class:`ExperimentError` is raised.
     """
     config = resolve_config(name, quick=quick, overrides=overrides)
-    experiment = EXPERIMENTS[name]
     folder = Path(out_dir)
-    if folder.exists() and any(folder.iterdir()):
-        raise InvalidArgumentError(
-            f"{str(folder)!r} is not empty; choose a new output folder so no result is overwritten"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    config_dict = dataclasses.asdict(config)
-    write_yaml(folder / "config.yaml", {"experiment": name, "quick": quick, **config_dict, "versions": versions()})
-    start = time.perf_counter()
-    outcome = experiment.runner(config, folder, progress)
-    result = {
-        "name": name,
-        "claim": experiment.claim,
-        "passed": bool(outcome.passed),
-        "numbers": outcome.numbers,
-        "figures": outcome.figures,
-        "seconds": time.perf_counter() - start,
-        "quick": quick,
-    }
-    atomic_write(folder / "result.json", json.dumps(result, indent=2))
-    atomic_write(folder / "report.md", experiment_report(result, config_dict, outcome.notes))
-    return result
+    if _check_folder(name, folder, force=force):
+        shutil.rmtree(folder)
+    return _run(name, config, folder, quick=quick, progress=progress)
 
 
 def reproduce_all(
@@ -112,16 +167,32 @@ def reproduce_all(
     *,
     quick: bool = False,
     progress: bool = True,
+    force: bool = False,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every registered experiment into ``out_dir/<name>`` and write ``out_dir/index.md``."""
+    """Run every registered experiment into ``out_dir/<name>`` and write ``out_dir/index.md``.
+
+    Every experiment runs even when an earlier one raises: its result then carries ``"error"`` (see
+    :func:`reproduce`) and the index shows it. The index is rewritten after each experiment, so a killed sweep
+    leaves one for what finished. Folders are checked before anything runs (``force`` as in :func:`reproduce`).
+    """
     if not EXPERIMENTS:
         raise InvalidArgumentError("no experiments are registered")
+    out_dir = Path(out_dir)
+    names = list(EXPERIMENTS)
+    configs = {name: resolve_config(name, quick=quick) for name in names}
+    stale = [name for name in names if _check_folder(name, out_dir / name, force=force)]  # refuse before any runs
+    key_numbers = {name: EXPERIMENTS[name].key_number for name in names}
     results = []
-    for name in EXPERIMENTS:
-        results.append(reproduce(name, Path(out_dir) / name, quick=quick, progress=progress))
+    for name in names:
+        if name in stale:
+            shutil.rmtree(out_dir / name)
+        try:
+            result = _run(name, configs[name], out_dir / name, quick=quick, progress=progress)
+        except ExperimentError as error:
+            result = error.result
+        results.append(result)
+        atomic_write(out_dir / "index.md", index_report(results, key_numbers, total=len(names)))
         if on_result is not None:
-            on_result(results[-1])
-    key_numbers = {name: experiment.key_number for name, experiment in EXPERIMENTS.items()}
-    atomic_write(Path(out_dir) / "index.md", index_report(results, key_numbers))
+            on_result(result)
     return results

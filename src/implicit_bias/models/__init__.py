@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..validation import check_choice, check_keys, check_scalar
+from ..validation import check_choice, check_options, check_scalar
 from .cnn import CNN
 from .features import capture_features, feature_names
 from .mlp import MLP, linear
@@ -33,7 +33,7 @@ from .resnet import ResNet
 from .spec import format_spec, parse_spec
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": MLP, "cnn": CNN, "resnet": ResNet}
-COMMON_OPTIONS = ("outputs", "init_scale")
+COMMON_OPTIONS: dict[str, type] = {"outputs": int, "init_scale": float}
 
 __all__ = [
     "BUILDERS",
@@ -75,7 +75,9 @@ def build(
     """
     name, options = parse_spec(spec)
     check_choice("model", name, BUILDERS)
-    check_keys(f"model {name!r}", options, [*builder_options(name), *COMMON_OPTIONS])
+    options = check_options(
+        f"model {name!r}", options, BUILDERS[name], COMMON_OPTIONS, exclude=("input_shape", "num_outputs")
+    )
     check_scalar("num_classes", num_classes, int, low=2)
     outputs = check_scalar("outputs", options.pop("outputs", 1 if num_classes == 2 else num_classes), int, low=1)
     init_scale = check_scalar("init_scale", options.pop("init_scale", 1.0), (int, float), low=0.0)

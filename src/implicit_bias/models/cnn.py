@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Literal
 
 import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..validation import check_choice
-from .layers import conv, make_activation, max_pool, signal_layout
+from .layers import Activation, conv, make_activation, max_pool, signal_layout
 
 
 class CNN(nn.Sequential):
@@ -27,10 +28,10 @@ class CNN(nn.Sequential):
         num_outputs: int,
         *,
         bias: bool = True,
-        padding: str = "valid",
+        padding: Literal["valid", "same"] = "valid",
         channels: tuple[int, int] | list[int] = (32, 64),
         hidden: int = 1024,
-        activation: str = "relu",
+        activation: Activation = "relu",
         negative_slope: float = 0.01,
     ) -> None:
         check_choice("padding", padding, ("valid", "same"))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from torch import nn
 
 from ..errors import InvalidArgumentError
 from ..validation import check_choice
 
-ACTIVATIONS = ("relu", "leaky_relu", "identity")
-NORMS = ("none", "batchnorm", "layernorm", "groupnorm")
+Activation = Literal["relu", "leaky_relu", "identity"]
+Norm = Literal["none", "batchnorm", "layernorm", "groupnorm"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
-def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
+def make_activation(name: Activation, negative_slope: float = 0.01) -> nn.Module:
     """ReLU, leaky ReLU (with ``negative_slope``) or the identity — all positively 1-homogeneous."""
     check_choice("activation", name, ACTIVATIONS)
     if name == "relu":
@@ -21,7 +25,7 @@ def make_activation(name: str, negative_slope: float = 0.01) -> nn.Module:
     return nn.Identity()
 
 
-def norm_layer(name: str, channels: int, *, spatial_dims: int, affine: bool = True) -> nn.Module | None:
+def norm_layer(name: Norm, channels: int, *, spatial_dims: int, affine: bool = True) -> nn.Module | None:
     """A normalization layer over ``channels`` features of vectors (``spatial_dims`` 0) or of 1-D / 2-D conv
     feature maps, with or without its affine gain and shift, or None for "none".
 

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from torch import nn
 
 from ..validation import check_scalar
-from .layers import make_activation, norm_layer
+from .layers import Activation, Norm, make_activation, norm_layer
 
 
 class MLP(nn.Sequential):
@@ -30,10 +30,10 @@ class MLP(nn.Sequential):
         depth: int = 2,
         width: int = 100,
         bias: bool = True,
-        activation: str = "relu",
+        activation: Activation = "relu",
         negative_slope: float = 0.01,
-        norm: str = "none",
-        head_norm: str = "none",
+        norm: Norm = "none",
+        head_norm: Norm = "none",
     ) -> None:
         check_scalar("depth", depth, int, low=1)
         check_scalar("width", width, int, low=1)

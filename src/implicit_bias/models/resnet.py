@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..validation import check_scalar
-from .layers import conv, norm_layer, signal_layout
+from .layers import Norm, conv, norm_layer, signal_layout
 
 
 def _conv_norm(dims: int, cin: int, cout: int, kernel: int, stride: int, bias: bool, norm: str) -> list[nn.Module]:
@@ -52,7 +52,7 @@ class ResNet(nn.Sequential):
         stages: int = 3,
         blocks: int = 1,
         bias: bool = True,
-        norm: str = "batchnorm",
+        norm: Norm = "batchnorm",
     ) -> None:
         check_scalar("width", width, int, low=1)
         check_scalar("stages", stages, int, low=1)

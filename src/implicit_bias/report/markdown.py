@@ -15,9 +15,21 @@ def _number(value: Any) -> str:
     return str(value)
 
 
+def _cell(text: str) -> str:
+    """``text`` safe inside a markdown table cell (one line, pipes escaped)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _verdict(result: Mapping[str, Any]) -> str:
+    if "error" in result:
+        return f"**ERROR**: raised `{result['error']}` (traceback in [{result['traceback']}]({result['traceback']}))"
+    return "**PASSED**" if result["passed"] else "**FAILED**"
+
+
 def experiment_report(result: Mapping[str, Any], config: Mapping[str, Any], notes: str = "") -> str:
-    """A short report: the claim, the verdict, the numbers, the figures, the configuration."""
-    verdict = "**PASSED**" if result["passed"] else "**FAILED**"
+    """A short report: the claim, the verdict (or the error it raised), the numbers, the figures, the
+    configuration."""
+    verdict = _verdict(result)
     lines = [
         f"# {result['name']}",
         "",
@@ -37,8 +49,11 @@ def experiment_report(result: Mapping[str, Any], config: Mapping[str, Any], note
     return "\n".join(lines)
 
 
-def index_report(results: Sequence[Mapping[str, Any]], key_numbers: Mapping[str, str]) -> str:
-    """The index of a sweep: one line per experiment with its verdict, key number and time, linked."""
+def index_report(
+    results: Sequence[Mapping[str, Any]], key_numbers: Mapping[str, str], *, total: int | None = None
+) -> str:
+    """The index of a sweep: one line per experiment with its verdict, key number (or its error) and time,
+    linked; ``total`` (the sweep's size) marks an index written before every experiment has run."""
     lines = [
         "# implicit-bias reproductions",
         "",
@@ -46,12 +61,22 @@ def index_report(results: Sequence[Mapping[str, Any]], key_numbers: Mapping[str,
         "|---|---|---|---|---|",
     ]
     for result in results:
-        key = key_numbers.get(result["name"], "")
-        value = f"{key} = {_number(result['numbers'][key])}" if key in result["numbers"] else ""
+        name = result["name"]
+        key = key_numbers.get(name, "")
+        if "error" in result:
+            passed, value = "error", f"raised `{_cell(result['error'])}` ([traceback]({name}/{result['traceback']}))"
+        else:
+            passed = _number(result["passed"])
+            value = f"{key} = {_number(result['numbers'][key])}" if key in result["numbers"] else ""
         lines.append(
-            f"| [{result['name']}]({result['name']}/report.md) | {result['claim']} | "
-            f"{_number(result['passed'])} | {value} | {result['seconds']:.1f} |"
+            f"| [{name}]({name}/report.md) | {_cell(result['claim'])} | {passed} | {value} | {result['seconds']:.1f} |"
         )
-    passed = sum(bool(r["passed"]) for r in results)
-    lines += ["", f"{passed} of {len(results)} claims reproduced.", ""]
+    passed_count = sum(bool(r["passed"]) for r in results)
+    raised = sum("error" in r for r in results)
+    summary = f"{passed_count} of {len(results)} claims reproduced"
+    summary += f"; {raised} experiment(s) raised an error." if raised else "."
+    lines += ["", summary]
+    if total is not None and len(results) < total:
+        lines.append(f"Incomplete: {len(results)} of {total} experiments have run.")
+    lines.append("")
     return "\n".join(lines)
