@@ -62,6 +62,18 @@ def test_divergence_is_reported_not_propagated():
         fit(model, data, loss="exponential", optimizer="gd", steps=50, lr=1e6, progress=False)
 
 
+def test_a_diverged_run_logs_no_nan_row(tmp_path):
+    # Every step is a logged step: the NaN parameters of a diverged step are refused at the next evaluation,
+    # before a row of NaN values reaches the history or metrics.csv.
+    data = load("gaussians", seed=0)
+    model = build("mlp:bias=false", data.input_shape, 3, seed=0)
+    with pytest.raises(NumericalError, match="probably too large"):
+        fit(model, data, loss="exponential", optimizer="gd", steps=50, lr=1e6, log_points=1000,
+            run_dir=tmp_path / "run", progress=False)
+    table = (tmp_path / "run" / "metrics.csv").read_text().lower()
+    assert "nan" not in table and "inf" not in table
+
+
 def test_fit_keeps_the_callers_rng_and_is_reproducible():
     data = load("gaussians", seed=0)
     torch.manual_seed(5)

@@ -29,7 +29,7 @@ import math
 import torch
 
 from .errors import InvalidArgumentError
-from .validation import check_choice
+from .validation import check_choice, check_finite
 
 LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy", "mse")
 MARGIN_LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy")
@@ -151,11 +151,13 @@ def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validat
     """Per-sample log ℓ(x_n, y_n) in float64, finite for margins of any size (``mse``: −inf at an exact fit,
     where the gradient is 0, as is ℓ's).
 
-    ``validate=False`` skips the checks of ``loss`` and of the labels (labels must then be 0..K−1).
+    ``validate=False`` skips the checks of ``loss``, of the labels (labels must then be 0..K−1) and of the outputs'
+    finiteness (NaN or ±inf outputs are refused naming the first).
     """
     if validate:
         check_choice("loss", loss, LOSSES)
         y = canonical_labels(outputs, y)
+        check_finite("model outputs", outputs)
     outputs = outputs.to(torch.float64)
     if loss == "mse":
         if is_binary_output(outputs):

@@ -113,7 +113,7 @@ def _evaluate(
     model: nn.Module, data: Dataset, loss: str, eval_batch_size: int | None
 ) -> tuple[torch.Tensor, float, float]:
     outputs = predict(model, data.X, batch_size=eval_batch_size).to(torch.float64)
-    return outputs, float(log_loss(outputs, data.y, loss, reduction="sum")), _accuracy(outputs, data.y)
+    return outputs, float(log_loss(outputs, data.y, loss, reduction="sum", validate=False)), _accuracy(outputs, data.y)
 
 
 def _progress(enabled: bool) -> Progress:
@@ -462,7 +462,7 @@ def _loop(
         for step in range(start, steps + 1):
             if next_log < len(to_log) and step == to_log[next_log]:
                 next_log += 1
-                row = _log_row(model, data, optimizer, loss, step, probes, eval_batch_size, dropped)
+                row = _log_row(model, data, optimizer, loss, step, probes, eval_batch_size, dropped, run_path)
                 row["time"] = time.perf_counter() - clock
                 history.append(row)
                 logger.info("step %d  %s", step, "  ".join(f"{k}={v:.6g}" for k, v in row.items() if k != "step"))
@@ -478,24 +478,7 @@ def _loop(
             outputs = model(X)
             objective = log_loss(outputs, y, loss, reduction=reduction, validate=False)
             value = float(objective.detach())
-            if value == -math.inf and loss != "mse":
-                raise NumericalError(
-                    f"log ℒ became −inf at step {step}: the model's outputs overflowed "
-                    f"{str(outputs.dtype).removeprefix('torch.')} (‖θ‖ has grown "
-                    "without bound — loss-normalized steps grow with ‖θ‖ on networks of degree > 1); lower lr or "
-                    "the number of steps"
-                    + ("" if outputs.dtype == torch.float64 else ", or train in float64 (dtype=torch.float64)")
-                )
-            if math.isnan(value) or value == math.inf:
-                raise NumericalError(
-                    f"the training loss became {value} at step {step} (log ℒ = {value}); the learning rate "
-                    f"{optimizer.param_groups[0]['lr']:g} is probably too large"
-                    + (
-                        f"; the checkpoint in {str(run_path)!r} is intact"
-                        if run_path is not None and (run_path / CHECKPOINT_FILE).exists()
-                        else ""
-                    )
-                )
+            _check_objective(value, step, loss, outputs.dtype, optimizer, run_path)
             optimizer.zero_grad(set_to_none=True)
             if value == -math.inf:  # an exact fit (mse): ∇ℒ = 0; only weight decay or momentum can still move θ
                 for parameter in model.parameters():
@@ -525,6 +508,30 @@ def _loop(
     return history
 
 
+def _check_objective(
+    value: float, step: int, loss: str, dtype: torch.dtype, optimizer: torch.optim.Optimizer, run_path: Path | None
+) -> None:
+    """Refuse a non-finite log ℒ at ``step`` with its likely cause (−inf is an exact fit only for ``mse``)."""
+    if value == -math.inf and loss != "mse":
+        raise NumericalError(
+            f"log ℒ became −inf at step {step}: the model's outputs overflowed "
+            f"{str(dtype).removeprefix('torch.')} (‖θ‖ has grown "
+            "without bound — loss-normalized steps grow with ‖θ‖ on networks of degree > 1); lower lr or "
+            "the number of steps"
+            + ("" if dtype == torch.float64 else ", or train in float64 (dtype=torch.float64)")
+        )
+    if math.isnan(value) or value == math.inf:
+        raise NumericalError(
+            f"the training loss became {value} at step {step} (log ℒ = {value}); the learning rate "
+            f"{optimizer.param_groups[0]['lr']:g} is probably too large"
+            + (
+                f"; the checkpoint in {str(run_path)!r} is intact"
+                if run_path is not None and (run_path / CHECKPOINT_FILE).exists()
+                else ""
+            )
+        )
+
+
 def _log_row(
     model: nn.Module,
     data: Dataset,
@@ -534,8 +541,10 @@ def _log_row(
     probes: Sequence[Probe],
     eval_batch_size: int | None,
     dropped: set[str],
+    run_path: Path | None,
 ) -> dict[str, float]:
     outputs, log_value, accuracy = _evaluate(model, data, loss, eval_batch_size)
+    _check_objective(log_value, step, loss, outputs.dtype, optimizer, run_path)
     row: dict[str, float] = {"step": step, "log_loss": log_value, "accuracy": accuracy}
     if data.test is not None:
         row["test_accuracy"] = _evaluate(model, data.test, loss, eval_batch_size)[2]
