@@ -97,7 +97,10 @@ def make_optimizer(
     check_choice("optimizer", name, OPTIMIZERS)
     options = check_options(f"optimizer {name!r}", options, OPTIMIZERS[name], exclude=("params", "lr"))
     check_scalar("lr", lr, (int, float), low=0.0, low_inclusive=False)
-    return OPTIMIZERS[name](params, lr=float(lr), **options)
+    try:
+        return OPTIMIZERS[name](params, lr=float(lr), **options)
+    except ValueError as error:  # torch's own range checks, e.g. "Invalid momentum value: -1.0"
+        raise InvalidArgumentError(f"optimizer {name!r}: {error}") from None
 
 
 def steps_on_log_loss(optimizer: torch.optim.Optimizer) -> bool:
