@@ -472,6 +472,8 @@ API_ROWS = [
         r"format None is not 'implicit-bias-checkpoint/2'"),
     api("config-missing-file", lambda ws: TrainConfig.from_file(ws.root / "none.yaml"), Missing, r"no such file"),
     api("config-list-file", lambda ws: TrainConfig.from_file(ws.root / "list.yaml"), Corrupt, r"must hold a mapping"),
+    api("config-half-dtype", lambda ws: TrainConfig(dtype="float16"), Invalid,
+        r"dtype must be float64 or float32, got 'float16'"),
     api("config-mapping-unknown-key", lambda ws: TrainConfig.from_mapping({"stepz": 3}), Unknown,
         r"option\(s\) 'stepz'"),
     api("config-string-steps", lambda ws: TrainConfig.from_mapping({"steps": "3"}), Invalid,

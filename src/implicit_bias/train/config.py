@@ -17,6 +17,8 @@ from .loop import fit
 from .probes import make_probe
 from .rundir import CONFIG_FILE, read_yaml
 
+TRAIN_DTYPES = ("float64", "float32")  # half precisions underflow in the terminal phase (metrics refuse them too)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -38,6 +40,13 @@ class TrainConfig:
     log_points: int = 100  # about this many log-spaced logged steps
     probes: list[str] = field(default_factory=lambda: ["margins"])  # names from implicit_bias.train.PROBES
     checkpoint_seconds: float = 30.0  # save a checkpoint at least this often (and at the end)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TRAIN_DTYPES:
+            raise InvalidArgumentError(
+                f"dtype must be {' or '.join(TRAIN_DTYPES)}, got {self.dtype!r} (half precisions underflow in the "
+                "terminal phase)"
+            )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
