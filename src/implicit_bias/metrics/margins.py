@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import InvalidArgumentError, NotHomogeneousError, NotSeparatedError
 from ..losses import MARGIN_LOSSES, canonical_labels, inverse_loss, log_loss, logsumexp, output_margins
 from ..models.inference import map_outputs, model_dtype, predict, sample_slices
-from ..validation import check_choice, check_features_labels, check_scalar
+from ..validation import check_choice, check_features, check_features_labels, check_scalar
 
 
 def model_labels(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -100,11 +100,7 @@ def homogeneity_degree(
     InvalidArgumentError
         If the model has no parameters, its outputs are all zero on X, or its dtype is too coarse.
     """
-    if not isinstance(X, torch.Tensor) or not X.is_floating_point() or X.ndim < 1 or X.shape[0] == 0:
-        raise InvalidArgumentError(
-            f"X must be a non-empty floating-point tensor of samples, got {type(X).__name__} "
-            f"{getattr(X, 'dtype', '')} of shape {tuple(getattr(X, 'shape', ()))}"
-        )
+    check_features(X)
     named = dict(model.named_parameters())
     if not named:
         raise InvalidArgumentError("the model has no parameters, so it has no homogeneity degree")
