@@ -353,3 +353,35 @@ def test_per_class_fields_have_one_entry_per_class_nan_where_missing():
         assert report.class_mean_norms[c] == pytest.approx(np.linalg.norm(means[c] - centre), rel=1e-12)
         spread = np.mean(np.sum((H3[y3 == c] - means[c]) ** 2, axis=1))
         assert report.class_variances[c] == pytest.approx(spread, rel=1e-10)
+
+
+class OnceOnly:
+    """An iterable that hands out its batches on the first pass only (e.g. a wrapper around a generator)."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def __iter__(self):
+        batches, self.batches = self.batches, []
+        return iter(batches)
+
+
+def test_collapse_by_layer_refuses_data_it_cannot_read_twice():
+    from collections import OrderedDict
+
+    from implicit_bias.metrics import collapse_by_layer
+
+    H, y = gaussian_features(K=3, D=4, per_class=10, seed=13)
+    model = torch.nn.Sequential(OrderedDict(first=Scale(1.0), head=torch.nn.Linear(4, 3).double()))
+    batches = [(H[i : i + 10], y[i : i + 10]) for i in range(0, 30, 10)]
+    with pytest.raises(InvalidArgumentError, match=r"^data must be read more than once: .* got a one-shot generator$"):
+        collapse_by_layer(model, (b for b in batches), layers=["first"], num_classes=3)
+    with pytest.raises(InvalidArgumentError, match=r"^test must be read more than once: .*one-shot list_iterator$"):
+        collapse_by_layer(model, batches, layers=["first"], num_classes=3, test=iter(batches))
+    with pytest.raises(InvalidArgumentError, match=r"^data yielded 0 samples on a second pass where the first gave 30"):
+        collapse_by_layer(model, OnceOnly(batches), layers=["first"], num_classes=3)
+    with pytest.raises(InvalidArgumentError, match=r"^data yielded no samples$"):
+        collapse_by_layer(model, [], layers=["first"], num_classes=3)
+    result = collapse_by_layer(model, batches, layers=["first"], num_classes=3)  # a list is read twice
+    _, direct = full_report(H, y, 3)
+    assert result["first"].train.nc1 == pytest.approx(direct.nc1, rel=1e-11)

@@ -142,7 +142,8 @@ def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def check_model_input(model: torch.nn.Module, X: torch.Tensor, *, name: str = "model") -> torch.Tensor:
-    """The model's outputs on the first sample of ``X``, or one line naming both shapes if it cannot take them.
+    """The model's outputs on the first two samples of ``X`` (two, not one: BatchNorm computing batch statistics
+    cannot take a batch of one), or one line naming both shapes if it cannot take them.
 
     A shape mismatch inside the model (a ``RuntimeError`` such as "mat1 and mat2 shapes cannot be multiplied")
     becomes :class:`InvalidArgumentError` with the expected inputs; any other error passes through unchanged.
@@ -150,7 +151,7 @@ def check_model_input(model: torch.nn.Module, X: torch.Tensor, *, name: str = "m
     from .models.inference import predict
 
     try:
-        return predict(model, X[:1])
+        return predict(model, X[:2])
     except RuntimeError as error:
         text = str(error).strip().split("\n")[0]
         if not _SHAPE_MISMATCH.search(text):

@@ -23,12 +23,13 @@ from ..validation import check_choice, check_features, check_features_labels, ch
 def model_labels(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``y`` as 0..K−1 (binary ±1 labels become 0/1), checked against the shape of the model's outputs.
 
-    The output shape is read from one forward pass on ``X[:1]``, so the labels can be validated once for all
-    batches. The labels stay on their own device.
+    The output shape is read from one forward pass on ``X[:2]`` (two samples: BatchNorm computing batch
+    statistics cannot take one), so the labels can be validated once for all batches. The labels stay on their
+    own device.
     """
-    first = predict(model, X[:1])
-    canonical_labels(first, y[:1])  # outputs of shape (1,) or (1, K)
-    return canonical_labels(first.expand(len(y), *first.shape[1:]), y)
+    first = predict(model, X[:2])
+    canonical_labels(first, y[:2])  # outputs of shape (B,) or (B, K)
+    return canonical_labels(first[:1].expand(len(y), *first.shape[1:]), y)
 
 
 def margins_of(model: nn.Module, X: torch.Tensor, labels: torch.Tensor, batch_size: int | None) -> torch.Tensor:
