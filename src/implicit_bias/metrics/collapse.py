@@ -138,8 +138,11 @@ class CollapseAccumulator:
     rcond : float
         Relative tolerance of Σ_B's pseudo-inverse.
 
-    Features must be finite floats and labels integers: NaN / inf features (with the first bad index) and float
-    or boolean labels are refused, batch by batch.
+    Features must be finite floats and labels integers in 0..K−1 (:func:`~implicit_bias.validation.check_labels`):
+    NaN / inf features (with the first bad index) and float, boolean or out-of-range labels are refused, batch
+    by batch. :meth:`state_dict` holds the running totals and the metadata (K, D, dtype, ``global_mean``,
+    ``rcond``, synced) as tensors, ready for ``safetensors.torch.save_file``; :meth:`merge` and
+    :meth:`load_state_dict` refuse a state whose metadata differ, and :meth:`sync` is idempotent.
 
     >>> acc = CollapseAccumulator(num_classes=3, dim=2)
     >>> acc.update(torch.tensor([[1.0, 0.0], [1.1, 0.0], [0.0, 1.0], [0.0, 1.2], [-1.0, -1.0], [-1.0, -0.9]]),
@@ -245,10 +248,11 @@ class CollapseAccumulator:
         """One line naming the first field of ``other``'s metadata that differs from this accumulator's."""
         ours = self.metadata()
         for name in ("num_classes", "dim", "dtype", "global_mean", "rcond"):
-            if other[name] != ours[name]:
+            if other[name] != ours[name] and not (name == "dtype" and self._open_dtype):
+                fix = f"torch.{other[name]}" if name == "dtype" else repr(other[name])
                 raise InvalidArgumentError(
                     f"cannot {action}: its {name} is {other[name]!r}, this accumulator's is {ours[name]!r}; "
-                    f"build the accumulator with {name}={'torch.' if name == 'dtype' else ''}{other[name]!r}"
+                    f"build the accumulator with {name}={fix}"
                 )
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -266,8 +270,8 @@ class CollapseAccumulator:
             "global_mean": _tensor_text(state["global_mean"]),
             "rcond": float(state["rcond"]),
         }
-        self._adopt(state["shifts"])
         self._refuse_mismatch(meta, "load this collapse state")
+        self._adopt(state["shifts"])
         for name in STATE:
             current = getattr(self, name)
             value = state[name]
@@ -367,12 +371,12 @@ class CollapseAccumulator:
         field; an accumulator whose dtype is still open takes the other's), and neither may be synced."""
         self._refuse_synced("merge into")
         other._refuse_synced("merge")
-        if not other._open_dtype:
-            self._adopt(other.shifts)
         theirs = other.metadata()
-        if other._open_dtype or self._open_dtype:
+        if other._open_dtype:  # nothing seen yet: any dtype will do
             theirs["dtype"] = self.metadata()["dtype"]
         self._refuse_mismatch(theirs, "merge the other accumulator")
+        if not other._open_dtype:
+            self._adopt(other.shifts)
         other_view = _on(other, self.device)
         adopt = other_view.seen & ~self.seen
         self.shifts[adopt] = other_view.shifts[adopt]
