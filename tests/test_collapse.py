@@ -205,29 +205,42 @@ def test_bad_inputs_are_refused():
         acc.compute()
 
 
-def _sync_worker(rank, world, path, H, y):
+def _sync_worker(rank, world, path, H, y, W):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=world)
     acc = CollapseAccumulator(5, 8)
     acc.update(H[rank::world], y[rank::world])
     acc.sync()
-    torch.save(acc.state_dict(), f"{path}.{rank}.pt")
+    acc.sync()  # idempotent: the class statistics are not summed again
+    try:
+        acc.update(H[:1], y[:1])
+    except InvalidArgumentError as error:
+        refused = str(error)
+    acc.ncc_update(H[rank::world], y[rank::world], W)  # NC4's pass against the global class means
+    acc.sync()
+    acc.sync()
+    torch.save({**acc.state_dict(), "refused": refused}, f"{path}.{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_two_process_gloo_sync_equals_one_process(tmp_path):
+def test_two_process_gloo_sync_equals_one_process_and_is_idempotent(tmp_path):
     import torch.multiprocessing as mp
 
     H, y = gaussian_features(seed=7)
+    W = torch.randn(5, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     path = str(tmp_path / "rendezvous")
-    mp.spawn(_sync_worker, args=(2, path, H, y), nprocs=2, join=True)
-    _, expected = full_report(H, y, 5)
+    mp.spawn(_sync_worker, args=(2, path, H, y, W), nprocs=2, join=True)
+    truth = reference(H, y, 5, W)
     for rank in range(2):
+        state = torch.load(f"{path}.{rank}.pt", weights_only=True)
+        assert state.pop("refused").startswith("cannot update a synced accumulator")
         acc = CollapseAccumulator(5, 8)
-        acc.load_state_dict(torch.load(f"{path}.{rank}.pt", weights_only=True))
-        for key in ("nc1", "nc1_trace", "cdnv", "equinorm", "etf_distance"):
-            assert getattr(acc.compute(), key) == pytest.approx(getattr(expected, key), rel=1e-11), key
+        acc.load_state_dict(state)
+        assert acc.synced and acc.counts.tolist() == [40] * 5 and int(acc.ncc_total) == 200
+        report = acc.compute(W)
+        for key in ("nc1", "nc1_trace", "cdnv", "equinorm", "etf_distance", "ncc_mismatch"):
+            assert getattr(report, key) == pytest.approx(truth[key], rel=1e-10), key
 
 
 class Scale(torch.nn.Module):
@@ -279,3 +292,96 @@ def test_conv_maps_are_average_pooled_by_default():
         model, (maps, y), layers=["conv"], num_classes=4, reduction="projection", projection_dim=16
     )
     assert projected["conv"].train.dim == 16
+
+
+# ------------------------------------------------------------------ state: metadata, mismatches, safetensors
+def test_state_dict_round_trips_through_safetensors_with_its_metadata(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    H, y = gaussian_features(seed=11)
+    acc = CollapseAccumulator(5, 8, dtype=torch.float32, global_mean="weighted", rcond=1e-8)
+    acc.update(H[:100], y[:100])
+    save_file(acc.state_dict(), tmp_path / "collapse.safetensors")
+    resumed = CollapseAccumulator(5, 8, dtype=None, global_mean="weighted", rcond=1e-8)  # dtype from the file
+    resumed.load_state_dict(load_file(tmp_path / "collapse.safetensors"))
+    assert resumed.dtype == torch.float32 and resumed.metadata() == acc.metadata()
+    resumed.update(H[100:], y[100:])
+    _, expected = full_report(H, y, 5, dtype=torch.float32, global_mean="weighted", rcond=1e-8)
+    for key in ("nc1", "nc1_trace", "cdnv", "equinorm"):
+        assert getattr(resumed.compute(), key) == pytest.approx(getattr(expected, key), rel=1e-5), key
+
+
+@pytest.mark.parametrize(
+    "options, field, theirs, ours",
+    [
+        ({"num_classes": 4}, "num_classes", "4", "5"),
+        ({"dim": 7}, "dim", "7", "8"),
+        ({"dtype": torch.float32}, "dtype", "'float32'", "'float64'"),
+        ({"global_mean": "weighted"}, "global_mean", "'weighted'", "'unweighted'"),
+        ({"rcond": 1e-6}, "rcond", "1e-06", "1e-10"),
+    ],
+)
+def test_merge_and_load_state_dict_refuse_a_mismatch_naming_the_field(options, field, theirs, ours):
+    H, y = gaussian_features(seed=12)
+    kwargs = {"num_classes": 5, "dim": 8, **options}
+    other = CollapseAccumulator(kwargs.pop("num_classes"), kwargs.pop("dim"), **kwargs)
+    if field not in ("num_classes", "dim"):
+        other.update(H, y)
+    this = CollapseAccumulator(5, 8)
+    this.update(H[:10], y[:10])
+    fragment = f"its {field} is {theirs}, this accumulator's is {ours}"
+    with pytest.raises(InvalidArgumentError, match=f"^cannot merge the other accumulator: {fragment}"):
+        this.merge(other)
+    with pytest.raises(InvalidArgumentError, match=f"^cannot load this collapse state: {fragment}"):
+        this.load_state_dict(other.state_dict())
+    assert int(this.counts.sum()) == 10  # nothing was folded in
+
+
+def test_per_class_fields_have_one_entry_per_class_nan_where_missing():
+    H, y = gaussian_features(K=4, D=3, per_class=5, seed=6)
+    keep = y != 1
+    acc = CollapseAccumulator(4, 3)
+    acc.update(H[keep], y[keep])
+    report = acc.compute()
+    assert report.class_counts == [5, 0, 5, 5]
+    assert len(report.class_mean_norms) == len(report.class_variances) == 4
+    assert math.isnan(report.class_mean_norms[1]) and math.isnan(report.class_variances[1])
+    H3, y3 = H[keep].numpy(), y[keep].numpy()
+    means = {c: H3[y3 == c].mean(axis=0) for c in (0, 2, 3)}
+    centre = np.mean(list(means.values()), axis=0)
+    for c in (0, 2, 3):  # against the textbook per-class values of the present classes
+        assert report.class_mean_norms[c] == pytest.approx(np.linalg.norm(means[c] - centre), rel=1e-12)
+        spread = np.mean(np.sum((H3[y3 == c] - means[c]) ** 2, axis=1))
+        assert report.class_variances[c] == pytest.approx(spread, rel=1e-10)
+
+
+class OnceOnly:
+    """An iterable that hands out its batches on the first pass only (e.g. a wrapper around a generator)."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def __iter__(self):
+        batches, self.batches = self.batches, []
+        return iter(batches)
+
+
+def test_collapse_by_layer_refuses_data_it_cannot_read_twice():
+    from collections import OrderedDict
+
+    from implicit_bias.metrics import collapse_by_layer
+
+    H, y = gaussian_features(K=3, D=4, per_class=10, seed=13)
+    model = torch.nn.Sequential(OrderedDict(first=Scale(1.0), head=torch.nn.Linear(4, 3).double()))
+    batches = [(H[i : i + 10], y[i : i + 10]) for i in range(0, 30, 10)]
+    with pytest.raises(InvalidArgumentError, match=r"^data must be read more than once: .* got a one-shot generator$"):
+        collapse_by_layer(model, (b for b in batches), layers=["first"], num_classes=3)
+    with pytest.raises(InvalidArgumentError, match=r"^test must be read more than once: .*one-shot list_iterator$"):
+        collapse_by_layer(model, batches, layers=["first"], num_classes=3, test=iter(batches))
+    with pytest.raises(InvalidArgumentError, match=r"^data yielded 0 samples on a second pass where the first gave 30"):
+        collapse_by_layer(model, OnceOnly(batches), layers=["first"], num_classes=3)
+    with pytest.raises(InvalidArgumentError, match=r"^data yielded no samples$"):
+        collapse_by_layer(model, [], layers=["first"], num_classes=3)
+    result = collapse_by_layer(model, batches, layers=["first"], num_classes=3)  # a list is read twice
+    _, direct = full_report(H, y, 3)
+    assert result["first"].train.nc1 == pytest.approx(direct.nc1, rel=1e-11)

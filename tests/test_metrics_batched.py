@@ -30,7 +30,7 @@ from implicit_bias.metrics import (
 )
 from implicit_bias.train.probes import KKTProbe, MarginProbe, ProbeContext
 
-N, BATCH = 50, 7  # 7 does not divide 50: the last batch is short
+N, BATCH = 50, 8  # 8 does not divide 50: the last batch is short (2)
 
 
 def user_mlp(depth, width=32, d=4, k=3, *, bias=False, seed=0):
@@ -342,3 +342,22 @@ def test_asymmetric_margin_batched_is_the_normalized_margin_at_uniform_rates(mlp
     q = margins(model, X, y)
     assert batched == pytest.approx(float(q.min()) / parameter_norm(model) ** 3, rel=1e-12)
     assert batched == pytest.approx(asymmetric_margin(model, X, y, rates), rel=1e-12)
+
+
+def test_metric_batches_never_leave_one_sample_alone():
+    """BatchNorm with batch statistics (track_running_stats=False uses them in eval mode too) cannot take a batch
+    of one: the single leftover sample of N = 7 in batches of 3 joins the batch before it."""
+    from implicit_bias.models.inference import predict, sample_slices
+
+    assert sample_slices(7, 3) == [slice(0, 3), slice(3, 7)]
+    assert sample_slices(8, 3) == [slice(0, 3), slice(3, 6), slice(6, 8)]
+    assert sample_slices(1, 3) == [slice(0, 1)] and sample_slices(0, 3) == []
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, track_running_stats=False), nn.Linear(3, 2)).double()
+    X = features(n=7)
+    with torch.no_grad():  # by hand: the model on the chunks 0..2 and 3..6
+        expected = torch.cat([model(X[:3]), model(X[3:])])
+    assert torch.allclose(predict(model, X, batch_size=3), expected, rtol=1e-13, atol=0)
+    y = torch.tensor([0, 1, 0, 1, 1, 0, 1])
+    q = margins(model, X, y, batch_size=3)
+    assert torch.allclose(q, (expected[:, 1] - expected[:, 0]) * (2 * y - 1), rtol=1e-13, atol=0)

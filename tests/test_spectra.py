@@ -103,3 +103,30 @@ def test_feature_spectra_refuses_non_finite_features_naming_the_layer():
     batches = [(X[:3], torch.tensor([0, 1, 0])), (X[3:], torch.tensor([1, 0, 1]))]
     with pytest.raises(InvalidArgumentError, match="features of layer '1' holds NaN"):
         feature_spectra(model, batches, ["1"], num_classes=2)
+
+
+def test_feature_spectra_refuses_an_out_of_range_label_in_one_line():
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3))
+    X = torch.randn(6, 3)
+    y = torch.tensor([0, 1, 2, 0, 3, 1])
+    with pytest.raises(InvalidArgumentError, match=r"^y must lie in 0..2, got 0..3$"):
+        feature_spectra(model, (X, y), ["1"], num_classes=3)
+    batches = [(X[:3], y[:3]), (X[3:], y[3:])]
+    with pytest.raises(InvalidArgumentError, match=r"^labels of samples 3..5 must lie in 0..2, got 0..3$"):
+        feature_spectra(model, batches, ["1"], num_classes=3)
+    with pytest.raises(InvalidArgumentError, match=r"^labels of samples 0..2 must be a 1-D integer tensor"):
+        feature_spectra(model, [(X[:3], y[:3].double())], ["1"], num_classes=3)
+
+
+def test_feature_spectra_refuses_a_one_shot_generator():
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    X, y = torch.randn(6, 3), torch.tensor([0, 1] * 3)
+    batches = ((X[i : i + 3], y[i : i + 3]) for i in (0, 3))
+    with pytest.raises(InvalidArgumentError, match=r"^data must be read more than once: pass a Dataset, DataLoader"):
+        feature_spectra(model, batches, ["1"], num_classes=2)
+    with pytest.raises(InvalidArgumentError, match=r"^data yielded no samples$"):
+        feature_spectra(model, [], ["1"], num_classes=2)

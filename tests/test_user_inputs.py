@@ -197,7 +197,7 @@ def test_a_wrong_input_width_is_one_line_naming_both_shapes():
     text = str(error.value)
     assert "\n" not in text
     assert text.startswith("model Sequential cannot take inputs of shape (N, 64): ")
-    assert "(1x64 and 10x3)" in text and text.endswith("the data has 64 features per sample")
+    assert "(2x64 and 10x3)" in text and text.endswith("the data has 64 features per sample")
 
 
 def test_other_model_errors_pass_through():
@@ -230,3 +230,121 @@ def test_cli_train_on_a_file_with_nan_exits_2_with_one_line(tmp_path):
     assert "Traceback" not in result.output
     assert "dataset 'mnist': X holds NaN at index (2, 0, 1, 0) (the only non-finite value)" in result.output
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------ one feature check, one label check
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([0, 1], r"^y must be a torch tensor of integer class labels, got list; convert with torch.as_tensor$"),
+        (torch.tensor([0.0, 1.7]), r"^y must be a 1-D integer tensor of class labels, got dtype torch.float32"),
+        (torch.tensor([True, False]), r"^y must be a 1-D integer tensor of class labels, got dtype torch.bool"),
+        (torch.tensor([[0, 1]]), r"^y must be a 1-D integer tensor of class labels, got dtype torch.int64 and shape"),
+        (torch.tensor([], dtype=torch.long), r"^y is empty: at least one sample is needed$"),
+        (torch.tensor([0, 3, 1]), r"^y must lie in 0..2, got 0..3$"),
+        (torch.tensor([0, -1, 1]), r"^y must lie in 0..2, got -1..1$"),
+    ],
+)
+def test_check_labels_refuses_what_is_not_a_label_vector(labels, message):
+    from implicit_bias.validation import check_labels
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        check_labels(labels, num_classes=3)
+    good = torch.tensor([0, 2, 1], dtype=torch.int32)
+    assert check_labels(good, num_classes=3) is good and check_labels(torch.tensor([7, 9])).tolist() == [7, 9]
+
+
+@pytest.mark.parametrize(
+    "features, message",
+    [
+        (np.zeros((2, 3)), r"^X must be a torch tensor, got ndarray; convert with torch.as_tensor$"),
+        (torch.zeros(2, 3, dtype=torch.long), r"^X must be a floating-point tensor .* got dtype torch.int64"),
+        (torch.tensor(1.0), r"^X must be a floating-point tensor with samples along axis 0, got .* shape \(\)$"),
+        (torch.zeros(0, 3), r"^X is empty \(shape \(0, 3\)\): at least one sample is needed$"),
+        (torch.tensor([[0.0, math.nan]]), r"^X holds NaN at index \(0, 1\)"),
+    ],
+)
+def test_check_features_refuses_what_is_not_a_sample_tensor(features, message):
+    from implicit_bias.metrics import homogeneity_degree
+    from implicit_bias.validation import check_features
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        check_features(features)
+    with pytest.raises(InvalidArgumentError, match=message):
+        homogeneity_degree(nn.Linear(3, 1, bias=False), features)
+
+
+def test_homogeneity_degree_refuses_nan_inputs_instead_of_measuring_them():
+    from implicit_bias.metrics import homogeneity_degree
+
+    X, _ = toy()
+    assert homogeneity_degree(linear(dtype=torch.float64), X) == 1.0
+    X[4, 0] = math.nan
+    with pytest.raises(InvalidArgumentError, match=r"^X holds NaN at index \(4, 0\)"):
+        homogeneity_degree(linear(dtype=torch.float64), X)
+
+
+def test_dataset_and_accumulator_share_the_range_check():
+    X, _ = toy(n=3)
+    y = torch.tensor([0, 1, 2])
+    with pytest.raises(InvalidArgumentError, match=r"^labels of dataset 'mine' must lie in 0..1, got 0..2$"):
+        Dataset(X, y, 2, "mine")
+    with pytest.raises(InvalidArgumentError, match=r"^labels must lie in 0..1, got 0..2$"):
+        CollapseAccumulator(2, 5).update(X, y)
+
+
+# ------------------------------------------------------------------ minibatches: BatchNorm, loss-based, logging
+def batchnorm_mlp(d=5, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1)).double()
+
+
+@pytest.mark.parametrize(
+    "n, batch_size, sizes", [(7, 3, [3, 4]), (10, 3, [3, 3, 4]), (9, 4, [4, 5]), (8, 3, [3, 3, 2])]
+)
+def test_batch_indices_fold_a_lone_leftover_sample_and_depend_on_the_step_alone(n, batch_size, sizes):
+    from implicit_bias.train.loop import batch_indices
+
+    cache: dict = {}
+    for epoch in range(3):
+        batches = [batch_indices(epoch * len(sizes) + i, n, batch_size, 5, cache) for i in range(len(sizes))]
+        assert [len(b) for b in batches] == sizes
+        assert sorted(torch.cat(batches).tolist()) == list(range(n))  # each epoch is a permutation
+    for step in (0, 4, 7):  # exact resume: a fresh cache gives the same batch
+        assert torch.equal(batch_indices(step, n, batch_size, 5, {}), batch_indices(step, n, batch_size, 5, cache))
+
+
+def test_fit_with_batchnorm_and_a_lone_leftover_sample_trains():
+    X, y = toy(n=7)
+    history = fit(batchnorm_mlp(), (X, y), loss="logistic", steps=4, lr=0.1, batch_size=3, **QUIET)
+    assert history.last["step"] == 4
+
+
+def test_loss_based_lr_refuses_minibatches_and_says_why():
+    X, y = toy()
+    with pytest.raises(
+        InvalidArgumentError, match=r"^optimizer 'loss-based' trains full-batch only, got batch_size=8 "
+    ):
+        fit(linear(), (X, y), loss="exponential", optimizer="loss-based", steps=1, batch_size=8, **QUIET)
+    from implicit_bias.dynamics import LossBasedLR
+
+    model = linear()
+    with pytest.raises(InvalidArgumentError, match=r"^optimizer 'LossBasedLR' trains full-batch only"):
+        fit(model, (X, y), optimizer=LossBasedLR(model.parameters(), lr=0.1), steps=1, batch_size=8, **QUIET)
+    history = fit(linear(), (X, y), loss="exponential", optimizer="loss-based", steps=2, batch_size=24, **QUIET)
+    assert history.last["step"] == 2  # a batch of all N samples is full-batch
+
+
+@pytest.mark.parametrize("steps, points", [(37, 1), (37, 2), (1000, 5), (1, 1), (5, 100)])
+def test_logging_always_includes_step_zero_and_the_last_step(steps, points):
+    from implicit_bias.dynamics import log_spaced_steps
+
+    logged = log_spaced_steps(steps, points)
+    assert logged[0] == 0 and logged[-1] == steps and logged == sorted(set(logged))
+    assert len(logged) <= points + 2
+
+
+def test_fit_with_one_log_point_logs_the_last_step():
+    X, y = toy()
+    history = fit(linear(), (X, y), loss="logistic", steps=6, lr=0.1, progress=False, log_points=1)
+    assert history.column("step")[0] == [0, 6]

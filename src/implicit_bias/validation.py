@@ -56,34 +56,67 @@ def check_scalar(
     return value
 
 
-def check_features_labels(
-    X: torch.Tensor, y: torch.Tensor, *, names: tuple[str, str] = ("X", "y"), allow_empty: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check that ``X`` is a finite floating tensor of N samples and ``y`` an integer vector of N labels.
-
-    ``names`` are the arguments' names in the messages (e.g. ``("features", "labels")``); ``allow_empty`` admits
-    N = 0 (a streaming batch that happens to be empty).
-    """
-    x_name, y_name = names
-    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+def check_features(X: torch.Tensor, *, name: str = "X", allow_empty: bool = False) -> torch.Tensor:
+    """Return ``X`` if it is a finite floating tensor of at least one dimension (axis 0: the samples), non-empty
+    unless ``allow_empty`` (a streaming batch that happens to be empty)."""
+    if not isinstance(X, torch.Tensor):
         raise InvalidArgumentError(
-            f"{x_name} and {y_name} must be torch tensors, got {type(X).__name__} and {type(y).__name__}; "
-            "convert with torch.as_tensor"
+            f"{name} must be a torch tensor, got {type(X).__name__}; convert with torch.as_tensor"
         )
-    if not X.is_floating_point():
-        raise InvalidArgumentError(f"{x_name} must be a floating-point tensor, got dtype {X.dtype}")
+    if not X.is_floating_point() or X.ndim < 1:
+        raise InvalidArgumentError(
+            f"{name} must be a floating-point tensor with samples along axis 0, got dtype {X.dtype} and shape "
+            f"{tuple(X.shape)}"
+        )
+    if X.shape[0] == 0 and not allow_empty:
+        raise InvalidArgumentError(f"{name} is empty (shape {tuple(X.shape)}): at least one sample is needed")
+    return check_finite(name, X)
+
+
+def check_labels(
+    y: torch.Tensor, *, num_classes: int | None = None, name: str = "y", allow_empty: bool = False
+) -> torch.Tensor:
+    """Return ``y`` if it is a 1-D integer (not boolean) tensor of class labels, in 0..K−1 when ``num_classes`` K
+    is given; float labels are refused rather than truncated, booleans rather than read as 0/1."""
+    if not isinstance(y, torch.Tensor):
+        raise InvalidArgumentError(
+            f"{name} must be a torch tensor of integer class labels, got {type(y).__name__}; convert with "
+            "torch.as_tensor"
+        )
     if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool or y.ndim != 1:
         raise InvalidArgumentError(
-            f"{y_name} must be a 1-D integer tensor of class labels, got dtype {y.dtype} and shape {tuple(y.shape)}"
+            f"{name} must be a 1-D integer tensor of class labels, got dtype {y.dtype} and shape {tuple(y.shape)}"
         )
-    if X.ndim < 1 or X.shape[0] != y.shape[0]:
+    if y.shape[0] == 0 and not allow_empty:
+        raise InvalidArgumentError(f"{name} is empty: at least one sample is needed")
+    if num_classes is not None and y.shape[0]:
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= num_classes:
+            raise InvalidArgumentError(f"{name} must lie in 0..{num_classes - 1}, got {low}..{high}")
+    return y
+
+
+def check_features_labels(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    names: tuple[str, str] = ("X", "y"),
+    num_classes: int | None = None,
+    allow_empty: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`check_features` of ``X`` and :func:`check_labels` of ``y``, with one label per sample.
+
+    ``names`` are the arguments' names in the messages (e.g. ``("features", "labels")``); ``num_classes`` K
+    bounds the labels to 0..K−1; ``allow_empty`` admits N = 0 (a streaming batch that happens to be empty).
+    """
+    x_name, y_name = names
+    check_features(X, name=x_name, allow_empty=allow_empty)
+    check_labels(y, num_classes=num_classes, name=y_name, allow_empty=allow_empty)
+    if X.shape[0] != y.shape[0]:
         raise InvalidArgumentError(
             f"{x_name} and {y_name} must hold the same number of samples, got {x_name} of shape {tuple(X.shape)} "
             f"and {y_name} of shape {tuple(y.shape)}"
         )
-    if X.shape[0] == 0 and not allow_empty:
-        raise InvalidArgumentError(f"{x_name} and {y_name} are empty: at least one sample is needed")
-    check_finite(x_name, X)
     return X, y
 
 
@@ -109,7 +142,8 @@ def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def check_model_input(model: torch.nn.Module, X: torch.Tensor, *, name: str = "model") -> torch.Tensor:
-    """The model's outputs on the first sample of ``X``, or one line naming both shapes if it cannot take them.
+    """The model's outputs on the first two samples of ``X`` (two, not one: BatchNorm computing batch statistics
+    cannot take a batch of one), or one line naming both shapes if it cannot take them.
 
     A shape mismatch inside the model (a ``RuntimeError`` such as "mat1 and mat2 shapes cannot be multiplied")
     becomes :class:`InvalidArgumentError` with the expected inputs; any other error passes through unchanged.
@@ -117,7 +151,7 @@ def check_model_input(model: torch.nn.Module, X: torch.Tensor, *, name: str = "m
     from .models.inference import predict
 
     try:
-        return predict(model, X[:1])
+        return predict(model, X[:2])
     except RuntimeError as error:
         text = str(error).strip().split("\n")[0]
         if not _SHAPE_MISMATCH.search(text):

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidArgumentError
-from ..validation import check_features_labels, check_scalar
+from ..validation import check_features_labels, check_labels, check_scalar
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,7 @@ class Dataset:
         except InvalidArgumentError as error:
             raise InvalidArgumentError(f"dataset {self.name!r}: {error}" if self.name else str(error)) from None
         check_scalar("num_classes", self.num_classes, int, low=2)
-        if int(self.y.min()) < 0 or int(self.y.max()) >= self.num_classes:
-            raise InvalidArgumentError(
-                f"labels of dataset {self.name!r} must lie in 0..{self.num_classes - 1}, "
-                f"got {int(self.y.min())}..{int(self.y.max())}"
-            )
+        check_labels(self.y, num_classes=self.num_classes, name=f"labels of dataset {self.name!r}")
 
     def __len__(self) -> int:
         return self.X.shape[0]

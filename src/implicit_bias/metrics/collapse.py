@@ -51,7 +51,18 @@ STATE = (
     "shifted_squares",
     "ncc_mismatches",
     "ncc_total",
+    "ncc_reduced",
 )
+METADATA = ("num_classes", "dim", "dtype", "global_mean", "rcond", "synced")  # also in the state dict, as tensors
+
+
+def _text_tensor(text: str) -> torch.Tensor:
+    """A string as a uint8 tensor of its UTF-8 bytes (safetensors holds tensors only)."""
+    return torch.tensor(list(text.encode()), dtype=torch.uint8)
+
+
+def _tensor_text(tensor: torch.Tensor) -> str:
+    return bytes(tensor.to(torch.uint8).cpu().tolist()).decode()
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,11 @@ class CollapseReport:
     ncc_mismatch : float
         NC4: fraction of samples whose classifier decision argmax_c(⟨w_c, h⟩ + b_c) differs from the nearest
         class mean; None until :meth:`CollapseAccumulator.ncc_update` has seen data.
+    num_classes : int
+        The number of classes with samples (the K of every formula above); ``missing_classes`` lists the others.
+    class_counts, class_mean_norms, class_variances : list
+        One entry per class 0 … K−1 of the accumulator, present or not: n_c, ‖μ_c − μ_G‖ and σ²_c, with count
+        0 and NaN norm and variance for a class in ``missing_classes`` (a singleton's variance is 0).
     """
 
     num_samples: int
@@ -122,8 +138,11 @@ class CollapseAccumulator:
     rcond : float
         Relative tolerance of Σ_B's pseudo-inverse.
 
-    Features must be finite floats and labels integers: NaN / inf features (with the first bad index) and float
-    or boolean labels are refused, batch by batch.
+    Features must be finite floats and labels integers in 0..K−1 (:func:`~implicit_bias.validation.check_labels`):
+    NaN / inf features (with the first bad index) and float, boolean or out-of-range labels are refused, batch
+    by batch. :meth:`state_dict` holds the running totals and the metadata (K, D, dtype, ``global_mean``,
+    ``rcond``, synced) as tensors, ready for ``safetensors.torch.save_file``; :meth:`merge` and
+    :meth:`load_state_dict` refuse a state whose metadata differ, and :meth:`sync` is idempotent.
 
     >>> acc = CollapseAccumulator(num_classes=3, dim=2)
     >>> acc.update(torch.tensor([[1.0, 0.0], [1.1, 0.0], [0.0, 1.0], [0.0, 1.2], [-1.0, -1.0], [-1.0, -0.9]]),
@@ -178,6 +197,8 @@ class CollapseAccumulator:
         self.shifted_squares = torch.zeros(k, **options)
         self.ncc_mismatches = torch.zeros((), dtype=torch.int64, device=self.device)
         self.ncc_total = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.ncc_reduced = torch.zeros(2, dtype=torch.int64, device=self.device)  # (mismatches, total) all-reduced
+        self.synced = False
         blocks = 4 if d >= 256 else 1
         self._edges = [round(i * d / blocks) for i in range(blocks + 1)]
 
@@ -195,45 +216,90 @@ class CollapseAccumulator:
         lower = torch.tril(self.shifted_scatter)
         return lower + torch.tril(self.shifted_scatter, diagonal=-1).T
 
+    def metadata(self) -> dict[str, object]:
+        """What a state means beyond its numbers: K, D, dtype, ``global_mean``, ``rcond`` and whether it is
+        synced (see :meth:`sync`)."""
+        return {
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "global_mean": self.global_mean,
+            "rcond": self.rcond,
+            "synced": self.synced,
+        }
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Every running total (tensors only: safe to save with safetensors)."""
+        """Every running total and the :meth:`metadata`, all as tensors (strings as UTF-8 bytes), so that
+        ``safetensors.torch.save_file(acc.state_dict(), path)`` stores it whole and ``load_file`` reads it back."""
         state = {name: getattr(self, name).clone() for name in STATE}
         state["shifted_scatter"] = self._scatter()
+        meta = self.metadata()
+        state.update(
+            num_classes=torch.tensor(self.num_classes, dtype=torch.int64),
+            dim=torch.tensor(self.dim, dtype=torch.int64),
+            dtype=_text_tensor(meta["dtype"]),
+            global_mean=_text_tensor(self.global_mean),
+            rcond=torch.tensor(self.rcond, dtype=torch.float64),
+            synced=torch.tensor(self.synced),
+        )
         return state
 
+    def _refuse_mismatch(self, other: dict[str, object], action: str) -> None:
+        """One line naming the first field of ``other``'s metadata that differs from this accumulator's."""
+        ours = self.metadata()
+        for name in ("num_classes", "dim", "dtype", "global_mean", "rcond"):
+            if other[name] != ours[name] and not (name == "dtype" and self._open_dtype):
+                fix = f"torch.{other[name]}" if name == "dtype" else repr(other[name])
+                raise InvalidArgumentError(
+                    f"cannot {action}: its {name} is {other[name]!r}, this accumulator's is {ours[name]!r}; "
+                    f"build the accumulator with {name}={fix}"
+                )
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore a state from :meth:`state_dict` (e.g. to resume a half-finished pass)."""
-        missing = [name for name in STATE if name not in state]
+        """Restore a state from :meth:`state_dict` (e.g. to resume a half-finished pass); a state of another K, D,
+        dtype, ``global_mean`` or ``rcond`` is refused, naming the field."""
+        missing = [name for name in (*STATE, *METADATA) if name not in state]
         if missing:
-            raise InvalidArgumentError(f"collapse state lacks {missing}")
+            raise InvalidArgumentError(
+                f"collapse state lacks {', '.join(missing)}: it is not a CollapseAccumulator.state_dict() of this version"
+            )
+        meta = {
+            "num_classes": int(state["num_classes"]),
+            "dim": int(state["dim"]),
+            "dtype": _tensor_text(state["dtype"]),
+            "global_mean": _tensor_text(state["global_mean"]),
+            "rcond": float(state["rcond"]),
+        }
+        self._refuse_mismatch(meta, "load this collapse state")
         self._adopt(state["shifts"])
         for name in STATE:
             current = getattr(self, name)
             value = state[name]
-            if value.shape != current.shape:
+            if value.shape != current.shape or value.dtype != current.dtype:
                 raise InvalidArgumentError(
-                    f"collapse state {name!r} has shape {tuple(value.shape)}, expected {tuple(current.shape)}"
+                    f"collapse state {name!r} has shape {tuple(value.shape)} and dtype {value.dtype}, expected "
+                    f"{tuple(current.shape)} and {current.dtype}"
                 )
-            setattr(self, name, value.to(device=current.device, dtype=current.dtype).clone())
+            setattr(self, name, value.to(device=current.device).clone())
+        self.synced = bool(state["synced"])
 
     # ---------------------------------------------------------------- update
     def _check(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_features_labels(features, labels, names=("features", "labels"), allow_empty=True)
+        check_features_labels(
+            features, labels, names=("features", "labels"), num_classes=self.num_classes, allow_empty=True
+        )
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise InvalidArgumentError(
                 f"features must have shape (B, {self.dim}), got {tuple(features.shape)}; flatten or pool first"
             )
         self._adopt(features)
         labels = labels.to(device=self.device, dtype=torch.int64)
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise InvalidArgumentError(
-                f"labels must lie in 0..{self.num_classes - 1}, got {int(labels.min())}..{int(labels.max())}"
-            )
         return features.to(device=self.device, dtype=self.dtype), labels
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch of features (B, D) with their labels (B,)."""
+        self._refuse_synced("update")
         features, labels = self._check(features, labels)
         if not len(labels):
             return
@@ -289,16 +355,29 @@ class CollapseAccumulator:
         squares = self.shifted_squares + 2 * (self.shifted_sums * delta).sum(dim=1) + n * delta.square().sum(dim=1)
         return sums, scatter, squares
 
+    def _refuse_synced(self, action: str) -> None:
+        if self.synced:
+            raise InvalidArgumentError(
+                f"cannot {action} a synced accumulator: it holds every rank's data already, and one rank's "
+                "additions would be counted once where the others' are not; add data to the ranks' local "
+                "accumulators before sync(), or reset() this one"
+            )
+
     @torch.no_grad()
     def merge(self, other: CollapseAccumulator) -> None:
-        """Fold another accumulator (a shard of the same data) into this one; the result equals one pass over both."""
-        if (other.num_classes, other.dim) != (self.num_classes, self.dim):
-            raise InvalidArgumentError(
-                f"cannot merge a ({other.num_classes} classes, dim {other.dim}) accumulator into a "
-                f"({self.num_classes} classes, dim {self.dim}) one"
-            )
-        self._adopt(other.shifts)
-        other_view = _as(other, self.dtype, self.device)
+        """Fold another accumulator (a shard of the same data) into this one; the result equals one pass over both.
+
+        Both must have the same K, D, dtype, ``global_mean`` and ``rcond`` (a difference is refused, naming the
+        field; an accumulator whose dtype is still open takes the other's), and neither may be synced."""
+        self._refuse_synced("merge into")
+        other._refuse_synced("merge")
+        theirs = other.metadata()
+        if other._open_dtype:  # nothing seen yet: any dtype will do
+            theirs["dtype"] = self.metadata()["dtype"]
+        self._refuse_mismatch(theirs, "merge the other accumulator")
+        if not other._open_dtype:
+            self._adopt(other.shifts)
+        other_view = _on(other, self.device)
         adopt = other_view.seen & ~self.seen
         self.shifts[adopt] = other_view.shifts[adopt]
         self.seen |= other_view.seen
@@ -312,16 +391,27 @@ class CollapseAccumulator:
 
     @torch.no_grad()
     def sync(self, group: object | None = None) -> None:
-        """All-reduce the state across a ``torch.distributed`` process group (gloo on CPU works).
+        """All-reduce the state across a ``torch.distributed`` process group (gloo on CPU works), in place.
 
         Every rank re-centres its state on common shifts (the global class means, from an all-reduce of counts
         and sums), then the running totals are summed: afterwards every rank holds the state of one pass over
-        all ranks' data.
+        all ranks' data, marked synced (``synced`` in :meth:`metadata` and the state dict).
+
+        Idempotent: syncing a synced state leaves its class statistics as they are (a second all-reduce would
+        count every sample world-size times). A synced accumulator refuses :meth:`update` and :meth:`merge`;
+        :meth:`ncc_update` — NC4's second pass, which needs the global class means — is allowed, and only the
+        NCC counts added since the last sync are summed by the next one. Every rank must call sync() alike.
         """
         import torch.distributed as dist
 
         if not (dist.is_available() and dist.is_initialized()):
             raise InvalidArgumentError("sync() needs torch.distributed to be initialized (init_process_group)")
+        pending = torch.stack([self.ncc_mismatches, self.ncc_total]) - self.ncc_reduced
+        dist.all_reduce(pending, group=group)
+        self.ncc_reduced += pending
+        self.ncc_mismatches, self.ncc_total = self.ncc_reduced[0].clone(), self.ncc_reduced[1].clone()
+        if self.synced:
+            return
         n = self.counts.to(self.dtype)
         totals = torch.cat([n[:, None], self.shifts * n[:, None] + self.shifted_sums], dim=1)
         dist.all_reduce(totals, group=group)
@@ -332,7 +422,7 @@ class CollapseAccumulator:
             torch.zeros_like(self.shifts),
         )
         sums, scatter, squares = self._reshift(common)
-        for tensor in (sums, scatter, squares, self.counts, self.ncc_mismatches, self.ncc_total):
+        for tensor in (sums, scatter, squares, self.counts):
             dist.all_reduce(tensor, group=group)
         self.shifts, self.shifted_sums, self.shifted_scatter, self.shifted_squares = (
             common,
@@ -341,6 +431,7 @@ class CollapseAccumulator:
             squares,
         )
         self.seen = self.counts > 0
+        self.synced = True
 
     # --------------------------------------------------------------- compute
     def _means(self) -> torch.Tensor:
@@ -462,8 +553,8 @@ class CollapseAccumulator:
             self_duality_wh=self_duality_wh,
             ncc_mismatch=ncc,
             class_counts=self.counts.tolist(),
-            class_mean_norms=norms.tolist(),
-            class_variances=variances.tolist(),
+            class_mean_norms=_per_class(norms, present),
+            class_variances=_per_class(variances, present),
             missing_classes=torch.nonzero(~present).flatten().tolist(),
             singleton_classes=torch.nonzero(self.counts == 1).flatten().tolist(),
             conventions={
@@ -475,20 +566,27 @@ class CollapseAccumulator:
         )
 
 
+def _per_class(values: torch.Tensor, present: torch.Tensor) -> list[float]:
+    """The present classes' ``values`` spread over all K classes, NaN for a class without samples."""
+    full = torch.full(present.shape, math.nan, dtype=torch.float64, device=values.device)
+    full[present] = values.to(torch.float64)
+    return full.tolist()
+
+
 def _off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
     """The k(k − 1) off-diagonal entries of a k×k matrix as a (k − 1, k) view (no boolean mask)."""
     k = matrix.shape[0]
     return matrix.flatten()[1:].view(k - 1, k + 1)[:, :-1]
 
 
-def _as(accumulator: CollapseAccumulator, dtype: torch.dtype, device: torch.device) -> CollapseAccumulator:
-    """``accumulator`` itself, or a copy of its state in another dtype/device."""
-    if accumulator.dtype == dtype and accumulator.device == device:
+def _on(accumulator: CollapseAccumulator, device: torch.device) -> CollapseAccumulator:
+    """``accumulator`` itself, or a copy of its state on another device."""
+    if accumulator.device == device:
         return accumulator
     copy = CollapseAccumulator(
         accumulator.num_classes,
         accumulator.dim,
-        dtype=dtype,
+        dtype=accumulator.dtype,
         device=device,
         global_mean=accumulator.global_mean,
         rcond=accumulator.rcond,

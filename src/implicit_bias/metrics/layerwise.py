@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +13,8 @@ from torch import nn
 from ..data import Dataset
 from ..errors import InvalidArgumentError
 from ..models.features import capture_features, feature_names
-from ..models.inference import evaluation, model_device, model_dtype
-from ..validation import check_choice, check_features_labels, check_scalar
+from ..models.inference import evaluation, model_device, model_dtype, sample_slices
+from ..validation import check_choice, check_features_labels, check_labels, check_scalar
 from .collapse import CollapseAccumulator, CollapseReport
 
 REDUCTIONS = ("avgpool", "flatten", "projection")
@@ -71,22 +71,47 @@ def classifier_of(model: nn.Module) -> tuple[str | None, nn.Linear | None]:
     return (before[-1] if before else None), head
 
 
-def _batches(data: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable, batch_size: int) -> Iterable:
+Batches = Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable
+
+
+def _batches(data: Batches, batch_size: int, num_classes: int, name: str = "data") -> Iterable:
+    """The (X, y) batches of ``data``: a Dataset or an (X, y) pair cut into slices of ``batch_size`` samples
+    (:func:`~implicit_bias.models.inference.sample_slices`: no final batch of one), or the caller's re-iterable of
+    batches (a DataLoader, a list) as it is. A one-shot iterator (a generator) is refused: the metrics read the
+    data more than once, and a second pass over a spent generator would see nothing."""
     if isinstance(data, Dataset):
-        return list(zip(data.X.split(batch_size), data.y.split(batch_size)))
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        X, y = check_features_labels(*data)  # once here; a Dataset was checked when it was made
-        return list(zip(X.split(batch_size), y.split(batch_size)))
-    return data  # an iterable of (X, y) batches, e.g. a DataLoader: it must be re-iterable (two passes)
+        X, y = data.X, data.y
+        check_labels(y, num_classes=num_classes, name=f"labels of {name}")
+    elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        X, y = check_features_labels(*data, names=("X", "y"), num_classes=num_classes)
+    elif isinstance(data, Iterator) or not isinstance(data, Iterable):
+        raise InvalidArgumentError(
+            f"{name} must be read more than once: pass a Dataset, DataLoader or list of (X, y) batches, or an "
+            f"(X, y) pair, got {'a one-shot ' if isinstance(data, Iterator) else ''}{type(data).__name__}"
+        )
+    else:
+        return data
+    return [(X[s], y[s]) for s in sample_slices(len(X), batch_size)]
+
+
+def _no_samples(name: str, count: int, expected: int | None = None) -> None:
+    """Refuse a pass over the data that saw no samples, or not the ``expected`` number of the first pass."""
+    if count == 0 and expected is None:
+        raise InvalidArgumentError(f"{name} yielded no samples")
+    if expected is not None and count != expected:
+        raise InvalidArgumentError(
+            f"{name} yielded {count} samples on a second pass where the first gave {expected}: pass a Dataset, "
+            "DataLoader or list of (X, y) batches, which can be read again"
+        )
 
 
 @torch.no_grad()
 def collapse_by_layer(
     model: nn.Module,
-    data: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable,
+    data: Batches,
     layers: Sequence[str] | None = None,
     *,
-    test: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable | None = None,
+    test: Batches | None = None,
     num_classes: int | None = None,
     batch_size: int = 1024,
     reduction: str = "avgpool",
@@ -120,7 +145,7 @@ def collapse_by_layer(
         _, captured = capture_features(model, X.to(device=device, dtype=model_type), layers)
         return {name: reducer(name, output) for name, output in captured.items()}
 
-    def statistics(split: Iterable) -> dict[str, CollapseAccumulator]:
+    def statistics(split: Iterable, split_name: str) -> tuple[dict[str, CollapseAccumulator], int]:
         accumulators: dict[str, CollapseAccumulator] = {}
         offset = 0
         for X, y in split:
@@ -134,10 +159,13 @@ def collapse_by_layer(
                         f"layer {name!r}, batch of samples {offset}..{offset + len(X) - 1}: {error}"
                     ) from None
             offset += len(X)
-        return accumulators
+        _no_samples(split_name, offset)
+        return accumulators, offset
 
     def ncc_accuracy(
         split: Iterable,
+        split_name: str,
+        samples: int,
         means_from: dict[str, CollapseAccumulator],
         nc4: dict[str, CollapseAccumulator] | None,
     ) -> dict[str, float]:
@@ -150,17 +178,18 @@ def collapse_by_layer(
                 if nc4 is not None and name == penultimate and classifier[0] is not None:
                     nc4[name].ncc_update(features, y, *classifier)
             total += len(y)
+        _no_samples(split_name, total, samples)
         return {name: correct[name] / total for name in layers}
 
     with evaluation(model):
-        train_split = _batches(data, batch_size)
-        train_stats = statistics(train_split)
-        train_ncc = ncc_accuracy(train_split, train_stats, train_stats)
+        train_split = _batches(data, batch_size, num_classes)
+        train_stats, samples = statistics(train_split, "data")
+        train_ncc = ncc_accuracy(train_split, "data", samples, train_stats, train_stats)
         test_stats, test_ncc = None, None
         if test is not None:
-            test_split = _batches(test, batch_size)
-            test_stats = statistics(test_split)
-            test_ncc = ncc_accuracy(test_split, train_stats, None)
+            test_split = _batches(test, batch_size, num_classes, "test")
+            test_stats, samples = statistics(test_split, "test")
+            test_ncc = ncc_accuracy(test_split, "test", samples, train_stats, None)
 
     result = {}
     for name in layers:

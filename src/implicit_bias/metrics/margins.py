@@ -17,18 +17,19 @@ from torch import nn
 from ..errors import InvalidArgumentError, NotHomogeneousError, NotSeparatedError
 from ..losses import MARGIN_LOSSES, canonical_labels, inverse_loss, log_loss, logsumexp, output_margins
 from ..models.inference import map_outputs, model_dtype, predict, sample_slices
-from ..validation import check_choice, check_features_labels, check_scalar
+from ..validation import check_choice, check_features, check_features_labels, check_scalar
 
 
 def model_labels(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``y`` as 0..K−1 (binary ±1 labels become 0/1), checked against the shape of the model's outputs.
 
-    The output shape is read from one forward pass on ``X[:1]``, so the labels can be validated once for all
-    batches. The labels stay on their own device.
+    The output shape is read from one forward pass on ``X[:2]`` (two samples: BatchNorm computing batch
+    statistics cannot take one), so the labels can be validated once for all batches. The labels stay on their
+    own device.
     """
-    first = predict(model, X[:1])
-    canonical_labels(first, y[:1])  # outputs of shape (1,) or (1, K)
-    return canonical_labels(first.expand(len(y), *first.shape[1:]), y)
+    first = predict(model, X[:2])
+    canonical_labels(first, y[:2])  # outputs of shape (B,) or (B, K)
+    return canonical_labels(first[:1].expand(len(y), *first.shape[1:]), y)
 
 
 def margins_of(model: nn.Module, X: torch.Tensor, labels: torch.Tensor, batch_size: int | None) -> torch.Tensor:
@@ -100,11 +101,7 @@ def homogeneity_degree(
     InvalidArgumentError
         If the model has no parameters, its outputs are all zero on X, or its dtype is too coarse.
     """
-    if not isinstance(X, torch.Tensor) or not X.is_floating_point() or X.ndim < 1 or X.shape[0] == 0:
-        raise InvalidArgumentError(
-            f"X must be a non-empty floating-point tensor of samples, got {type(X).__name__} "
-            f"{getattr(X, 'dtype', '')} of shape {tuple(getattr(X, 'shape', ()))}"
-        )
+    check_features(X)
     named = dict(model.named_parameters())
     if not named:
         raise InvalidArgumentError("the model has no parameters, so it has no homogeneity degree")

@@ -11,7 +11,7 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +22,8 @@ from ..data import Dataset
 from ..errors import InvalidArgumentError
 from ..models.features import capture_features, feature_names
 from ..models.inference import evaluation, model_device, model_dtype
-from ..validation import check_finite
-from .layerwise import FeatureReducer, _batches
+from ..validation import check_finite, check_labels
+from .layerwise import Batches, FeatureReducer, _batches, _no_samples
 
 
 def _matrix(A: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -162,7 +162,7 @@ class FeatureSpectra:
 @torch.no_grad()
 def feature_spectra(
     model: nn.Module,
-    data: Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable,
+    data: Batches,
     layers: Sequence[str] | None = None,
     *,
     num_classes: int | None = None,
@@ -186,8 +186,11 @@ def feature_spectra(
     grams: dict[str, torch.Tensor] = {}
     sums: dict[str, torch.Tensor] = {}
     counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    offset = 0
     with evaluation(model):
-        for X, y in _batches(data, batch_size):
+        for X, y in _batches(data, batch_size, num_classes):
+            check_labels(y, num_classes=num_classes, name=f"labels of samples {offset}..{offset + len(y) - 1}")
+            offset += len(y)
             y = y.to(device)
             _, captured = capture_features(model, X.to(device=device, dtype=dtype), layers)
             for name, output in captured.items():
@@ -198,6 +201,7 @@ def feature_spectra(
                 grams[name] += features.T @ features
                 sums[name].index_add_(0, y, features)
             counts += torch.bincount(y, minlength=num_classes).to(torch.float64)
+    _no_samples("data", offset)
     present = counts > 0
     result = {}
     for name in layers:

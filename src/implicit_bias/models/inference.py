@@ -40,11 +40,18 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def sample_slices(n: int, batch_size: int | None) -> list[slice]:
-    """Consecutive slices of ``batch_size`` samples covering 0..n (one slice when ``batch_size`` is None)."""
+    """Consecutive slices of ``batch_size`` samples covering 0..n (one slice when ``batch_size`` is None).
+
+    A single leftover sample joins the slice before it (which then holds ``batch_size`` + 1), so that no slice
+    holds one sample out of several: BatchNorm computing batch statistics cannot normalize a batch of one.
+    """
     if batch_size is not None:
         check_scalar("batch_size", batch_size, int, low=1)
     size = batch_size or max(n, 1)
-    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, stop) for start, stop in zip(starts, [*starts[1:], n])]
 
 
 def to_model(model: nn.Module, X: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from rich.progress import (
 from torch import nn
 
 from ..data import Dataset
-from ..dynamics import log_spaced_steps, make_optimizer, steps_on_log_loss
+from ..dynamics import LossBasedLR, log_spaced_steps, make_optimizer, steps_on_log_loss
 from ..errors import ImplicitBiasError, InvalidArgumentError, NumericalError
 from ..losses import LOSSES, canonical_labels, log_loss, output_margins
 from ..models.inference import predict
@@ -96,13 +96,16 @@ def placement(model: nn.Module) -> tuple[torch.dtype, torch.device]:
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int, cache: dict[int, torch.Tensor]) -> torch.Tensor:
     """Indices of the minibatch of ``step``: epochs are seeded permutations, so a batch depends on the step alone
-    (which makes resumption exact without storing a sampler state)."""
-    per_epoch = math.ceil(n / batch_size)
+    (which makes resumption exact without storing a sampler state). A single leftover sample joins an epoch's
+    last batch (then ``batch_size`` + 1), as in :func:`~implicit_bias.models.inference.sample_slices`: BatchNorm
+    in training mode cannot normalize a batch of one."""
+    per_epoch = max(1, n // batch_size) if n % batch_size == 1 else math.ceil(n / batch_size)
     epoch, position = divmod(step, per_epoch)
     if epoch not in cache:
         cache.clear()
         cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-    return cache[epoch][position * batch_size : (position + 1) * batch_size]
+    stop = n if position == per_epoch - 1 else (position + 1) * batch_size
+    return cache[epoch][position * batch_size : stop]
 
 
 def _accuracy(outputs: torch.Tensor, y: torch.Tensor) -> float:
@@ -228,9 +231,15 @@ def fit(
         raise InvalidArgumentError(
             f"optimizer must be a name or a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
+    if isinstance(optimizer, LossBasedLR) and batch_size is not None and batch_size < len(dataset):
+        raise InvalidArgumentError(
+            f"optimizer {optimizer_name!r} trains full-batch only, got batch_size={batch_size} for {len(dataset)} "
+            "samples: its rollback undoes a step when ℒ rose, and the losses of two different minibatches are not "
+            "comparable; pass batch_size=None"
+        )
     on_log_loss = steps_on_log_loss(optimizer)
     first = check_model_input(model, dataset.X)
-    canonical_labels(first.expand(len(dataset), *first.shape[1:]), dataset.y)  # outputs fit the labels
+    canonical_labels(first[:1].expand(len(dataset), *first.shape[1:]), dataset.y)  # outputs fit the labels
 
     run_path = Path(run_dir) if run_dir is not None else None
     settings = {
