@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import InvalidArgumentError, NotHomogeneousError, NotSeparatedError
 from ..losses import MARGIN_LOSSES, canonical_labels, inverse_loss, log_loss, logsumexp, output_margins
 from ..models.inference import map_outputs, model_dtype, predict, sample_slices
-from ..validation import check_choice, check_features, check_features_labels, check_scalar
+from ..validation import check_choice, check_features, check_features_labels, check_model_input, check_scalar
 
 
 def model_labels(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -27,7 +27,7 @@ def model_labels(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Te
     statistics cannot take one), so the labels can be validated once for all batches. The labels stay on their
     own device.
     """
-    first = predict(model, X[:2])
+    first = check_model_input(model, X)
     canonical_labels(first, y[:2])  # outputs of shape (B,) or (B, K)
     return canonical_labels(first[:1].expand(len(y), *first.shape[1:]), y)
 
