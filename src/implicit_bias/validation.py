@@ -127,7 +127,7 @@ def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
     measured ~30× cheaper than ``isfinite().all()`` on CPU. Only a non-finite sum (bad entries, or an overflow of
     finite ones) pays for the elementwise test and the search for the first index.
     """
-    if not tensor.is_floating_point() or math.isfinite(float(tensor.sum())):
+    if not tensor.is_floating_point() or math.isfinite(float(tensor.detach().sum())):
         return tensor
     bad = ~torch.isfinite(tensor)
     if not bool(bad.any()):  # the sum overflowed; every entry is finite
