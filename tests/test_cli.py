@@ -47,12 +47,15 @@ def test_train_show_and_resume(tmp_path):
         "0.1",
         "-d",
         "noise=0.2",
+        "--eval-batch-size",
+        64,
         "--run-dir",
         run_dir,
         "--no-progress",
     )
     assert result.exit_code == 0, result.output
     assert {"config.yaml", "metrics.csv", "checkpoint.safetensors", "train.log"} <= {p.name for p in run_dir.iterdir()}
+    assert "eval_batch_size: 64\n" in (run_dir / "config.yaml").read_text()
     shown = invoke("show", run_dir, "--last", 3)
     assert shown.exit_code == 0 and "log_loss" in shown.output
     assert (run_dir / "figures" / "log_loss.png").stat().st_size > 1000

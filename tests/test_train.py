@@ -163,3 +163,44 @@ def test_margin_probe_on_a_network_with_biases_logs_what_is_defined(tmp_path):
     )
     assert all("q_min" in row and "normalized_margin" not in row for row in history)
     assert "no normalized margins for this model" in (tmp_path / "r" / "train.log").read_text()
+
+
+class _SmallBatchesOnly(torch.nn.Module):
+    """A bias-free 2-layer ReLU network that refuses forward passes over more than 8 samples (a model whose
+    activations only fit in memory in small batches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(2, 16, bias=False), torch.nn.ReLU(), torch.nn.Linear(16, 1, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > 8:
+            raise MemoryError(f"a batch of {len(x)} does not fit")
+        return self.body(x).squeeze(-1)
+
+
+def test_eval_batch_size_reaches_the_evaluation_and_every_probe():
+    from implicit_bias.train.probes import CollapseProbe, KKTProbe, alignment_probe
+
+    def probes() -> list:
+        return [MarginProbe(), alignment_probe, KKTProbe(), CollapseProbe(layers=["body.1"])]
+
+    data = load("gaussians", num_classes=2, n_per_class=20, test_per_class=20, seed=0)
+    model = _SmallBatchesOnly().double()
+    with pytest.raises(MemoryError):
+        fit(model, data, loss="exponential", optimizer="gd", steps=3, lr=0.1, batch_size=8, progress=False)
+    history = fit(model, data, loss="exponential", optimizer="gd", steps=3, lr=0.1, batch_size=8,
+                  eval_batch_size=8, probes=probes(), progress=False)
+    assert {"normalized_margin", "alignment", "kkt_epsilon", "nc1/body.1", "test_log_loss"} <= set(history.last)
+
+
+def test_the_test_log_loss_is_logged_as_the_sum_over_the_test_set():
+    data = load("gaussians", num_classes=2, n_per_class=30, test_per_class=30, seed=0)
+    model = build("linear:bias=false", data.input_shape, 2, seed=0).double()
+    history = fit(model, data, loss="logistic", optimizer="gd", steps=5, lr=0.1, progress=False)
+    with torch.no_grad():  # log Σ_n log(1 + e^{−q_n}) by hand, q_n = ±Φ(x_n)
+        q = (2 * data.test.y - 1).double() * model(data.test.X.double()).squeeze(-1)
+        expected = math.log(float(torch.log1p(torch.exp(-q)).sum()))
+    assert history.last["test_log_loss"] == pytest.approx(expected, rel=1e-12)

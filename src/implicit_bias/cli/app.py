@@ -92,6 +92,10 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Number of optimizer steps. Default: 1000.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate. Default: 0.05.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size. Default: full batch.")] = None,
+    eval_batch_size: Annotated[
+        int | None,
+        typer.Option(help="Samples per forward pass at logged steps and in probes. Default: all at once."),
+    ] = None,
     dtype: Annotated[str | None, typer.Option(help="float64 | float32 (TrainConfig checks it). Default: float64.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda. Default: cpu.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed. Default: 0.")] = None,
@@ -112,6 +116,7 @@ def train(
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size,
         "dtype": dtype,
         "device": device,
         "seed": seed,

@@ -33,6 +33,7 @@ class TrainConfig:
     steps: int = 1000
     lr: float = 0.05
     batch_size: int | None = None  # None: full batch
+    eval_batch_size: int | None = None  # samples per forward pass at logged steps and in probes; None: all at once
     dtype: str = "float64"  # terminal-phase numerics; fit called directly keeps a model's own dtype instead
     device: str = "cpu"
     seed: int = 0  # model initialization, minibatch order, dropout
@@ -80,6 +81,7 @@ def run(config: TrainConfig, run_dir: str | Path | None, *, resume: bool = False
         steps=config.steps,
         lr=config.lr,
         batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
         dtype=config.dtype,
         device=config.device,
         seed=config.seed,

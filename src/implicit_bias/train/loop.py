@@ -159,8 +159,8 @@ def fit(
     The objective is ℒ/N (``reduction="mean"``, the usual PyTorch scale for ``lr``) or the sum ℒ
     (``"sum"``), always evaluated in float64 log space (:mod:`implicit_bias.losses`), so the run goes on when ℒ
     is far below 1e−308. Logged rows hold ``log_loss`` = log ℒ with ℒ = Σ_n ℓ(q_n) over the training set
-    (the sum, as in Lyu & Li 2020), ``accuracy``, ``test_accuracy`` where a test split exists, the learning
-    rate, and every probe's values; rows are written at about ``log_points`` geometrically spaced steps and at
+    (the sum, as in Lyu & Li 2020), ``accuracy``, ``test_log_loss`` and ``test_accuracy`` where a test split
+    exists (the same sum over the test set), the learning rate, and every probe's values; rows are written at about ``log_points`` geometrically spaced steps and at
     the end.
 
     Parameters
@@ -178,6 +178,9 @@ def fit(
         Number of optimizer steps.
     batch_size : int, optional
         Minibatch size (epochs of seeded permutations); None means full-batch gradient descent.
+    eval_batch_size : int, optional
+        Samples per forward pass when a logged row evaluates the training and test sets, and in the probes' own
+        passes (a probe's own ``batch_size`` wins); None: each set in one pass.
     dtype, device : optional
         Cast / move ``model`` in place first (e.g. ``dtype=torch.float64`` for terminal-phase numerics, the
         default of :class:`~implicit_bias.train.TrainConfig`, the CLI and the experiments). None: the model's own.
@@ -208,6 +211,8 @@ def fit(
     check_scalar("log_points", log_points, int, low=1)
     if batch_size is not None:
         check_scalar("batch_size", batch_size, int, low=1)
+    if eval_batch_size is not None:
+        check_scalar("eval_batch_size", eval_batch_size, int, low=1)
     dataset = as_dataset(data)
     if dtype is not None or device is not None:
         model.to(
@@ -249,6 +254,7 @@ def fit(
         "steps": steps,
         "lr": lr,
         "batch_size": batch_size,
+        "eval_batch_size": eval_batch_size,
         "dtype": str(dtype).removeprefix("torch."),
         "device": str(device),
         "seed": seed,
@@ -556,9 +562,11 @@ def _log_row(
     _check_objective(log_value, step, loss, outputs.dtype, optimizer, run_path)
     row: dict[str, float] = {"step": step, "log_loss": log_value, "accuracy": accuracy}
     if data.test is not None:
-        row["test_accuracy"] = _evaluate(model, data.test, loss, eval_batch_size)[2]
+        _, row["test_log_loss"], row["test_accuracy"] = _evaluate(model, data.test, loss, eval_batch_size)
     row["lr"] = float(optimizer.param_groups[0]["lr"])
-    context = ProbeContext(step, model, data.X, data.y, outputs, log_value, loss, optimizer, data.num_classes)
+    context = ProbeContext(
+        step, model, data.X, data.y, outputs, log_value, loss, optimizer, data.num_classes, eval_batch_size
+    )
     for probe in probes:
         try:
             values = probe(context)

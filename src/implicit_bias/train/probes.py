@@ -61,6 +61,9 @@ class ProbeContext:
     optimizer : torch.optim.Optimizer
     num_classes : int
         K of the training data.
+    eval_batch_size : int or None
+        Samples per forward pass for a probe's own passes over ``X`` (fit's ``eval_batch_size``; None: all at
+        once); a probe given its own ``batch_size`` uses that instead.
     """
 
     step: int
@@ -72,6 +75,11 @@ class ProbeContext:
     loss: str
     optimizer: torch.optim.Optimizer
     num_classes: int = 2
+    eval_batch_size: int | None = None
+
+    def batch_size(self, own: int | None) -> int | None:
+        """A probe's own ``batch_size`` if it has one, else the run's ``eval_batch_size``."""
+        return own if own is not None else self.eval_batch_size
 
     @property
     def margins(self) -> torch.Tensor:
@@ -103,7 +111,7 @@ def _detected_degree(context: ProbeContext, missing: str, batch_size: int | None
     """The model's homogeneity degree, or None after a warning in the run's log saying what will be ``missing``
     (e.g. "margins probe: no normalized margins") and the fix."""
     try:
-        return homogeneity_degree(context.model, context.X, batch_size=batch_size)
+        return homogeneity_degree(context.model, context.X, batch_size=context.batch_size(batch_size))
     except NotHomogeneousError as error:
         logger.warning("%s for this model (pass degree=L to the probe if it is L-homogeneous): %s", missing, error)
         return None
@@ -218,7 +226,11 @@ class AsymmetricMarginProbe:
 def alignment_probe(context: ProbeContext) -> dict[str, float]:
     """``alignment`` = cos(θ, −∇ℒ) (Ji & Telgarsky 2020)."""
     try:
-        return {"alignment": alignment(context.model, context.X, context.y, context.loss)}
+        return {
+            "alignment": alignment(
+                context.model, context.X, context.y, context.loss, batch_size=context.batch_size(None)
+            )
+        }
     except InvalidArgumentError:  # a zero gradient (an exact mse fit) or zero parameters
         return {}
 
@@ -286,7 +298,7 @@ class KKTProbe:
             degree=self.degree,
             slack=self.slack,
             max_points=self.max_points,
-            batch_size=self.batch_size,
+            batch_size=context.batch_size(self.batch_size),
             max_memory=self.max_memory,
         )
         return {"kkt_epsilon": epsilon, "kkt_delta": delta}
@@ -325,6 +337,7 @@ class CollapseProbe:
             self.layers,
             num_classes=context.num_classes,
             reduction=self.reduction,
+            **({"batch_size": context.eval_batch_size} if context.eval_batch_size is not None else {}),
         )
         row = {}
         for layer, measured in result.items():
