@@ -45,6 +45,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,6 +65,7 @@ from implicit_bias.models import build
 from implicit_bias.train import MarginProbe, fit
 
 SHAPES = [(512, 100, 100_000), (2048, 1000, 20_000)]
+GAMMA = "normalized margin, terminal linear model"
 NC_FIELDS = ("nc1", "nc1_trace", "cdnv", "equinorm", "equiangularity", "max_angle", "etf_distance", "self_duality")
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 console = Console(width=200)
@@ -386,34 +388,31 @@ def agreement_section(args, device: torch.device, checks: Checks, trained, data)
     # margins: the terminal-phase linear model (‖θ‖ ~ 1e5) and a random bias-free ReLU MLP, on wider data
     wide = load("linear-separable", n=200 if args.quick else 20_000, dim=20, margin=0.1, seed=1)
     mlp = build("mlp:depth=2,width=64,bias=false", wide.input_shape, wide.num_classes, seed=0)
-    for label, model, X, y, degree in (
-        ("margins, terminal linear model", trained, data.X, data.y, 1),
-        ("margins, random ReLU MLP", mlp, wide.X, wide.y, None),
-    ):
+    cases = [("margins, random ReLU MLP", mlp, wide.X, wide.y, None)]
+    if trained is not None:  # None: the terminal section failed (reported there)
+        cases.insert(0, ("margins, terminal linear model", trained, data.X, data.y, 1))
+    for label, model, X, y, degree in cases:
         for dtype in (torch.float64, torch.float32):
             X_typed = X.to(dtype)
             host = copy.deepcopy(model).to(device=cpu, dtype=dtype)
             truth = hand_margins(host, X_typed.double().numpy(), y.numpy())
-            values = {}
+            values, gammas = {}, {}
             for where in (cpu, device) if compare_devices else (cpu,):
                 placed = copy.deepcopy(host).to(where)
-                values[where.type] = margins(placed, X_typed.to(where), y.to(where)).cpu().numpy()
-                record(label, dtype, f"{where.type} vs NumPy", relative(values[where.type], truth))
-                if degree is not None:  # separated: the normalized margin q_min/‖θ‖ too
-                    gamma = normalized_margin(placed, X_typed.to(where), y.to(where), degree=degree)
+                values[str(where)] = margins(placed, X_typed.to(where), y.to(where)).cpu().numpy()
+                record(label, dtype, f"{where} vs NumPy", relative(values[str(where)], truth))
+                if degree is not None:  # separated: the normalized margin q_min/‖θ‖^L too
+                    gammas[str(where)] = normalized_margin(placed, X_typed.to(where), y.to(where), degree=degree)
                     norm = math.sqrt(
-                        sum(float(np.square(p.detach().cpu().double().numpy()).sum()) for p in host.parameters())
+                        sum(float(np.square(p.detach().double().numpy()).sum()) for p in host.parameters())
                     )
-                    record(
-                        "normalized margin, terminal linear model",
-                        dtype,
-                        f"{where.type} vs NumPy",
-                        relative(gamma, truth.min() / norm**degree),
-                    )
+                    record(GAMMA, dtype, f"{where} vs NumPy", relative(gammas[str(where)], truth.min() / norm**degree))
             if compare_devices:
-                record(label, dtype, f"{device.type} vs cpu", relative(values[device.type], values["cpu"]))
+                record(label, dtype, f"{device} vs cpu", relative(values[str(device)], values["cpu"]))
+                if gammas:
+                    record(GAMMA, dtype, f"{device} vs cpu", relative(gammas[str(device)], gammas["cpu"]))
 
-    # neural collapse: the first benchmark shape, a classifier W = class means + noise for self-duality
+    # neural collapse: the first benchmark shape, a random classifier W for self-duality
     D, K, N = shrink(*SHAPES[0], args.quick)
     host_batches = make_batches(D, K, N, torch.float64, seed=1)
     W = torch.randn(K, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -425,21 +424,21 @@ def agreement_section(args, device: torch.device, checks: Checks, trained, data)
         reports = {}
         for where in (cpu, device) if compare_devices else (cpu,):
             report = accumulate(on(typed, where, dtype), K, D, dtype, where, W.to(device=where, dtype=dtype))
-            reports[where.type] = {field: getattr(report, field) for field in NC_FIELDS}
+            reports[str(where)] = {field: getattr(report, field) for field in NC_FIELDS}
             for field in NC_FIELDS:
                 record(
                     f"NC {field} ({D}×{K}×{N})",
                     dtype,
-                    f"{where.type} vs NumPy",
-                    relative(reports[where.type][field], truth[field]),
+                    f"{where} vs NumPy",
+                    relative(reports[str(where)][field], truth[field]),
                 )
         if compare_devices:
             for field in NC_FIELDS:
                 record(
                     f"NC {field} ({D}×{K}×{N})",
                     dtype,
-                    f"{device.type} vs cpu",
-                    relative(reports[device.type][field], reports["cpu"][field]),
+                    f"{device} vs cpu",
+                    relative(reports[str(device)][field], reports["cpu"][field]),
                 )
     console.print(table)
     return rows
@@ -491,22 +490,42 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats = 1
     threads = args.threads if args.threads is not None else 1 if args.quick else None
-    if threads is not None:
-        torch.set_num_threads(threads)
+    previous = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        results = run_all(args, device)
+    finally:
+        torch.set_num_threads(previous)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 1 if any(not row["passed"] for row in results["checks"]) else 0
+
+
+def run_all(args: argparse.Namespace, device: torch.device) -> dict[str, object]:
+    """Every section, each timed; a section that raises is one FAIL check with its error (kept in the JSON under
+    ``errors``), and the others still run, so one device session gives every number it can."""
     start = time.perf_counter()
     checks = Checks()
-    results: dict[str, object] = {"environment": environment(device), "quick": args.quick}
+    results: dict[str, object] = {"environment": environment(device), "quick": args.quick, "errors": {}}
     sections: dict[str, float] = {}
 
     def section(name: str, run: Callable[[], object]):
         begin = time.perf_counter()
-        value = run()
-        sections[name] = time.perf_counter() - begin
-        return value
+        try:
+            return run()
+        except Exception as error:  # noqa: BLE001  (reported as a failed check, never swallowed)
+            results["errors"][name] = traceback.format_exc()
+            console.print(f"[red]{name} raised[/red] {type(error).__name__}: {error}")
+            checks.add(name, "section ran", math.nan, "no exception", False)
+            return None
+        finally:
+            sections[name] = time.perf_counter() - begin
 
     results["collapse"] = section("collapse", lambda: collapse_section(args, device, checks))
     results["fit"] = section("fit", lambda: fit_section(args, device, checks))
-    results["terminal"], trained, data = section("terminal", lambda: terminal_section(args, device, checks))
+    terminal = section("terminal", lambda: terminal_section(args, device, checks))
+    results["terminal"], trained, data = terminal if terminal is not None else (None, None, None)
     results["agreement"] = section("agreement", lambda: agreement_section(args, device, checks, trained, data))
     results["section_seconds"] = sections
     results["checks"] = checks.rows
@@ -519,9 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"{len(checks.rows) - failed}/{len(checks.rows)} checks passed in {results['seconds']:.1f} s ({timing})"
     )
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
-    return 1 if failed else 0
+    return results
 
 
 if __name__ == "__main__":
