@@ -264,7 +264,7 @@ CLI_ROWS = [
     cli("reproduce-set-unknown-key", "reproduce", "homogeneous-margin", "--quick", "--set", "stepz=3", "--out", NEW,
         match=r"unknown experiment 'homogeneous-margin' option\(s\) 'stepz'"),
     cli("reproduce-set-wrong-type", "reproduce", "homogeneous-margin", "--quick", "--set", "steps=many", "--out", NEW,
-        match=r"experiment 'homogeneous-margin': steps must be int, got str 'many'"),
+        match=r"experiment 'homogeneous-margin' option steps must be int, got str 'many'; allowed: .*steps: int"),
     cli("reproduce-set-without-equals", "reproduce", "homogeneous-margin", "--set", "steps", "--out", NEW,
         match=r"--set 'steps' must look like key=value"),
     cli("reproduce-into-full-folder", "reproduce", "homogeneous-margin", "--quick", "--out", "{ws}/full-out",
@@ -466,7 +466,7 @@ API_ROWS = [
     api("config-mapping-unknown-key", lambda ws: TrainConfig.from_mapping({"stepz": 3}), Unknown,
         r"option\(s\) 'stepz'"),
     api("config-string-steps", lambda ws: TrainConfig.from_mapping({"steps": "3"}), Invalid,
-        r"config: steps must be int, got str '3'"),
+        r"config option steps must be int, got str '3'; allowed: .*probes: list\[str\]"),
     api("config-bool-steps", lambda ws: TrainConfig.from_mapping({"steps": True}), Invalid, r"got bool True"),
     # datasets and data files
     api("load-unknown-dataset", lambda ws: load("imagenet"), Unknown, r"unknown dataset 'imagenet'"),

@@ -24,3 +24,11 @@ def test_overrides_are_checked():
         resolve_config("soudry-2018", quick=True, overrides={"stepz": 10})
     with pytest.raises(InvalidArgumentError, match="steps must be int"):
         resolve_config("soudry-2018", quick=True, overrides={"steps": "ten"})
+    # One type check for configs, specs and options: 1e3 on a command line is the int 1000, and a tuple field's
+    # elements are checked (a list of strings used to pass as a tuple and fail later inside the run).
+    assert resolve_config("soudry-2018", quick=True, overrides={"steps": 1e3}).steps == 1000
+    assert resolve_config("galanti-2022-depth", quick=True, overrides={"depths": [4, 6]}).depths == (4, 6)
+    with pytest.raises(InvalidArgumentError, match=r"depths must be tuple\[int, \.\.\.\], got list \[4, 'x'\]"):
+        resolve_config("galanti-2022-depth", quick=True, overrides={"depths": [4, "x"]})
+    with pytest.raises(InvalidArgumentError, match=r"steps must be int, got float 2\.5"):
+        resolve_config("soudry-2018", quick=True, overrides={"steps": 2.5})

@@ -170,28 +170,16 @@ _SHAPE_MISMATCH = re.compile(r"shape|size|must match|channels|elements not|dimen
 def dataclass_from_mapping(cls: type, values: Mapping[str, Any], *, base: Any = None, source: str = "config") -> Any:
     """An instance of the dataclass ``cls`` — ``base`` (default: ``cls()``) with ``values`` replacing fields.
 
-    Unknown keys are refused, and every value must have its field's type (as given by the base value; an int
-    is accepted for a float, and None for a field whose base value is None).
+    Keys and values are checked against the fields' annotations by :func:`check_options` (the one type check
+    for configs, specs and options): unknown keys are refused, ``1e3`` is an int, ``[4, 8]`` a tuple of ints.
     """
     import dataclasses
+    import typing
 
     base = cls() if base is None else base
-    check_keys(source, values, [f.name for f in dataclasses.fields(cls)])
-    checked: dict[str, Any] = {}
-    for key, value in values.items():
-        expected = getattr(base, key)
-        if value is None or expected is None:
-            checked[key] = value
-            continue
-        kind = type(expected)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if kind is tuple and isinstance(value, list):
-            value = tuple(value)
-        if not isinstance(value, kind) or isinstance(value, bool) != isinstance(expected, bool):
-            raise InvalidArgumentError(f"{source}: {key} must be {kind.__name__}, got {type(value).__name__} {value!r}")
-        checked[key] = value
-    return dataclasses.replace(base, **checked)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
+    return dataclasses.replace(base, **check_options(source, values, fields))
 
 
 def parse_value(text: str) -> Any:

@@ -131,7 +131,7 @@ def train(
         }
     if probe:
         overrides["probes"] = list(probe)
-    resolved = dataclass_from_mapping(TrainConfig, overrides, base=base, source="options")
+    resolved = dataclass_from_mapping(TrainConfig, overrides, base=base, source="train")
     folder = run_dir or timestamped("train")
     history = run(resolved, folder, progress=progress)
     _print_rows(history, last=4)
