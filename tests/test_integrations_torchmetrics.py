@@ -123,8 +123,9 @@ def test_reset_forgets_the_data_and_can_take_a_new_shift():
 
 
 def test_cancellation_stays_within_the_stated_bound_and_a_shift_removes_it():
-    """Offset 1e3 per coordinate and within-class spread 1: ρ = Σ n‖μ_c‖² / Σ n σ²_c ≈ 1.3e5, so the default
-    (zero) shift may lose up to 3Nε(1 + ρ) ≈ 1.7e−8 relative; a shift at the rough class means loses nothing."""
+    """Offset 1e3 per coordinate and within-class spread 1: ρ = Σ n‖μ_c‖² / Σ n σ²_c ≈ 1.05e6, so the default
+    (zero) shift may lose up to 3Nε(1 + ρ) ≈ 1.4e−7 relative (measured: 6.9e−10 on NC1, 1.4e−10 on tr Σ_W/tr Σ_B,
+    4.9e−11 on CDNV); a shift at the class means rounded to integers loses nothing (≤ 1.2e−13)."""
     H, y = features(per_class=40, spread=1.0, offset=1e3, seed=4)
     truth = two_pass(H, y, 5)
     within = (H - torch.as_tensor(truth["means"])[y]).square().sum()
@@ -288,3 +289,37 @@ def test_two_process_gloo_sync_equals_one_process_on_the_union(tmp_path):
             assert state["values"][key] == pytest.approx(truth[key], rel=1e-10), key
         assert state["refused"].startswith("NeuralCollapse's shift differs between the ranks")
         assert state["margin"] == pytest.approx(margin, rel=1e-12)
+
+
+def test_copies_share_the_live_classifier_and_merge_state_adds_shards():
+    H, y = features(seed=8)
+    classifier = torch.nn.Linear(8, 5)
+    left, right = NeuralCollapse(5, 8, classifier=classifier), NeuralCollapse(5, 8)
+    left.update(H[:90], y[:90])
+    right.update(H[90:], y[90:])
+    copy = left.clone()
+    with torch.no_grad():
+        classifier.weight.mul_(-1.0)  # W → −W: self_duality becomes ‖−Wᵀ/‖W‖ − M̃/‖M̃‖‖² (read at compute)
+    copy.merge_state(right)
+    truth = two_pass(H, y, 5, classifier.weight.detach())
+    assert float(copy.compute()["self_duality"]) == pytest.approx(truth["self_duality"], rel=1e-10)
+    assert float(copy.compute()["nc1"]) == pytest.approx(truth["nc1"], rel=1e-10)
+    restored = pickle.loads(pickle.dumps(copy))
+    assert float(restored.compute()["nc1"]) == pytest.approx(truth["nc1"], rel=1e-10)
+    assert list(copy.parameters()) == []  # the classifier is referenced, not a submodule
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_move_takes_the_states_and_leaves_the_model():
+    H, y = features(seed=9, dtype=torch.float32)
+    net = _bias_free_net()
+    metric, margin = NeuralCollapse(5, 8).to("cuda"), NormalizedMargin(net, degree=2).to("cuda")
+    assert metric.shifted_scatter.device.type == "cuda" and next(net.parameters()).device.type == "cpu"
+    metric.update(H, y)  # CPU batches are moved to the states' device
+    metric.update(H.cuda(), y.cuda())
+    doubled = torch.cat([H, H]), torch.cat([y, y])
+    for key in FIELDS:
+        assert float(metric.compute()[key]) == pytest.approx(two_pass(*doubled, 5)[key], rel=1e-9), key
+    X = torch.randn(20, 3, dtype=torch.float64)
+    margin.update(net(X).cuda(), net(X).argmax(1).cuda())
+    assert float(margin.compute()) == pytest.approx(hand_margin(net, X, net(X).argmax(1)), rel=1e-12)
