@@ -243,6 +243,13 @@ def test_bad_arguments_are_one_line_naming_them():
         NeuralCollapse(3, 4, classifier=torch.nn.Linear(3, 4))
     with pytest.raises(InvalidArgumentError, match=r"features must have shape \(B, 4\)"):
         NeuralCollapse(3, 4).update(torch.zeros(2, 5), torch.tensor([0, 1]))
+    margin = NormalizedMargin(torch.nn.Linear(4, 3, bias=False), degree=1)
+    with pytest.raises(InvalidArgumentError, match="outputs holds NaN at index"):
+        margin.update(torch.tensor([[0.0, math.nan, 1.0]]), torch.tensor([0]))
+    with pytest.raises(InvalidArgumentError, match=r"labels must lie in 0\.\.2"):
+        margin.update(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(InvalidArgumentError, match="p must be 1, 2 or inf"):
+        NormalizedMargin(torch.nn.Linear(4, 3), degree=1, p=3)
 
 
 def _sync_worker(rank, world, path, H, y, net, X):

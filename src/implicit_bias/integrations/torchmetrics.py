@@ -32,7 +32,7 @@ from ..errors import InvalidArgumentError, NotSeparatedError, NumericalError
 from ..losses import output_margins
 from ..metrics.collapse import CollapseAccumulator, CollapseReport, add_shifted_batch, check_feature_batch, gram_edges
 from ..metrics.margins import homogeneity_degree, normalize_by_norm, parameter_norm
-from ..validation import check_choice, check_finite, check_scalar
+from ..validation import check_choice, check_features, check_finite, check_scalar
 
 CANCELLATION_LIMIT = 1e-6  # the largest estimated relative error of the within-class scatter NeuralCollapse returns
 SCALAR_FIELDS = ("nc1", "nc1_trace", "cdnv", "equinorm", "equiangularity", "max_angle", "etf_distance", "etf_floor")
@@ -225,11 +225,14 @@ class NeuralCollapse(Metric):
         worst = int(factors.argmax())
         estimate = math.sqrt(float(n.sum())) * torch.finfo(self.shifted_sums.dtype).eps * float(factors[worst])
         if not estimate <= CANCELLATION_LIMIT:
+            distance = math.sqrt(float(offsets[worst] / n[worst]))  # ‖μ_c − s_c‖
+            rms = math.sqrt(max(float(spread[worst]), 0.0) / float(n[worst]))  # σ_c as the sums resolve it
+            lost = f"~{estimate:.1e} relative" if math.isfinite(estimate) else "every digit"
             raise NumericalError(
-                f"NeuralCollapse cannot resolve the within-class spread of class {worst}: its features lie "
-                f"{math.sqrt(float(offsets[worst] / n[worst])):.3g} from the shift, {float(factors[worst]):.3g} times "
-                f"their spread in square, so the sums lose ~{estimate:.1e} relative (limit {CANCELLATION_LIMIT:g}); "
-                "pass shift= near the class means, e.g. metric.reset(shift=metric.class_means()) after a first epoch"
+                f"NeuralCollapse cannot resolve the within-class spread of class {worst}: its mean lies "
+                f"{distance:.3g} from the shift against a spread of {rms:.3g}, so the sums around the shift lose "
+                f"{lost} (limit {CANCELLATION_LIMIT:g}); pass shift= near the class means, e.g. "
+                "metric.reset(shift=metric.class_means()) after a first epoch"
             )
 
     def _weights(self, weight: torch.Tensor | None, bias: torch.Tensor | None):
@@ -334,7 +337,8 @@ class NormalizedMargin(Metric):
     @torch.no_grad()
     def update(self, outputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch of model outputs (B,) or (B, K) with their labels (B,)."""
-        q = output_margins(check_finite("outputs", outputs.detach()), labels).to(self.min_margin.device)
+        outputs = check_features(outputs, name="outputs", allow_empty=True).detach()
+        q = output_margins(outputs, labels).to(self.min_margin.device)
         if q.numel():
             self.min_margin = torch.minimum(self.min_margin, q.min().to(self.min_margin.dtype))
         self.num_samples += q.numel()
