@@ -199,17 +199,7 @@ class CollapseAccumulator:
         self.ncc_total = torch.zeros((), dtype=torch.int64, device=self.device)
         self.ncc_reduced = torch.zeros(2, dtype=torch.int64, device=self.device)  # (mismatches, total) all-reduced
         self.synced = False
-        blocks = 4 if d >= 256 else 1
-        self._edges = [round(i * d / blocks) for i in range(blocks + 1)]
-
-    def _add_gram(self, centred: torch.Tensor) -> None:
-        """T += CᵀC on the lower block triangle only (the symmetric rank-k update PyTorch lacks): with the columns
-        of C in 4 strips, strip i adds its rows against columns 0 … end of strip i in one GEMM — 10/16 of the
-        full product's work, measured 0.64–0.71× its time. The lower triangle of ``shifted_scatter`` is the
-        valid one; :meth:`_scatter` mirrors it."""
-        edges = self._edges
-        for start, stop in itertools.pairwise(edges):
-            self.shifted_scatter[start:stop, :stop].addmm_(centred[:, start:stop].T, centred[:, :stop])
+        self._edges = gram_edges(d)
 
     def _scatter(self) -> torch.Tensor:
         """The full symmetric T from its valid lower triangle."""
@@ -285,13 +275,7 @@ class CollapseAccumulator:
 
     # ---------------------------------------------------------------- update
     def _check(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        check_features_labels(
-            features, labels, names=("features", "labels"), num_classes=self.num_classes, allow_empty=True
-        )
-        if features.ndim != 2 or features.shape[1] != self.dim:
-            raise InvalidArgumentError(
-                f"features must have shape (B, {self.dim}), got {tuple(features.shape)}; flatten or pool first"
-            )
+        check_feature_batch(features, labels, self.num_classes, self.dim)
         self._adopt(features)
         labels = labels.to(device=self.device, dtype=torch.int64)
         return features.to(device=self.device, dtype=self.dtype), labels
@@ -309,10 +293,9 @@ class CollapseAccumulator:
             sums = torch.zeros_like(self.shifts).index_add_(0, labels, features)
             self.shifts[new] = sums[new] / batch_counts[new, None].to(self.dtype)
             self.seen |= new
-        centred = features - self.shifts.index_select(0, labels)  # exact where h ≈ s (Sterbenz)
-        self.shifted_sums.index_add_(0, labels, centred)
-        self.shifted_squares.index_add_(0, labels, torch.linalg.vector_norm(centred, dim=1).square())
-        self._add_gram(centred)
+        add_shifted_batch(
+            features, labels, self.shifts, self.shifted_sums, self.shifted_squares, self.shifted_scatter, self._edges
+        )
         self.counts += batch_counts
 
     @torch.no_grad()
@@ -564,6 +547,48 @@ class CollapseAccumulator:
                 "pseudo_inverse": f"SVD of M̃ (a Cholesky solve when κ ≤ 1e4), singular values > {self.rcond:g}·max",
             },
         )
+
+
+def check_feature_batch(features: torch.Tensor, labels: torch.Tensor, num_classes: int, dim: int) -> None:
+    """The checks of every collapse update: finite float features of shape (B, D), integer labels in 0..K−1."""
+    check_features_labels(features, labels, names=("features", "labels"), num_classes=num_classes, allow_empty=True)
+    if features.ndim != 2 or features.shape[1] != dim:
+        raise InvalidArgumentError(
+            f"features must have shape (B, {dim}), got {tuple(features.shape)}; flatten or pool first"
+        )
+
+
+def gram_edges(dim: int) -> list[int]:
+    """The column strips of :func:`add_lower_gram`: 4 from D = 256 on, else 1."""
+    blocks = 4 if dim >= 256 else 1
+    return [round(i * dim / blocks) for i in range(blocks + 1)]
+
+
+def add_lower_gram(scatter: torch.Tensor, centred: torch.Tensor, edges: list[int]) -> None:
+    """scatter += CᵀC on the lower block triangle only (the symmetric rank-k update PyTorch lacks): with the
+    columns of C in strips (``edges``), strip i adds its rows against columns 0 … end of strip i in one GEMM —
+    10/16 of the full product's work for 4 strips, measured 0.64–0.71× its time. Only the lower triangle of
+    ``scatter`` is valid afterwards."""
+    for start, stop in itertools.pairwise(edges):
+        scatter[start:stop, :stop].addmm_(centred[:, start:stop].T, centred[:, :stop])
+
+
+def add_shifted_batch(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    shifts: torch.Tensor,
+    shifted_sums: torch.Tensor,
+    shifted_squares: torch.Tensor,
+    shifted_scatter: torch.Tensor,
+    edges: list[int],
+) -> None:
+    """The additive part of an update around fixed per-class shifts s_c, in place: u_c += Σ_{i∈c} (h_i − s_c),
+    q_c += Σ_{i∈c} ‖h_i − s_c‖², T += Σ_i (h_i − s_{y_i})(h_i − s_{y_i})ᵀ (lower block triangle, see
+    :func:`add_lower_gram`). ``features`` and ``labels`` must be checked and on the totals' device and dtype."""
+    centred = features - shifts.index_select(0, labels)  # exact where h ≈ s (Sterbenz)
+    shifted_sums.index_add_(0, labels, centred)
+    shifted_squares.index_add_(0, labels, torch.linalg.vector_norm(centred, dim=1).square())
+    add_lower_gram(shifted_scatter, centred, edges)
 
 
 def _per_class(values: torch.Tensor, present: torch.Tensor) -> list[float]:
