@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -56,6 +58,7 @@ def test_import_is_cheap_and_lists_every_subpackage():
     )
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch, scipy and matplotlib: seconds
 def test_subpackages_load_on_use_keep_the_users_matplotlib_backend_and_figures_render_headless(tmp_path):
     figure_path = tmp_path / "figure.png"
     run_python(
