@@ -232,7 +232,7 @@ register(
         name="sukenik-2024",
         claim="With 4 layers and 10 classes, GD ends below the loss of deep neural collapse, near the low-rank SRG "
         "solution, with class means of rank ≈ r = 5 before the last ReLU.",
-        quick=DUFMConfig(),
+        quick=DUFMConfig(steps=10_000),
         full=DUFMConfig(steps=100_000, seeds=10),
         runner=run_sukenik_2024,
         key_number="loss_over_dnc_mean",
