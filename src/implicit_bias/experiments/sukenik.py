@@ -245,7 +245,7 @@ register(
         name="rank-vs-weight-decay",
         claim="In the 4-layer DUFM with 10 classes, the average rank of the class means at convergence falls as "
         "the weight decay grows.",
-        quick=RankSweepConfig(steps=10_000),
+        quick=RankSweepConfig(steps=5000),
         full=RankSweepConfig(steps=100_000, seeds=5, weight_decays=(0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.016)),
         runner=run_rank_vs_weight_decay,
         key_number="rank_drop",
