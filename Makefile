@@ -16,8 +16,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/implicit-bias reproduce --all --quick
 
+# worksteal: an idle worker takes queued tests from the busy one, so the two finish together (conftest runs the
+# slow tests first); every quick reproduction runs. `pytest -m "not slow"` is the quick subset.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fit_overhead.py

@@ -31,6 +31,7 @@ def test_version_and_list():
         assert name in result.output
 
 
+@pytest.mark.slow
 def test_train_show_and_resume(tmp_path):
     run_dir = tmp_path / "run"
     result = invoke(
@@ -85,6 +86,7 @@ def test_train_from_a_config_file_with_overrides(tmp_path):
     assert "steps: 10" in (tmp_path / "r" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_reproduce_writes_result_figures_and_report(tmp_path):
     result = invoke(
         "reproduce",

@@ -37,6 +37,7 @@ def toy_model():
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TOY_DIRECTIONS))
 def test_each_optimizer_converges_to_its_own_max_margin_direction(name):
     options = {"normalize": True} if name in ("sign", "coordinate") else {}
@@ -56,6 +57,7 @@ def test_each_optimizer_converges_to_its_own_max_margin_direction(name):
     assert direction_cosine(model.weight.flatten(), expected) > 1 - 1e-6
 
 
+@pytest.mark.slow
 def test_adam_follows_sign_descent_without_eps_and_drifts_to_gradient_descent_with_it():
     # Adam's steps shrink with the gradients it remembers, so its direction converges slowly: compare the runs.
     weights = {}
@@ -331,6 +333,7 @@ def test_loss_based_schedule_grows_alpha_and_rolls_back():
     assert accepted_losses == sorted(accepted_losses, reverse=True)
 
 
+@pytest.mark.slow
 def test_dual_accelerated_beats_normalized_gd_to_the_svm_margin():
     data = load("linear-separable", n=300, dim=20, margin=0.1, seed=0)
     step = 1.0 / float(data.X.square().sum(dim=1).max())

@@ -8,6 +8,7 @@ from implicit_bias.errors import InvalidArgumentError, UnknownNameError
 from implicit_bias.experiments import EXPERIMENTS, reproduce, resolve_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_quick_reproduction_passes_and_writes_its_report(tmp_path, name):
     result = reproduce(name, tmp_path / name, quick=True, progress=False)

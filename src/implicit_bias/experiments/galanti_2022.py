@@ -71,6 +71,7 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
     numbers: dict[str, float | int | bool] = {}
     mean_depths, spreads, heat = [], [], []
     clean_depths, clean_test_errors = [], []
+    clean_runs: dict[tuple[int, int], EffectiveDepth] = {}  # (depth, seed) → measured, on the clean labels
     for noise in config.noises:
         depths, errors = [], []
         for seed in config.seeds:
@@ -81,6 +82,7 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
             errors.append(measured.ncc_train_error)
             numbers[f"p={noise:g}_seed{seed}_train_accuracy"] = last["accuracy"]
             if noise == 0:
+                clean_runs[config.depth, seed] = measured
                 clean_depths.append(measured.depth)
                 clean_test_errors.append(1 - last["test_accuracy"])
         mean_depths.append(statistics.mean(depths))
@@ -89,9 +91,13 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
         numbers[f"p={noise:g}_effective_depth_std"] = spreads[-1]
         heat.append([statistics.mean(column) for column in zip(*errors)])
     sweep = {}
-    for depth in config.depths:
-        model, _ = _train(config, clean, depth, config.seeds[0], progress)
-        sweep[depth] = _depth_or_deep(effective_depth(model, clean, eps=config.eps))
+    for depth in config.depths:  # the run at (config.depth, seeds[0]) is the noise sweep's p = 0 run: reused
+        measured = clean_runs.get((depth, config.seeds[0]))
+        if measured is None:
+            measured = effective_depth(
+                _train(config, clean, depth, config.seeds[0], progress)[0], clean, eps=config.eps
+            )
+        sweep[depth] = _depth_or_deep(measured)
         numbers[f"total_depth_{depth}_effective_depth"] = sweep[depth]
 
     noisy_second = corrupt_labels(second, config.bound_noise, seed=0)

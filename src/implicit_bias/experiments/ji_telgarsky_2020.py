@@ -106,7 +106,7 @@ register(
         name="ji-telgarsky-2020",
         claim="On a homogeneous network, gradient flow's parameters converge in direction and align with the "
         "negative gradient: cos(θ, −∇ℒ) → 1.",
-        quick=JiTelgarskyConfig(),
+        quick=JiTelgarskyConfig(steps=10_000),
         full=JiTelgarskyConfig(
             depth=3, width=100, dim=20, num_classes=5, n_per_class=100, steps=200_000, log_points=80, lr_flow=20.0
         ),

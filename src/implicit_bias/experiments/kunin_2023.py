@@ -349,7 +349,7 @@ register(
         name="kunin-2023-collapse",
         claim="With a normalization layer before the classifier, cross-entropy training drives the features to "
         "neural collapse (NC1–NC3) far more than without it.",
-        quick=NormalizedCollapseConfig(),
+        quick=NormalizedCollapseConfig(steps=1500),
         full=NormalizedCollapseConfig(per_class=130, steps=10_000, seeds=3),
         runner=run_collapse,
         key_number="nc1_ratio",

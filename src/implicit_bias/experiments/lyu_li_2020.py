@@ -135,7 +135,7 @@ register(
         claim="On homogeneous networks GD's smoothed margin never decreases after fitting, and the loss-based "
         "learning rate reaches a larger normalized margin than constant lr in the same steps (KKT residuals "
         "reported).",
-        quick=LyuLiConfig(),
+        quick=LyuLiConfig(steps=1000),
         full=LyuLiConfig(per_class=100, width=256, cnn_channels=16, warmup_steps=5000, steps=20_000, log_points=60),
         runner=run_lyu_li,
         key_number="smallest_margin_ratio",

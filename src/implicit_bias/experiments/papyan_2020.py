@@ -179,7 +179,7 @@ register(
     Experiment(
         name="deep-collapse",
         claim="After training, within-class variability (NC1) decreases from layer to layer.",
-        quick=CollapseConfig(depth=6),
+        quick=CollapseConfig(depth=6, steps=2000),
         full=CollapseConfig(depth=8, per_class=130, width=256, steps=10_000),
         runner=run_deep_collapse,
         key_number="nc1_first_over_last",

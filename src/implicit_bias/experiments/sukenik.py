@@ -232,7 +232,7 @@ register(
         name="sukenik-2024",
         claim="With 4 layers and 10 classes, GD ends below the loss of deep neural collapse, near the low-rank SRG "
         "solution, with class means of rank ≈ r = 5 before the last ReLU.",
-        quick=DUFMConfig(),
+        quick=DUFMConfig(steps=10_000),
         full=DUFMConfig(steps=100_000, seeds=10),
         runner=run_sukenik_2024,
         key_number="loss_over_dnc_mean",
@@ -245,7 +245,7 @@ register(
         name="rank-vs-weight-decay",
         claim="In the 4-layer DUFM with 10 classes, the average rank of the class means at convergence falls as "
         "the weight decay grows.",
-        quick=RankSweepConfig(steps=10_000),
+        quick=RankSweepConfig(steps=5000),
         full=RankSweepConfig(steps=100_000, seeds=5, weight_decays=(0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.016)),
         runner=run_rank_vs_weight_decay,
         key_number="rank_drop",

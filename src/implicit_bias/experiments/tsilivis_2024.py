@@ -142,7 +142,7 @@ register(
         name="tsilivis-2024",
         claim="Gradient, sign and coordinate descent each maximize the margin in their own norm (ℓ2, ℓ∞, ℓ1); "
         "Adam without ε behaves like sign descent, with ε it drifts toward ℓ2.",
-        quick=TsilivisConfig(),
+        quick=TsilivisConfig(steps=5000),
         full=TsilivisConfig(dim=20, n_per_class=100, width=50, steps=50_000, log_points=80),
         runner=run_tsilivis,
         key_number="own_norm_advantage_min",

@@ -1,4 +1,8 @@
-"""Line figures on log time, written as PNG files with matplotlib's non-interactive backend."""
+"""Line figures on log time, written as PNG files.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, never through pyplot: they render headless (Agg, chosen
+by ``savefig`` from the file's extension), leave no figure open, and importing this module does not change the
+backend a notebook or script has chosen."""
 
 from __future__ import annotations
 
@@ -6,10 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from ..train.history import History
@@ -32,7 +33,8 @@ def plot_series(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    axis = figure.subplots()
     for label, (x, y) in series.items():
         points = [(a, b) for a, b in zip(x, y) if not (logx and a <= 0) and not (logy and b <= 0)]
         if points:
@@ -49,7 +51,6 @@ def plot_series(
     if len(series) > 1:
         axis.legend()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
@@ -79,7 +80,8 @@ def plot_bars(
     groups = list(table)
     labels = list(next(iter(table.values())))
     width = 0.8 / len(labels)
-    figure, axis = plt.subplots(figsize=(6.4, 4.0), constrained_layout=True)
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    axis = figure.subplots()
     for index, label in enumerate(labels):
         positions = [g + (index - (len(labels) - 1) / 2) * width for g in range(len(groups))]
         axis.bar(positions, [table[group][label] for group in groups], width=width, label=label)
@@ -90,7 +92,6 @@ def plot_bars(
     axis.grid(True, axis="y", alpha=0.3)
     axis.legend()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
@@ -107,7 +108,8 @@ def plot_heatmap(
     """A table of values as a colour map with each cell's value written in it (rows top to bottom)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(1.0 + 0.8 * len(columns), 1.2 + 0.5 * len(rows)), constrained_layout=True)
+    figure = Figure(figsize=(1.0 + 0.8 * len(columns), 1.2 + 0.5 * len(rows)), layout="constrained")
+    axis = figure.subplots()
     image = axis.imshow(values, aspect="auto", cmap="viridis")
     for i, row in enumerate(values):
         for j, value in enumerate(row):
@@ -117,5 +119,4 @@ def plot_heatmap(
     axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
     figure.colorbar(image, ax=axis)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
