@@ -34,6 +34,7 @@ SUBPACKAGES = [
     "dufm",
     "validation",
     "errors",
+    "integrations",
 ]
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "dynamics",
     "errors",
     "experiments",
+    "integrations",
     "losses",
     "metrics",
     "models",
