@@ -274,7 +274,7 @@ def reproduce(
     all_: Annotated[
         bool, typer.Option("--all", help="Run every registered experiment and write an index report.")
     ] = False,
-    quick: Annotated[bool, typer.Option(help="The quick preset (each under about a minute on 2 cores).")] = False,
+    quick: Annotated[bool, typer.Option(help="The quick preset (most 15–110 CPU-seconds on 2 cores; galanti-2022-depth about 6 minutes).")] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config field, key=value (repeatable).")
     ] = None,
