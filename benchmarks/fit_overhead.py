@@ -39,6 +39,21 @@ CASES = {
 }
 
 
+def fit_loop(model, data, steps, batch_size):
+    """The same training through ``fit`` (gradient descent at lr 0.01, cross-entropy, the margins probe logging)."""
+    fit(
+        model,
+        data,
+        loss="cross-entropy",
+        optimizer="gd",
+        steps=steps,
+        lr=0.01,
+        batch_size=batch_size,
+        probes=[MarginProbe()],
+        progress=False,
+    )
+
+
 def hand_loop(model, X, y, steps, lr, batch_size, native):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(0)
@@ -66,17 +81,7 @@ def measure(case, steps, repeats):
             model = build(spec, data.input_shape, data.num_classes, seed=0).double()
             start = time.perf_counter()
             if name == "fit":
-                fit(
-                    model,
-                    data,
-                    loss="cross-entropy",
-                    optimizer="gd",
-                    steps=steps,
-                    lr=0.01,
-                    batch_size=batch_size,
-                    probes=[MarginProbe()],
-                    progress=False,
-                )
+                fit_loop(model, data, steps, batch_size)
             else:
                 hand_loop(model, data.X, data.y, steps, 0.01, batch_size, native=name.endswith("native CE"))
             times.append(time.perf_counter() - start)

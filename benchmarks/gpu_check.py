@@ -64,7 +64,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from collapse import BATCH, make_batches  # benchmarks/collapse.py
-from fit_overhead import CASES, hand_loop  # benchmarks/fit_overhead.py
+from fit_overhead import CASES, fit_loop, hand_loop  # benchmarks/fit_overhead.py
 
 from implicit_bias.data import load
 from implicit_bias.metrics import CollapseAccumulator, hard_margin_svm, margins, normalized_margin
@@ -218,17 +218,7 @@ def time_hand_loop(spec: str, data, steps: int, batch_size: int | None, device: 
 
 
 def time_fit(spec: str, data, steps: int, batch_size: int | None, device: torch.device) -> None:
-    fit(
-        fresh_model(spec, data, device),
-        data,
-        loss="cross-entropy",
-        optimizer="gd",
-        steps=steps,
-        lr=0.01,
-        batch_size=batch_size,
-        probes=[MarginProbe()],
-        progress=False,
-    )
+    fit_loop(fresh_model(spec, data, device), data, steps, batch_size)
 
 
 def fit_section(args, device: torch.device, checks: Checks) -> list[dict[str, object]]:
