@@ -1,8 +1,8 @@
 """Every bad input, as two tables (issue 14, part 7).
 
 CLI rows: the ``implicit-bias`` command answers with exit code 2, exactly one line ``error: …`` on stderr naming
-what was wrong, and no traceback (typer's own usage errors — an option of the wrong type — are a framed block
-naming the option, also exit code 2). Rows refused before training also leave their ``--run-dir`` / ``--out``
+what was wrong, and no traceback (usage errors too — an unknown option, a value of the wrong type — end with a
+pointer to the command's --help). Rows refused before training also leave their ``--run-dir`` / ``--out``
 unwritten. Two rows run the real console process to prove the exit code a shell sees.
 
 API rows: the call raises one :mod:`implicit_bias.errors` type whose message names the argument.
@@ -173,10 +173,6 @@ def cli(id: str, *args: str, match: str, marks=()):
     return pytest.param("error", list(args), match, id=id, marks=marks)
 
 
-def usage(id: str, *args: str, match: str):
-    return pytest.param("usage", list(args), match, id=id)
-
-
 def process(id: str, *args: str, match: str):
     return pytest.param("process", list(args), match, id=id)
 
@@ -271,10 +267,14 @@ CLI_ROWS = [
         match=r"homogeneous-margin' is not empty .*pass --force .* or choose a new output folder \(--out\)"),
     pytest.param("failed", ["reproduce", "homogeneous-margin", "--quick", "--set", "steps=3", "--no-progress",
                             "--out", NEW], r"FAILED", id="reproduce-failed-claim-exits-1"),
-    # typer's own parsing errors: a framed block, exit code 2, naming the option
-    usage("steps-not-an-integer", *TRAIN, "--steps", "abc", match=r"Invalid value for '--steps'"),
-    usage("lr-not-a-number", *TRAIN, "--lr", "fast", match=r"Invalid value for '--lr'"),
-    usage("unknown-flag", *TRAIN, "--stepz", "3", match=r"No such option: --stepz"),
+    # usage errors (parsed by typer's click): one line too
+    cli("steps-not-an-integer", *TRAIN, "--steps", "abc",
+        match=r"Invalid value for '--steps': .*integer \(see implicit-bias train --help\)$"),
+    cli("lr-not-a-number", *TRAIN, "--lr", "fast", match=r"Invalid value for '--lr'"),
+    cli("unknown-flag", *TRAIN, "--stepz", "3", match=r"No such option: --stepz .*--steps"),
+    cli("unknown-command", "trian", match=r"No such command 'trian'"),
+    cli("reproduce-unknown-flag", "reproduce", "soudry-2018", "--quik",
+        match=r"No such option: --quik .*\(see implicit-bias reproduce --help\)"),
     # the real console process
     process("process-config-missing", "train", "--config", "{ws}/none.yaml", match=r"no such file: '.*none\.yaml'"),
     process("process-resume-not-a-run", "resume", "{ws}/plain", match=r"no such file: '.*plain/config\.yaml'"),
@@ -328,9 +328,6 @@ def test_cli_refuses(kind, args, match, ws, processes, tmp_path, request):
         assert re.search(match, stdout + stderr), stdout + stderr
         return
     assert code == 2, stdout + stderr
-    if kind == "usage":
-        assert re.search(match, stderr), stderr
-        return
     lines = stderr.splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: ") and re.search(match, lines[0]), lines[0]

@@ -10,15 +10,47 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .. import __version__
 from ..errors import ImplicitBiasError, InvalidArgumentError
 from ..validation import parse_assignments
 
+# click's UsageError (an unknown option, a value of the wrong type), from whichever click typer uses (it vendors one)
+_UsageError = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command group, printing a usage error as one line with exit code 2, like every other user error."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _UsageError as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # `implicit-bias` alone: the help, as before
+                error.show()
+            else:
+                command = error.ctx.command_path if error.ctx is not None else "implicit-bias"
+                errors.print(
+                    f"[bold red]error:[/] {escape(error.format_message())} (see {command} --help)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise SystemExit(2) from None
+        except typer.Abort:
+            errors.print("aborted")
+            raise SystemExit(1) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="implicit-bias",
+    cls=_Commands,
     help="Measure the implicit biases of gradient-trained networks and reproduce the literature's claims.",
     add_completion=False,
     no_args_is_help=True,
