@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from implicit_bias.data import load
 from implicit_bias.errors import InvalidArgumentError
-from implicit_bias.integrations.lightning import ImplicitBiasCallback
+from implicit_bias.integrations.lightning import ImplicitBiasCallback, default_labels
 from implicit_bias.models import MLP
 
 K, DIM, DEPTH = 3, 4, 3
@@ -170,3 +170,27 @@ def test_unknown_layer_lists_the_available_ones(tmp_path):
     with pytest.raises(InvalidArgumentError, match=r"available: flatten, layer1, layer1\.0, layer1\.1, layer2") as info:
         fit(tmp_path, ImplicitBiasCallback(layers=["layer9"]))
     assert "\n" not in str(info.value) and "layer9" in str(info.value)
+
+
+class Twice(Tiny):
+    def validation_step(self, batch, batch_idx):
+        x, _ = batch
+        self(x), self(x)  # e.g. test-time augmentation: which pass holds the features is ambiguous
+
+
+def test_network_run_twice_per_batch_is_refused_and_hooks_removed(tmp_path):
+    train, val, _ = loaders()
+    module = Twice()
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[ImplicitBiasCallback()], **quiet)
+    with pytest.raises(InvalidArgumentError, match=r"the network \(MLP\) ran 2 times in validation batch 0"):
+        trainer.fit(module, train, val)
+    assert hook_count(module) == 0
+
+
+def test_default_labels_refuses_a_dict_batch():
+    assert torch.equal(default_labels((torch.zeros(2, 3), torch.tensor([1, 0]))), torch.tensor([1, 0]))
+    with pytest.raises(
+        InvalidArgumentError, match=r"batch\[1\] of an \(x, y\) batch, got a dict; pass batch_to_labels"
+    ):
+        default_labels({"x": torch.zeros(2, 3), "label": torch.tensor([1, 0])})

@@ -159,13 +159,21 @@ class ImplicitBiasCallback(Callback):
             )
         self._network = default_network(pl_module) if self.network is None else modules[self.network]
         inside = dict(self._network.named_modules())
-        self._layers = tuple(feature_names(self._network) if self.layers is None else self.layers)
-        missing = [name for name in self._layers if name not in inside or not name]
-        if missing or not self._layers:
-            raise InvalidArgumentError(
-                f"ImplicitBiasCallback: layers={list(self._layers)} names no layer {missing} of "
-                f"{type(self._network).__name__}; available: {', '.join(n for n in inside if n) or '(none)'}"
-            )
+        available = ", ".join(n for n in inside if n) or "(none)"
+        self._layers = ()  # the margin alone reads the network's output only
+        if "collapse" in self.measures:
+            self._layers = tuple(feature_names(self._network) if self.layers is None else self.layers)
+            missing = [name for name in self._layers if name not in inside or not name]
+            if missing:
+                raise InvalidArgumentError(
+                    f"ImplicitBiasCallback: {type(self._network).__name__} has no layer(s) {missing}; available: "
+                    f"{available}"
+                )
+            if not self._layers:
+                raise InvalidArgumentError(
+                    f"ImplicitBiasCallback: {type(self._network).__name__} has no feature layers to measure; pass "
+                    f"layers=[...] from: {available}"
+                )
         self._modules = {name: inside[name] for name in self._layers}
 
     # --- hooks: registered for a measured validation epoch only --------------------------------------------------
