@@ -100,8 +100,17 @@ def logged_rows(trainer, key="nc1/layer1"):
         return [row for row in csv.DictReader(handle) if row.get(key)]
 
 
+def nc1_numpy(H, y):
+    """tr(Σ_W Σ_B^†)/K with the class means first, then the centred features (Papyan et al. 2020, Fig. 6)."""
+    means = np.stack([H[y == c].mean(axis=0) for c in range(K)])
+    M = (means - means.mean(axis=0)).T
+    within = H - means[y]
+    sigma_w, sigma_b = within.T @ within / len(y), M @ M.T / K
+    return np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-10)) / K
+
+
 def brute_force(module, state, X, y):
-    """NC1 of both hidden layers (Papyan et al. 2020, Fig. 6) and q_min / ‖θ‖^L, in numpy float64."""
+    """NC1 of both hidden layers and q_min / ‖θ‖^L (Lyu & Li 2020, §3), in numpy float64."""
     net = copy.deepcopy(module.model)
     net.load_state_dict(state)
     with torch.no_grad():
@@ -111,11 +120,7 @@ def brute_force(module, state, X, y):
     y = y.numpy()
     result = {}
     for name, H in (("layer1", h1.numpy()), ("layer2", h2.numpy())):
-        means = np.stack([H[y == c].mean(axis=0) for c in range(K)])
-        M = (means - means.mean(axis=0)).T
-        within = H - means[y]
-        sigma_w, sigma_b = within.T @ within / len(y), M @ M.T / K
-        result[f"nc1/{name}"] = np.trace(sigma_w @ np.linalg.pinv(sigma_b, rcond=1e-10)) / K
+        result[f"nc1/{name}"] = nc1_numpy(H, y)
     others = out.copy()
     others[np.arange(len(y)), y] = -np.inf
     q = out[np.arange(len(y)), y] - others.max(axis=1)
@@ -194,3 +199,29 @@ def test_default_labels_refuses_a_dict_batch():
         InvalidArgumentError, match=r"batch\[1\] of an \(x, y\) batch, got a dict; pass batch_to_labels"
     ):
         default_labels({"x": torch.zeros(2, 3), "label": torch.tensor([1, 0])})
+
+
+class Conv(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.model = torch.nn.Sequential(
+            torch.nn.Unflatten(1, (1, DIM)),
+            torch.nn.Conv1d(1, 5, 3, bias=False),  # (B, 5, DIM − 2) feature maps
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(5 * (DIM - 2), K, bias=False),
+        ).double()
+
+
+def test_conv_maps_are_average_pooled(tmp_path):
+    train, val, test = loaders()
+    module, callback = Conv(), ImplicitBiasCallback(layers=["2"], measures=("collapse",))
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=CSVLogger(tmp_path), callbacks=[callback], **quiet)
+    trainer.fit(module, train, val)
+    with torch.no_grad():
+        H = module.model[:3](test.X).mean(dim=2).numpy()  # (N, 5): the spatial mean of each channel
+    assert callback._collapse["2"].dim == 5
+    logged = float(logged_rows(trainer, "nc1/2")[0]["nc1/2"])
+    assert logged == pytest.approx(nc1_numpy(H, test.y.numpy()), rel=1e-8, abs=0)
