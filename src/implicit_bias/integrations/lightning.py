@@ -69,7 +69,8 @@ class ImplicitBiasCallback(Callback):
     - ``<field>/<layer>`` for each field of ``collapse_fields`` (default ``nc1/<layer>``, NC1 = tr(Σ_W Σ_B^†)/K)
       and each layer, from the layer's outputs on the validation batches — conv maps (B, C, *spatial)
       average-pooled to (B, C) as in :func:`~implicit_bias.metrics.collapse_by_layer`; D is learned from the
-      first batch. The sums of an epoch are taken around the class means of the previous one (exact to float64).
+      first batch. The sums of an epoch are taken around the class means of the previous one, which keeps the
+      cancellation of :class:`NeuralCollapse` (see its Notes) near zero once training settles.
     - ``normalized_margin`` = q_min / ‖θ‖_p^L over the validation samples, q_n the output margin of the network's
       output on sample n and θ the network's parameters, when every sample is fit (q_n > 0), and always
       ``unfit_fraction``, the fraction with q_n ≤ 0 (the normalized margin is undefined until it is 0).
@@ -77,7 +78,11 @@ class ImplicitBiasCallback(Callback):
     Sanity-check epochs are skipped; the forward hooks exist only during measured validation epochs (training
     forward passes are never recorded) and are removed at the epoch's end, on an exception and at teardown.
     For the margin of the *training* set, add the training data as a second validation loader and pass
-    ``dataloader_idx=1``.
+    ``dataloader_idx=1``. Under DDP every rank must see at least one batch of the measured loader (the
+    ``DistributedSampler`` default), since all ranks take part in the sync.
+
+    Usage: ``Trainer(callbacks=[ImplicitBiasCallback()], logger=CSVLogger("logs"))``; ``validation_step`` calls
+    ``self(x)`` on an ``(x, y)`` batch. The last logged values are in ``callback.logged_`` too.
 
     Parameters
     ----------
