@@ -9,6 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
@@ -48,25 +50,38 @@ class SerialExecutor:
         pass
 
 
-def _one_thread() -> None:
-    """Worker initializer: one torch thread per job, so ``--jobs`` workers use ``--jobs`` cores."""
+ORPHAN_POLL_SECONDS = 0.2
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    """Poll the parent's pid: a worker whose driver was killed (even by SIGKILL) ends too, at once."""
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_SECONDS)
+    os._exit(1)
+
+
+def _init_worker() -> None:
+    """Worker initializer: one torch thread per job, so ``--jobs`` workers use ``--jobs`` cores, and a watchdog
+    thread that ends the worker when the driver dies, so that no leftover worker goes on taking jobs (a job's
+    lock would keep it harmless, but not idle)."""
     import torch
 
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
 
 class LocalExecutor:
-    """A pool of ``workers`` processes started with ``forkserver`` (``spawn`` where it does not exist).
+    """A pool of ``workers`` processes started with ``spawn``: each worker is a fresh interpreter.
 
-    Not ``fork``: a forked child inherits a copy of the driver's torch thread pools (OpenMP) without their
-    threads, and can deadlock on their first use; ``forkserver`` forks workers from a fresh single-threaded
-    server process, and ``spawn`` starts a fresh interpreter.
+    Not ``fork``: a forked child inherits the driver's torch thread pools (OpenMP) without their threads and
+    can deadlock on their first use. Not ``forkserver`` either: it costs the same imports per worker, and its
+    server outlives a driver killed by SIGKILL (with the workers it forked); a spawned worker's parent is the
+    driver itself, which its watchdog thread checks.
     """
 
     def __init__(self, workers: int) -> None:
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=_one_thread
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
         )
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:

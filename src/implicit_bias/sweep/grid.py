@@ -49,8 +49,14 @@ class Job:
 
     def record(self) -> dict[str, Any]:
         """What ``config.yaml`` of the job stores (and :func:`job_from_record` reads back)."""
-        return {"key": self.key, "kind": self.kind, "target": self.target, "quick": self.quick,
-                "point": self.point, "config": self.config}
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "target": self.target,
+            "quick": self.quick,
+            "point": self.point,
+            "config": self.config,
+        }
 
 
 def job_from_record(record: Mapping[str, Any]) -> Job:
@@ -99,7 +105,9 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
             continue
         values = _split_values(text)
         if any(not value.strip() for value in values):
-            raise InvalidArgumentError(f"--grid {key}={text!r} has an empty value (two commas in a row or a trailing one)")
+            raise InvalidArgumentError(
+                f"--grid {key}={text!r} has an empty value (two commas in a row or a trailing one)"
+            )
         grid[key] = [parse_value(value) for value in values]
     return grid
 

@@ -170,8 +170,13 @@ def run_sweep(
             try:
                 result = future.result()
             except Exception as error:  # noqa: BLE001 (the worker process itself died: recorded like a failure)
-                result = {"key": job.key, "point": job.point, "status": "failed", "seconds": 0.0,
-                          "error": f"the worker running the job died: {type(error).__name__}: {error}"}
+                result = {
+                    "key": job.key,
+                    "point": job.point,
+                    "status": "failed",
+                    "seconds": 0.0,
+                    "error": f"the worker running the job died: {type(error).__name__}: {error}",
+                }
             results[job.key] = result
             if result["status"] == "failed" and round_ < retries:
                 pending.append(job)
