@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -80,7 +79,9 @@ def test_expand_training_yaml_is_the_ordered_product_with_stable_keys(tiny_yaml)
     assert len({job.key for job in jobs}) == 6
     swapped = expand(tiny_yaml, ["seed=0..2", "lr=0.1,0.01"])  # the key depends on the config, not the option order
     assert {job.key for job in swapped} == {job.key for job in jobs}
-    assert expand(tiny_yaml, {"lr": [0.1]})[0].key == next(job.key for job in jobs if job.point == {"lr": 0.1, "seed": 0})
+    assert expand(tiny_yaml, {"lr": [0.1]})[0].key == next(
+        job.key for job in jobs if job.point == {"lr": 0.1, "seed": 0}
+    )
 
 
 def test_expand_an_experiment_uses_its_config_fields(tmp_path):
@@ -131,7 +132,9 @@ def test_a_failing_job_is_recorded_retried_and_the_sweep_goes_on(tiny_yaml, tmp_
 
 
 def test_sweep_command_exit_codes_and_summary(tiny_yaml, tmp_path):
-    ok = runner.invoke(app, ["sweep", str(tiny_yaml), "--grid", "seed=0..1", "--out", str(tmp_path / "a"), "--jobs", "1"])
+    ok = runner.invoke(
+        app, ["sweep", str(tiny_yaml), "--grid", "seed=0..1", "--out", str(tmp_path / "a"), "--jobs", "1"]
+    )
     assert ok.exit_code == 0, ok.output
     assert "all 2 jobs done" in ok.output and "seed=1" in ok.output
     bad = runner.invoke(
@@ -166,7 +169,7 @@ def test_sigkill_of_the_driver_then_a_rerun_completes_each_job_once(tmp_path):
     driver.wait()
     jobs = expand(config, ["seed=0..3"])
     assert 1 <= sum(job_status(job_folder(sweep, job.key)) == "done" for job in jobs) < len(jobs)
-    rerun = subprocess.run([*command, "--out", str(sweep)], env=env, capture_output=True, text=True)
+    rerun = subprocess.run([*command, "--out", str(sweep)], check=False, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     clean = run_sweep(jobs, tmp_path / "clean", SerialExecutor())
     for job, expected in zip(jobs, clean):
