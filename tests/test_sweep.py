@@ -1,6 +1,8 @@
 """Sweeps: grid expansion, the job store (skip done, retry failed, survive SIGKILL) and the ``sweep`` command."""
 
+import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -187,3 +189,36 @@ def test_an_experiment_job_records_its_verdict_and_key_number(tmp_path):
     assert result["status"] == "done" and result["key_number"] == "normalized_margin_growth"
     assert result["passed"] == stored["passed"] and result["numbers"] == stored["numbers"]
     assert yaml.safe_load((reproduction / "config.yaml").read_text())["steps"] == 60
+
+
+def fake_job(root, key, point, numbers, *, done=True, **extra):
+    """A job folder as the store writes it, with numbers chosen by hand."""
+    folder = job_folder(root, key)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"key": key, "point": point}))
+    (folder / "result.json").write_text(json.dumps({"key": key, "status": "done", "numbers": numbers, **extra}))
+    if done:
+        (folder / "DONE").write_text("attempt 1\n")
+
+
+def test_sweep_report_mean_std_and_student_t_interval_per_grid_point(tmp_path):
+    for seed, value in enumerate([1.0, 2.0, 3.0]):
+        fake_job(tmp_path, f"a{seed}", {"lr": 0.1, "seed": seed}, {"margin": value}, passed=seed != 1)
+    fake_job(tmp_path, "b0", {"lr": 0.01, "seed": 0}, {"margin": 5.0})
+    fake_job(tmp_path, "b1", {"lr": 0.01, "seed": 1}, {"margin": float("inf")})
+    fake_job(tmp_path, "c0", {"lr": 0.01, "seed": 2}, {"margin": 100.0}, done=False)  # unfinished: left out
+    result = runner.invoke(app, ["sweep-report", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "summary.csv") as file:
+        rows = {(row["lr"], row["quantity"]): row for row in csv.DictReader(file)}
+    margin = rows[("0.1", "margin")]
+    half = 4.302652729749464 / math.sqrt(3)  # t_{0.975, 2} (Student's t table) · std 1 / √3
+    assert (margin["n"], float(margin["mean"]), float(margin["std"])) == ("3", 2.0, 1.0)
+    assert float(margin["ci95_low"]) == pytest.approx(2 - half, rel=1e-12)
+    assert float(margin["ci95_high"]) == pytest.approx(2 + half, rel=1e-12)
+    assert float(rows[("0.1", "passed")]["mean"]) == pytest.approx(2 / 3)  # the pass rate
+    infinite = rows[("0.01", "margin")]  # a non-finite value: no statistic at all, and the count says why
+    assert (infinite["n"], infinite["mean"], infinite["ci95_low"], infinite["non_finite"]) == ("2", "", "", "1")
+    assert "non-finite" in result.output
+    missing = runner.invoke(app, ["sweep-report", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "not a sweep folder" in missing.output

@@ -400,3 +400,38 @@ def sweep(
         errors.print(f"[bold red]{len(failed)} of {len(results)} jobs failed:[/] {', '.join(failed)}", highlight=False)
         raise typer.Exit(1)
     console.print(f"all {len(results)} jobs done in [bold]{out / 'jobs'}[/]")
+
+
+@app.command("sweep-report")
+@user_errors
+def sweep_report(
+    out: Annotated[Path, typer.Argument(help="A sweep folder (the --out of `implicit-bias sweep`).")],
+    quantity: Annotated[
+        list[str] | None, typer.Option(help="Show only this quantity (repeatable; summary.csv has them all).")
+    ] = None,
+) -> None:
+    """Aggregate the done jobs' numbers per grid point over seeds into OUT/summary.csv and print them.
+
+    Each row: the grid values (seed left out), a quantity, n, the mean, the sample standard deviation and the
+    95% interval mean ± t(0.975, n−1)·std/√n (Student t). Reads only the files; runs nothing.
+    """
+    from ..sweep.report import SUMMARY_FILE, write_summary
+
+    keys, rows = write_summary(out)
+    table = Table(title=f"{out}: mean ± 95% CI over seeds")
+    for column in (*keys, "quantity", "n", "mean", "std", "95% CI"):
+        table.add_column(column, justify="right" if column in ("n", "mean", "std") else "left")
+
+    def shown(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    for row in rows:
+        if quantity and row["quantity"] not in quantity:
+            continue
+        interval = f"[{row['ci95_low']:.4g}, {row['ci95_high']:.4g}]" if row["ci95_low"] != "" else ""
+        if row["non_finite"]:
+            interval = f"[red]{row['non_finite']} non-finite value(s)[/]"
+        statistics = [str(row["n"]), shown(row["mean"]), shown(row["std"]), interval]
+        table.add_row(*[shown(row[k]) for k in keys], row["quantity"], *statistics)
+    console.print(table)
+    console.print(f"{len(rows)} rows written to [bold]{out / SUMMARY_FILE}[/]")
