@@ -120,6 +120,12 @@ def test_sweep_results_equal_plain_runs_and_a_rerun_skips_them(tiny_yaml, tmp_pa
     again = run_sweep(jobs, tmp_path / "sweep", SerialExecutor())
     assert all(result["skipped"] for result in again)
     assert [finished_attempts(tmp_path / "sweep", job.key) for job in jobs] == [1, 1]
+    stopped = job_folder(tmp_path / "sweep", jobs[0].key)  # as if killed after training, before result.json
+    (stopped / "DONE").unlink()
+    (stopped / "result.json").unlink()
+    resumed = run_sweep(jobs, tmp_path / "sweep", SerialExecutor())
+    assert resumed[0]["attempt"] == 2 and resumed[0]["numbers"] == results[0]["numbers"]
+    assert resumed[1]["skipped"]
 
 
 def test_a_failing_job_is_recorded_retried_and_the_sweep_goes_on(tiny_yaml, tmp_path):
@@ -131,6 +137,8 @@ def test_a_failing_job_is_recorded_retried_and_the_sweep_goes_on(tiny_yaml, tmp_
     log = (failed / "job.log").read_text()
     assert log.count(" started") == 3 and log.count(" failed: ") == 3  # the first try and two retries
     assert job_status(failed) == "failed" and not (failed / "DONE").exists()
+    again = run_sweep(jobs, tmp_path, SerialExecutor(), retries=0)  # a rerun tries the failed job once more
+    assert again[0]["skipped"] and again[1]["attempt"] == 4 and again[1]["status"] == "failed"
 
 
 def test_sweep_command_exit_codes_and_summary(tiny_yaml, tmp_path):
