@@ -99,6 +99,8 @@ def test_expand_an_experiment_uses_its_config_fields(tmp_path):
 def test_expand_refuses_unknown_keys_bad_values_and_targets(tiny_yaml):
     with pytest.raises(UnknownNameError, match=r"unknown grid key\(s\) 'lrr'.*allowed: dataset, .*lr, "):
         expand(tiny_yaml, ["lrr=0.1"])
+    with pytest.raises(UnknownNameError, match=r"unknown --set key\(s\) 'stpes'"):
+        expand(tiny_yaml, ["lr=0.1"], overrides={"stpes": 3})
     with pytest.raises(InvalidArgumentError, match="steps"):
         expand(tiny_yaml, ["steps=5,2.5"])  # a value of the wrong type is refused before any job runs
     with pytest.raises(UnknownNameError, match="neither an experiment"):

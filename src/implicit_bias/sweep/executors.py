@@ -76,7 +76,8 @@ class LocalExecutor:
     Not ``fork``: a forked child inherits the driver's torch thread pools (OpenMP) without their threads and
     can deadlock on their first use. Not ``forkserver`` either: it costs the same imports per worker, and its
     server outlives a driver killed by SIGKILL (with the workers it forked); a spawned worker's parent is the
-    driver itself, which its watchdog thread checks.
+    driver itself, which its watchdog thread checks. As with any spawned pool, a script that uses it must
+    guard its entry point with ``if __name__ == "__main__":`` (the ``implicit-bias`` command does).
     """
 
     def __init__(self, workers: int) -> None:

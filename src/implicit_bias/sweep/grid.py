@@ -174,16 +174,17 @@ def expand(
             f"sweep target {name!r} is neither an experiment ({', '.join(sorted(EXPERIMENTS))}) nor a training "
             "YAML file (*.yaml)"
         )
-    unknown = [key for key in [*grid, *overrides] if key not in allowed]
-    if unknown:
-        raise UnknownNameError(
-            f"unknown grid key(s) {', '.join(map(repr, unknown))} for {name!r}; allowed: {', '.join(allowed)}"
-        )
+    for what, given in (("grid", grid), ("--set", overrides)):
+        unknown = [key for key in given if key not in allowed]
+        if unknown:
+            raise UnknownNameError(
+                f"unknown {what} key(s) {', '.join(map(repr, unknown))} for {name!r}; allowed: {', '.join(allowed)}"
+            )
+    stored_target = name if kind == "experiment" else "train"
     jobs: dict[str, Job] = {}
     for values in itertools.product(*grid.values()):
         point = _plain(dict(zip(grid, values)))
         config = _plain(resolve(point))
-        stored_target = name if kind == "experiment" else "train"
         key = job_key(kind, stored_target, quick, config)
         jobs.setdefault(key, Job(key, kind, stored_target, quick, point, config))
     return list(jobs.values())
