@@ -365,3 +365,105 @@ def reproduce(
     console.print(f"report: [bold]{folder / name / 'report.md'}[/]")
     if not result["passed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def sweep(
+    target: Annotated[str, typer.Argument(help="An experiment name (see `implicit-bias list`) or a training YAML.")],
+    grid: Annotated[
+        list[str],
+        typer.Option(help="key=v1,v2 or key=a..b (integers, a and b included), e.g. seed=0..9 (repeatable)."),
+    ],
+    out: Annotated[Path, typer.Option(help="The sweep folder: DIR/jobs/<key>/ per job; rerun to finish it.")],
+    quick: Annotated[bool, typer.Option(help="An experiment's quick preset.")] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config field in every job, key=value (repeatable).")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="Where jobs run: local (submitit and ray are planned).")] = "local",
+    jobs: Annotated[int | None, typer.Option(help="Jobs at a time, one torch thread each. Default: CPU count.")] = None,
+    retries: Annotated[int, typer.Option(help="Runs again of a failed job in this invocation.")] = 1,
+) -> None:
+    """Run a grid of configurations as jobs, each into OUT/jobs/<key>/ with a DONE marker written last.
+
+    Rerunning the same command skips done jobs and runs failed or unfinished ones again (a killed training
+    run resumes from its checkpoint). Exit code 0: every job done; 1: some job failed (its traceback.txt is in
+    its folder); 2: a usage error (unknown grid key, malformed range, unknown executor).
+    """
+    from ..sweep import expand, make_executor, run_sweep
+    from ..validation import check_scalar
+
+    check_scalar("--retries", retries, int, low=0)
+    planned = expand(target, grid, quick=quick, overrides=parse_assignments(set_ or [], "--set"))
+    pool = make_executor(executor, jobs=jobs)
+    table = Table(title=f"sweep of {target} ({len(planned)} jobs) in {out}")
+    for column in ("key", "grid values", "status", "seconds", "result"):
+        table.add_column(column, no_wrap=column != "result", justify="right" if column == "seconds" else "left")
+
+    def add_row(result: dict[str, Any]) -> None:
+        values = ", ".join(f"{k}={v}" for k, v in result["point"].items())
+        if result["status"] == "failed":
+            status, shown = "[red]failed[/]", result["error"]
+        else:
+            status = "[green]done[/]" + (" (earlier)" if result.get("skipped") else "")
+            if "passed" in result:
+                number = result["numbers"].get(result["key_number"])
+                shown = ("passed" if result["passed"] else "[red]not passed[/]") + (
+                    f", {result['key_number']} = {number:.4g}" if isinstance(number, (int, float)) else ""
+                )
+            else:
+                numbers = result["numbers"]
+                shown = ", ".join(f"{k} = {numbers[k]:.4g}" for k in ("log_loss", "accuracy") if k in numbers)
+        table.add_row(result["key"], values, status, f"{result['seconds']:.1f}", shown)
+
+    def progress(result: dict[str, Any]) -> None:
+        if not result.get("skipped"):
+            console.print(f"{result['key']} {result['status']} in {result['seconds']:.1f} s", highlight=False)
+
+    try:
+        results = run_sweep(planned, out, pool, retries=retries, on_result=progress)
+    finally:
+        pool.close()
+    for result in results:
+        add_row(result)
+    console.print(table)
+    failed = [result["key"] for result in results if result["status"] == "failed"]
+    if failed:
+        errors.print(f"[bold red]{len(failed)} of {len(results)} jobs failed:[/] {', '.join(failed)}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"all {len(results)} jobs done in [bold]{out / 'jobs'}[/]")
+
+
+@app.command("sweep-report")
+@user_errors
+def sweep_report(
+    out: Annotated[Path, typer.Argument(help="A sweep folder (the --out of `implicit-bias sweep`).")],
+    quantity: Annotated[
+        list[str] | None, typer.Option(help="Show only this quantity (repeatable; summary.csv has them all).")
+    ] = None,
+) -> None:
+    """Aggregate the done jobs' numbers per grid point over seeds into OUT/summary.csv and print them.
+
+    Each row: the grid values (seed left out), a quantity, n, the mean, the sample standard deviation and the
+    95% interval mean ± t(0.975, n−1)·std/√n (Student t). Reads only the files; runs nothing.
+    """
+    from ..sweep.report import SUMMARY_FILE, write_summary
+
+    keys, rows = write_summary(out)
+    table = Table(title=f"{out}: mean ± 95% CI over seeds")
+    for column in (*keys, "quantity", "n", "mean", "std", "95% CI"):
+        table.add_column(column, justify="right" if column in ("n", "mean", "std") else "left")
+
+    def shown(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    for row in rows:
+        if quantity and row["quantity"] not in quantity:
+            continue
+        interval = f"[{row['ci95_low']:.4g}, {row['ci95_high']:.4g}]" if row["ci95_low"] != "" else ""
+        if row["non_finite"]:
+            interval = f"[red]{row['non_finite']} non-finite value(s)[/]"
+        statistics = [str(row["n"]), shown(row["mean"]), shown(row["std"]), interval]
+        table.add_row(*[shown(row[k]) for k in keys], row["quantity"], *statistics)
+    console.print(table)
+    console.print(f"{len(rows)} rows written to [bold]{out / SUMMARY_FILE}[/]")
