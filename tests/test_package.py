@@ -35,6 +35,7 @@ SUBPACKAGES = [
     "validation",
     "errors",
     "integrations",
+    "sweep",
 ]
 
 

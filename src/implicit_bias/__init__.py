@@ -23,6 +23,7 @@ __all__ = [
     "metrics",
     "models",
     "report",
+    "sweep",
     "symmetry",
     "train",
     "validation",
