@@ -48,7 +48,7 @@ def plot_series(
         axis.set_yscale("log")
     axis.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axis.grid(True, which="both", alpha=0.3)
-    if len(series) > 1:
+    if len(axis.get_legend_handles_labels()[0]) > 1:  # series with no point on the log axes draw nothing
         axis.legend()
     figure.savefig(path, dpi=120)
     return path
