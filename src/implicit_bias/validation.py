@@ -202,6 +202,21 @@ def parse_value(text: str) -> Any:
     return value
 
 
+def split_top_level(text: str) -> list[str]:
+    """``"a=1,b=[2, 3],c"`` → ``["a=1", "b=[2, 3]", "c"]``: split at the commas outside brackets (``[]``, ``()``,
+    ``{}``), so a list or mapping value stays whole. Parts are returned as written (empty ones included)."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        depth += (char in "[({") - (char in "])}")
+        if char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
 def parse_assignments(items: Iterable[str], what: str) -> dict[str, Any]:
     """``["key=value", ...]`` → ``{key: parse_value(value)}``; an item without ``=`` is an error naming ``what``."""
     result: dict[str, Any] = {}

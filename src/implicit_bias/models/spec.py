@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from ..errors import InvalidArgumentError
-from ..validation import parse_assignments
+from ..validation import parse_assignments, split_top_level
 
 
 def parse_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -30,23 +30,10 @@ def parse_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         raise InvalidArgumentError(f"a model spec must be a non-empty string or a dict, got {spec!r}")
     name, _, rest = spec.partition(":")
     try:
-        return name.strip(), parse_assignments(_split_top_level(rest), "model option")
+        options = [part.strip() for part in split_top_level(rest) if part.strip()]
+        return name.strip(), parse_assignments(options, "model option")
     except InvalidArgumentError as error:
         raise InvalidArgumentError(f"model spec {spec!r}: {error}") from None
-
-
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, current = [], 0, []
-    for char in text:
-        depth += char in "[("
-        depth -= char in "])"
-        if char == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
 
 
 def format_spec(name: str, options: Mapping[str, Any]) -> str:

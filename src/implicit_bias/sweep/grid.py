@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError, UnknownNameError
-from ..validation import dataclass_from_mapping, parse_value
+from ..validation import dataclass_from_mapping, parse_value, split_top_level
 
 KEY_LENGTH = 12  # hex digits of the sha256 kept in a job's key
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
@@ -63,20 +63,6 @@ def job_from_record(record: Mapping[str, Any]) -> Job:
     return Job(**{f.name: record[f.name] for f in dataclasses.fields(Job)})
 
 
-def _split_values(text: str) -> list[str]:
-    """``"1,[2,3],x"`` → ``["1", "[2,3]", "x"]``: commas inside brackets belong to a list value."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        depth += (char in "[{") - (char in "]}")
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    parts.append(current)
-    return parts
-
-
 def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
     """``["lr=0.1,0.01", "seed=0..2"]`` → ``{"lr": [0.1, 0.01], "seed": [0, 1, 2]}``.
 
@@ -103,7 +89,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
                 raise InvalidArgumentError(f"--grid {key}={text!r} is an empty range: expected a <= b in a..b")
             grid[key] = list(range(low, high + 1))
             continue
-        values = _split_values(text)
+        values = split_top_level(text)
         if any(not value.strip() for value in values):
             raise InvalidArgumentError(
                 f"--grid {key}={text!r} has an empty value (two commas in a row or a trailing one)"
