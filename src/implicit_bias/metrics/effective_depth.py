@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +13,7 @@ from ..data import Dataset
 from ..errors import InvalidArgumentError
 from ..models.features import feature_names
 from ..validation import check_scalar
-from .layerwise import collapse_by_layer
+from .layerwise import LayerCollapse, collapse_by_layer
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,13 @@ def effective_depth(
     measured = collapse_by_layer(
         model, data, layers, num_classes=num_classes, batch_size=batch_size, reduction=reduction
     )
+    return depth_of(measured, eps)
+
+
+def depth_of(measured: Mapping[str, LayerCollapse], eps: float = 0.01) -> EffectiveDepth:
+    """The ε-effective depth from layer-wise collapse reports already measured by :func:`collapse_by_layer`
+    (layers in forward order), without another pass over the data."""
+    check_scalar("eps", eps, (int, float), low=0.0, high=1.0)
     names = list(measured)
     train_error = [1.0 - measured[name].ncc_train_accuracy for name in names]
     test_error = None
