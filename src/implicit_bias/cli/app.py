@@ -269,6 +269,61 @@ def rates(
     )
 
 
+@app.command()
+@user_errors
+def diagnose(
+    model: Annotated[
+        str,
+        typer.Option(help="Your model as MODULE:FACTORY (a .py file or an importable module) or a spec, e.g. 'cnn'."),
+    ],
+    data: Annotated[
+        str, typer.Option(help="A dataset name (see `implicit-bias list`) or a .safetensors/.pt file of X, y.")
+    ],
+    out: Annotated[Path, typer.Option(help="Report folder: report.html, metrics.csv, skipped.txt, figures/.")],
+    weights: Annotated[
+        Path | None, typer.Option(help="Weights: .safetensors, or a PyTorch checkpoint (read with weights_only=True).")
+    ] = None,
+    data_option: Annotated[
+        list[str] | None, typer.Option("--data-option", "-d", help="Dataset option key=value (repeatable).")
+    ] = None,
+    layers: Annotated[
+        list[str] | None, typer.Option("--layers", help="Feature layer by module name (repeatable). Default: all.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 1024,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda. Default: cpu.")] = None,
+    kkt: Annotated[bool, typer.Option(help="Compute the KKT residual (per-sample gradients).")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar per pass over the data.")] = True,
+) -> None:
+    """Measure every implicit bias of a trained model (homogeneity and rates, margins, neural collapse per layer,
+    weight and feature spectra, effective depth) and write a report folder."""
+    from ..diagnosis.command import diagnose_to_folder
+
+    if weights is None:
+        errors.print("[bold yellow]warning:[/] no --weights: diagnosing the model as its factory initializes it")
+    names = [name for item in layers or [] for name in item.split(",") if name.strip()] or None
+    result = diagnose_to_folder(
+        model=model,
+        weights=weights,
+        data=data,
+        data_options=parse_assignments(data_option or [], "--data-option"),
+        out=out,
+        layers=names,
+        batch_size=batch_size,
+        device=device,
+        kkt=kkt,
+        progress=progress,
+    )
+    table = Table(title=f"diagnosis of {result.model} on {result.data}")
+    table.add_column("quantity", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in result.summary.items():
+        table.add_row(key, f"{value:.6g}")
+    console.print(table)
+    for line in result.skipped:
+        console.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"report written to [bold]{out / 'report.html'}[/] ({len(result.table)} numbers in metrics.csv)")
+
+
 @app.command("list")
 @user_errors
 def list_components() -> None:
