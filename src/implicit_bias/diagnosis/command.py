@@ -68,8 +68,8 @@ def diagnose_to_folder(
     return result
 
 
-def write_folder(result: Diagnosis, out: Path) -> Path:
-    """Write the report folder ``out`` through a temporary sibling renamed into place."""
+def check_out(out: Path) -> Path:
+    """``out`` as a Path, refused when it is a file or a folder holding anything but an earlier report."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InvalidArgumentError(f"--out {str(out)!r} is a file; give a folder")
@@ -77,6 +77,12 @@ def write_folder(result: Diagnosis, out: Path) -> Path:
         raise InvalidArgumentError(
             f"--out {str(out)!r} holds files other than a diagnosis report; choose an empty or new folder"
         )
+    return out
+
+
+def write_folder(result: Diagnosis, out: Path) -> Path:
+    """Write the report folder ``out`` through a temporary sibling renamed into place."""
+    out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -95,4 +101,3 @@ def write_folder(result: Diagnosis, out: Path) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     return out
-

@@ -69,4 +69,3 @@ def write_report(diagnosis: Diagnosis, path: Path, *, figures: Path | None = Non
             page_sections(diagnosis, drawn),
             subtitle=f"on {diagnosis.data}: implicit-bias {__version__}",
         )
-
