@@ -133,6 +133,9 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed. Default: 0.")] = None,
     probe: Annotated[list[str] | None, typer.Option(help="Probe name (repeatable). Default: margins.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory. Default: runs/train-<time>.")] = None,
+    snapshots: Annotated[
+        str | None, typer.Option(help="log: keep weights at ~20 log-spaced steps (for `implicit-bias diagnose RUN_DIR`).")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train a model and write a run directory (config, metrics table, checkpoint, log)."""
@@ -152,6 +155,7 @@ def train(
         "dtype": dtype,
         "device": device,
         "seed": seed,
+        "snapshots": snapshots,
     }
     overrides: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     if data_option:
@@ -272,16 +276,18 @@ def rates(
 @app.command()
 @user_errors
 def diagnose(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="A run trained with --snapshots log: diagnose every snapshot, as trends.")
+    ] = None,
     model: Annotated[
-        str,
+        str | None,
         typer.Option(help="Your model as MODULE:FACTORY (a .py file or an importable module) or a spec, e.g. 'cnn'."),
-    ],
-    data: Annotated[
-        str, typer.Option(help="A dataset name (see `implicit-bias list`) or a .safetensors/.pt file of X, y.")
-    ],
-    out: Annotated[Path, typer.Option(help="Report folder: report.html, metrics.csv, skipped.txt, figures/.")],
+    ] = None,
     weights: Annotated[
         Path | None, typer.Option(help="Weights: .safetensors, or a PyTorch checkpoint (read with weights_only=True).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="A dataset name (see `implicit-bias list`) or a .safetensors/.pt file of X, y.")
     ] = None,
     data_option: Annotated[
         list[str] | None, typer.Option("--data-option", "-d", help="Dataset option key=value (repeatable).")
@@ -289,30 +295,46 @@ def diagnose(
     layers: Annotated[
         list[str] | None, typer.Option("--layers", help="Feature layer by module name (repeatable). Default: all.")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Report folder: report.html, metrics.csv, figures/. Default with RUN_DIR: RUN_DIR/diagnosis."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 1024,
     device: Annotated[str | None, typer.Option(help="cpu | cuda. Default: cpu.")] = None,
     kkt: Annotated[bool, typer.Option(help="Compute the KKT residual (per-sample gradients).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per pass over the data.")] = True,
 ) -> None:
     """Measure every implicit bias of a trained model (homogeneity and rates, margins, neural collapse per layer,
-    weight and feature spectra, effective depth) and write a report folder."""
-    from ..diagnosis.command import diagnose_to_folder
+    weight and feature spectra, effective depth) and write a report folder.
 
-    if weights is None:
-        errors.print("[bold yellow]warning:[/] no --weights: diagnosing the model as its factory initializes it")
-    names = [name for item in layers or [] for name in item.split(",") if name.strip()] or None
-    result = diagnose_to_folder(
-        model=model,
-        weights=weights,
-        data=data,
-        data_options=parse_assignments(data_option or [], "--data-option"),
-        out=out,
-        layers=names,
-        batch_size=batch_size,
-        device=device,
-        kkt=kkt,
-        progress=progress,
-    )
+    Either --model and --data (with --weights), or RUN_DIR: a run trained with --snapshots log, diagnosed at
+    every snapshot with its own model, data and dtype.
+    """
+    names = [name.strip() for item in layers or [] for name in item.split(",") if name.strip()] or None
+    options = {"layers": names, "batch_size": batch_size, "device": device, "kkt": kkt, "progress": progress}
+    if run_dir is not None:
+        from ..diagnosis.trends import diagnose_run, write_trend
+
+        if model is not None or data is not None or weights is not None or data_option:
+            raise InvalidArgumentError("RUN_DIR brings its own model, weights and data: drop --model/--weights/--data")
+        folder = out or run_dir / "diagnosis"
+        from ..diagnosis.command import check_out
+
+        check_out(folder)
+        trend = diagnose_run(run_dir, **options)
+        write_trend(trend, folder)
+        console.print(f"{len(trend.steps)} snapshots (steps {trend.steps[0]}–{trend.steps[-1]}) diagnosed")
+        result = trend.diagnoses[-1]
+    else:
+        from ..diagnosis.command import diagnose_to_folder
+
+        if model is None or data is None or out is None:
+            raise InvalidArgumentError("give --model, --data and --out (or a RUN_DIR trained with --snapshots log)")
+        if weights is None:
+            errors.print("[bold yellow]warning:[/] no --weights: diagnosing the model as its factory initializes it")
+        folder = out
+        parsed = parse_assignments(data_option or [], "--data-option")
+        result = diagnose_to_folder(model=model, weights=weights, data=data, data_options=parsed, out=out, **options)
     table = Table(title=f"diagnosis of {result.model} on {result.data}")
     table.add_column("quantity", style="bold")
     table.add_column("value", justify="right")
@@ -321,7 +343,7 @@ def diagnose(
     console.print(table)
     for line in result.skipped:
         console.print(f"skipped: {line}", highlight=False, markup=False, soft_wrap=True)
-    console.print(f"report written to [bold]{out / 'report.html'}[/] ({len(result.table)} numbers in metrics.csv)")
+    console.print(f"report written to [bold]{folder / 'report.html'}[/] ({len(result.table)} numbers per diagnosis)")
 
 
 @app.command("list")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,15 +81,15 @@ def check_out(out: Path) -> Path:
     return out
 
 
-def write_folder(result: Diagnosis, out: Path) -> Path:
-    """Write the report folder ``out`` through a temporary sibling renamed into place."""
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary sibling folder of ``out`` to write a report into, renamed to ``out`` (replacing an earlier
+    report) when the block succeeds and removed when it fails: ``out`` is never half-written."""
     out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        result.to_csv(scratch / "metrics.csv")
-        (scratch / "skipped.txt").write_text("".join(f"{line}\n" for line in result.skipped), encoding="utf-8")
-        result.to_html(scratch / "report.html", figures=scratch / "figures")
+        yield scratch
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -100,4 +101,12 @@ def write_folder(result: Diagnosis, out: Path) -> Path:
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+
+
+def write_folder(result: Diagnosis, out: Path) -> Path:
+    """Write the report folder ``out``: metrics.csv, skipped.txt, report.html and figures/ (PNG and PDF)."""
+    with staged(out) as scratch:
+        result.to_csv(scratch / "metrics.csv")
+        (scratch / "skipped.txt").write_text("".join(f"{line}\n" for line in result.skipped), encoding="utf-8")
+        result.to_html(scratch / "report.html", figures=scratch / "figures")
     return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import load
+from ..data import Dataset, load
 from ..errors import InvalidArgumentError
 from ..models import build
 from ..validation import dataclass_from_mapping
@@ -41,6 +41,7 @@ class TrainConfig:
     log_points: int = 100  # about this many log-spaced logged steps
     probes: list[str] = field(default_factory=lambda: ["margins"])  # names from implicit_bias.train.PROBES
     checkpoint_seconds: float = 30.0  # save a checkpoint at least this often (and at the end)
+    snapshots: str | None = None  # "log": weights at ~20 log-spaced steps in RUN/snapshots (implicit-bias diagnose)
 
     def __post_init__(self) -> None:
         if self.dtype not in TRAIN_DTYPES:
@@ -65,11 +66,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def run(config: TrainConfig, run_dir: str | Path | None, *, resume: bool = False, progress: bool = True) -> History:
-    """Load the data, build the model and :func:`fit` it as ``config`` says, writing into ``run_dir``."""
+def load_data(config: TrainConfig) -> Dataset:
+    """The run's dataset: ``config.dataset`` with its options, seeded by ``config.seed`` unless they say."""
     options = dict(config.data_options)
     options.setdefault("seed", config.seed)
-    data = load(config.dataset, **options)
+    return load(config.dataset, **options)
+
+
+def run(config: TrainConfig, run_dir: str | Path | None, *, resume: bool = False, progress: bool = True) -> History:
+    """Load the data, build the model and :func:`fit` it as ``config`` says, writing into ``run_dir``."""
+    data = load_data(config)
     model = build(config.model, data.input_shape, data.num_classes, seed=config.seed)
     probes = [make_probe(name) for name in config.probes]
     return fit(
@@ -93,7 +99,22 @@ def run(config: TrainConfig, run_dir: str | Path | None, *, resume: bool = False
         resume=resume,
         progress=progress,
         record=config.to_dict(),
+        snapshots=config.snapshots,
     )
+
+
+def run_config(run_dir: str | Path, *, fix: str) -> TrainConfig:
+    """The :class:`TrainConfig` of a run directory started from a config (the CLI's ``train``, or :func:`run`);
+    ``fix`` completes the error for a run started from Python with a model of its own."""
+    config_path = Path(run_dir) / CONFIG_FILE
+    values = read_yaml(config_path)
+    if "dataset" not in values or "model" not in values:
+        raise InvalidArgumentError(
+            f"{str(config_path)!r} does not name a dataset and model (the run was started from Python with a "
+            f"model of its own); {fix}"
+        )
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_mapping({k: v for k, v in values.items() if k in fields}, source=str(config_path))
 
 
 def resume_run(run_dir: str | Path, *, steps: int | None = None, progress: bool = True) -> History:
@@ -103,15 +124,7 @@ def resume_run(run_dir: str | Path, *, steps: int | None = None, progress: bool 
     run's own: a ``config.yaml`` edited since the checkpoint was written is refused.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    values = read_yaml(config_path)
-    if "dataset" not in values or "model" not in values:
-        raise InvalidArgumentError(
-            f"{str(config_path)!r} does not name a dataset and model (the run was started from Python with a "
-            "model of its own); resume it with implicit_bias.train.fit(..., run_dir=..., resume=True)"
-        )
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    config = TrainConfig.from_mapping({k: v for k, v in values.items() if k in fields}, source=str(config_path))
+    config = run_config(run_dir, fix="resume it with implicit_bias.train.fit(..., run_dir=..., resume=True)")
     if steps is not None:
         config = dataclasses.replace(config, steps=steps)
     return run(config, run_dir, resume=True, progress=progress)

@@ -44,6 +44,7 @@ from .rundir import (
     versions,
     write_yaml,
 )
+from .snapshots import SNAPSHOT_POINTS, SNAPSHOT_SCHEDULES, save_snapshot
 
 logger = logging.getLogger("implicit_bias.train")
 
@@ -153,6 +154,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     record: Mapping[str, Any] | None = None,
+    snapshots: str | None = None,
 ) -> History:
     """Train ``model`` on ``data`` and return the :class:`History` of logged steps.
 
@@ -203,6 +205,9 @@ def fit(
         stay and new rows follow the log-spaced schedule of the new ``steps`` beyond the checkpoint's step.
     record : mapping, optional
         Extra entries for ``config.yaml`` (the CLI stores the dataset and model specs there).
+    snapshots : {"log"}, optional
+        Keep the model's weights at about 20 log-spaced steps (0 and the last among them) as
+        ``run_dir/snapshots/step_<step>.safetensors`` (atomic writes) for ``implicit-bias diagnose RUN_DIR``.
     """
     check_choice("loss", loss, LOSSES)
     check_choice("reduction", reduction, ("sum", "mean"))
@@ -213,6 +218,10 @@ def fit(
         check_scalar("batch_size", batch_size, int, low=1)
     if eval_batch_size is not None:
         check_scalar("eval_batch_size", eval_batch_size, int, low=1)
+    if snapshots is not None:
+        check_choice("snapshots", snapshots, SNAPSHOT_SCHEDULES)
+        if run_dir is None:
+            raise InvalidArgumentError("snapshots= are written into the run directory: pass run_dir= too")
     dataset = as_dataset(data)
     if dtype is not None or device is not None:
         model.to(
@@ -261,7 +270,9 @@ def fit(
         "reduction": reduction,
         "log_points": log_points,
     }
-    config = _plain({**dict(record or {}), **settings})
+    config = _plain({**dict(record or {}), **settings, "snapshots": snapshots})
+    if snapshots is None:  # runs without snapshots keep the config they always had (and stay resumable)
+        config.pop("snapshots")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         opened = _Start() if run_path is None else _open_run(run_path, resume, model, optimizer, probes, config)
@@ -286,6 +297,7 @@ def fit(
                 history=opened.history,
                 elapsed=opened.elapsed,
                 log_steps=log_spaced_steps(steps, log_points),
+                snapshot_steps=log_spaced_steps(steps, SNAPSHOT_POINTS) if snapshots else [],
                 eval_batch_size=eval_batch_size,
                 checkpoint_seconds=checkpoint_seconds,
                 progress=progress,
@@ -444,11 +456,13 @@ def _loop(
     history: History,
     elapsed: float,
     log_steps: list[int],
+    snapshot_steps: list[int],
     eval_batch_size: int | None,
     checkpoint_seconds: float,
     progress: bool,
 ) -> History:
     to_log = [s for s in log_steps if s >= start and s > history.last.get("step", -1)]
+    snapshot_at = set(snapshot_steps)
     next_log = 0
     clock = time.perf_counter() - elapsed
     last_save = time.perf_counter()
@@ -483,6 +497,8 @@ def _loop(
                 logger.info("step %d  %s", step, "  ".join(f"{k}={v:.6g}" for k, v in row.items() if k != "step"))
                 if run_path is not None:
                     atomic_write(run_path / METRICS_FILE, history.to_csv())
+            if step in snapshot_at and run_path is not None:
+                save_snapshot(run_path, step, model)
             if step == steps:
                 break
             if batch_size is None or batch_size >= len(data):
