@@ -206,6 +206,10 @@ def test_bad_tables_sections_and_figures_are_refused_with_one_precise_line(tmp_p
         Section("s", tables=[[1, 2]])
     with pytest.raises(InvalidArgumentError, match="sections must be a sequence of Section"):
         render_page("p", Section("s"))
+    with pytest.raises(InvalidArgumentError, match=r"sections must be a sequence of Section, got \[Section\(.*'x'\]"):
+        render_page("p", [Section("s"), "x"])
+    with pytest.raises(InvalidArgumentError, match="sections must be a sequence of Section, got <generator"):
+        render_page("p", (Section(str(i)) for i in range(2)))
     with pytest.raises(MissingFileError, match="figure .*nope.png' does not exist"):
         render_page("p", [Section("s", figures=[Figure(tmp_path / "nope.png")])])
     (tmp_path / "fake.png").write_text("not a png")
@@ -297,6 +301,17 @@ def test_experiment_page_of_a_run_that_raised(tmp_path):
     assert '<span class="status bad">error</span>' in html
     assert "The experiment raised RuntimeError: boom &lt;x&gt;" in html and "Traceback: traceback.txt" in html
     assert "Numbers" not in html
+
+
+def test_figures_a_page_cannot_embed_are_named_not_dropped(tmp_path):
+    (tmp_path / "run").mkdir()
+    save_png(tmp_path / "run" / "kept.png")
+    (tmp_path / "run" / "also.pdf").write_bytes(b"%PDF-1.4")
+    result = _result("run", figures=["kept.png", "gone.png", "also.pdf"])
+    html = write_experiment_page(tmp_path / "run" / "report.html", result, {}).read_text()
+    assert '<span class="status bad">not shown: gone.png (missing), also.pdf (not PNG or SVG)</span>' in html
+    assert embedded_images(html) == [(tmp_path / "run" / "kept.png").read_bytes()]
+    assert len(embedded_images(render_index(tmp_path, [result], {}))) == 1  # the index's thumbnail of kept.png
 
 
 def test_index_links_each_report_and_embeds_thumbnails(tmp_path):

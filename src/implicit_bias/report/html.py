@@ -30,7 +30,7 @@ Cell = str | int | float | bool | None
 _SCALARS = (str, bool, int, float, type(None))
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MEDIA_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
-_STATUS_KINDS = {"passed": "good", "ok": "good", "failed": "bad", "error": "bad", "skipped": "skip"}
+_STATUS_KINDS = {"passed": "good", "ok": "good", "failed": "bad", "error": "bad", "skipped": "skip", "not shown": "bad"}
 _THUMBNAIL_PIXELS = (360, 240)  # the largest width × height of an index thumbnail
 
 
@@ -230,9 +230,19 @@ def _render(template: str, title: str, subtitle: str, **context: Any) -> str:
 
 def render_page(title: str, sections: Sequence[Section], *, subtitle: str = "") -> str:
     """The whole self-contained page: ``title``, ``subtitle`` and the ``sections`` in order (a contents list when
-    there are several)."""
-    if isinstance(sections, Section) or not all(isinstance(s, Section) for s in sections):
+    there are several).
+
+    Examples
+    --------
+    >>> from implicit_bias.report.html import Section, Table, render_page
+    >>> page = render_page("demo", [Section("numbers", text="One third:", tables=[Table(["x"], [[1 / 3]])])])
+    >>> '<td class="number">0.333333</td>' in page, "://" in page
+    (True, False)
+    """
+    if isinstance(sections, Section | str) or not isinstance(sections, Sequence):
         raise InvalidArgumentError(f"sections must be a sequence of Section, got {sections!r}")
+    if not all(isinstance(s, Section) for s in sections):
+        raise InvalidArgumentError(f"sections must be a sequence of Section, got {list(sections)!r}")
     anchors = _anchors([s.title for s in sections])
     views = [_section_view(s, a) for s, a in zip(sections, anchors)]
     return _render("page.html.j2", title, subtitle, sections=views)
@@ -252,6 +262,20 @@ def write_page(path: str | Path, title: str, sections: Sequence[Section], *, sub
 def _display(value: Any) -> Cell:
     """A result or config value as a cell: scalars as they are, anything else (lists, dicts) as JSON."""
     return value if isinstance(value, _SCALARS) else json.dumps(value, default=str)
+
+
+def _shown_figures(folder: Path, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The figure files in ``folder`` a page can embed, and the others, each with why not (so a reproduction that
+    lists a figure it did not write still gets its page, saying so)."""
+    shown, unshown = [], []
+    for name in names:
+        if Path(name).suffix.lower() not in _MEDIA_TYPES:
+            unshown.append(f"{name} (not PNG or SVG)")
+        elif not (folder / name).is_file():
+            unshown.append(f"{name} (missing)")
+        else:
+            shown.append(name)
+    return shown, unshown
 
 
 def _verdict(result: Mapping[str, Any]) -> str:
@@ -284,8 +308,11 @@ def experiment_sections(
         rows = [[key, _display(value)] for key, value in result["numbers"].items()]
         sections.append(Section("Numbers", tables=[Table(("quantity", "value"), rows)]))
     if result["figures"]:
-        figures = [Figure(Path(folder) / name, caption=name) for name in result["figures"]]
-        sections.append(Section("Figures", figures=figures))
+        shown, unshown = _shown_figures(Path(folder), result["figures"])
+        figures = [Figure(Path(folder) / name, caption=name) for name in shown]
+        sections.append(
+            Section("Figures", figures=figures, status=f"not shown: {', '.join(unshown)}" if unshown else "")
+        )
     rows = [[key, _display(value)] for key, value in config.items()]
     sections.append(Section("Configuration", tables=[Table(("setting", "value"), rows)]))
     return sections
@@ -328,7 +355,8 @@ def render_index(
                 "report": f"{name}/report.html",
                 "traceback": f"{name}/{result['traceback']}" if "error" in result else "",
                 "thumbnails": [
-                    {"uri": _thumbnail_uri(folder / name / figure), "alt": figure} for figure in result["figures"]
+                    {"uri": _thumbnail_uri(folder / name / figure), "alt": figure}
+                    for figure in _shown_figures(folder / name, result["figures"])[0]
                 ],
             }
         )
