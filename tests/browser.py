@@ -17,6 +17,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -24,8 +25,8 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = Path(os.environ.get("IB_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("IB_CHROMEDRIVER", "/usr/bin/chromedriver"))  # never selenium-manager's download
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium
+CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's chromium-driver; given explicitly, so no selenium-manager run
 WIDTH, MAX_HEIGHT = 1280, 12000  # window width; a screenshot shows the page's full height, up to MAX_HEIGHT
 
 
@@ -63,6 +64,7 @@ def _driver() -> Any:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    atexit.register(shutil.rmtree, profile, ignore_errors=True)  # atexit runs last-in first-out: after quit
     atexit.register(driver.quit)
     return driver
 

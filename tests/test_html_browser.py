@@ -5,6 +5,7 @@ Screenshots go to ``$IB_TEST_ARTIFACTS`` (else the test's tmp_path); the tests p
 
 from __future__ import annotations
 
+import browser
 import pytest
 from browser import artifact_folder, check_page_in_browser
 from test_html import TINY, save_png, tiny_sweep
@@ -47,3 +48,10 @@ def test_the_browser_check_catches_an_external_image(tmp_path, protected):
     with pytest.raises(AssertionError, match=r"bad.html made network requests: \['http://example.com/x.png'\]"):
         check_page_in_browser(tmp_path / "bad.html", tmp_path / "bad.png")
     assert (tmp_path / "bad.png").stat().st_size > 0  # the failing page was photographed too
+
+
+def test_a_machine_without_the_browser_skips_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr(browser, "CHROMEDRIVER", tmp_path / "chromedriver")
+    expected = f"real-browser test needs .*{tmp_path / 'chromedriver'} \\(apt-get install chromium-driver\\)"
+    with pytest.raises(pytest.skip.Exception, match=expected):
+        check_page_in_browser(tmp_path / "page.html", tmp_path / "shot.png")
