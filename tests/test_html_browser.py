@@ -5,6 +5,8 @@ Screenshots go to ``$IB_TEST_ARTIFACTS`` (else the test's tmp_path); the tests p
 
 from __future__ import annotations
 
+import re
+
 import browser
 import pytest
 from browser import artifact_folder, check_page_in_browser
@@ -52,6 +54,8 @@ def test_the_browser_check_catches_an_external_image(tmp_path, protected):
 
 def test_a_machine_without_the_browser_skips_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(browser, "CHROMEDRIVER", tmp_path / "chromedriver")
-    expected = f"real-browser test needs .*{tmp_path / 'chromedriver'} \\(apt-get install chromium-driver\\)"
+    expected = "real-browser test needs .*" + re.escape(
+        f"{tmp_path / 'chromedriver'} (apt-get install chromium-driver)"
+    )
     with pytest.raises(pytest.skip.Exception, match=expected):
         check_page_in_browser(tmp_path / "page.html", tmp_path / "shot.png")
