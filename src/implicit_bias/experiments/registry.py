@@ -151,7 +151,8 @@ def reproduce(
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Run experiment ``name`` into ``out_dir``: ``config.yaml``, figures, ``result.json``, ``report.md`` and ``report.html``.
+    """Run experiment ``name`` into ``out_dir``: ``config.yaml``, figures, ``result.json`` and the reports
+    ``report.md`` and ``report.html`` (self-contained, figures embedded).
 
     A non-empty ``out_dir`` is refused unless ``force``, which replaces an earlier reproduction of ``name``
     (finished or killed) and nothing else. Returns the result: ``{"name", "claim", "passed", "numbers",

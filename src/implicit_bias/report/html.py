@@ -34,9 +34,15 @@ _STATUS_KINDS = {"passed": "good", "ok": "good", "failed": "bad", "error": "bad"
 _THUMBNAIL_PIXELS = (360, 240)  # the largest width × height of an index thumbnail
 
 
+def _short(value: Any, limit: int = 100) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (an error message stays one readable line)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _check_text(name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise InvalidArgumentError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+        raise InvalidArgumentError(f"{name} must be a str, got {type(value).__name__} {_short(value)}")
     return value
 
 
@@ -46,7 +52,7 @@ def _scalar(value: Any, where: str) -> Cell:
         value = value.item()
     if not isinstance(value, _SCALARS):
         raise InvalidArgumentError(
-            f"{where} must be a str, int, float, bool or None, got {type(value).__name__} {value!r}"
+            f"{where} must be a str, int, float, bool or None, got {type(value).__name__} {_short(value)}"
             " (format it first, e.g. str(value), or take one element with .item())"
         )
     return value
@@ -66,7 +72,7 @@ class Table:
 
     def __post_init__(self) -> None:
         if isinstance(self.columns, str) or not isinstance(self.columns, Sequence) or not self.columns:
-            raise InvalidArgumentError(f"Table columns must be a non-empty sequence of str, got {self.columns!r}")
+            raise InvalidArgumentError(f"Table columns must be a non-empty sequence of str, got {_short(self.columns)}")
         columns = tuple(_check_text(f"Table column {i}", column) for i, column in enumerate(self.columns))
         if isinstance(self.rows, str) or not isinstance(self.rows, Sequence):
             raise InvalidArgumentError(f"Table rows must be a sequence of rows, got {type(self.rows).__name__}")
@@ -74,7 +80,8 @@ class Table:
         for i, row in enumerate(self.rows):
             if isinstance(row, str) or not isinstance(row, Sequence) or len(row) != len(columns):
                 raise InvalidArgumentError(
-                    f"Table row {i} must be a sequence of {len(columns)} cells (columns {list(columns)}), got {row!r}"
+                    f"Table row {i} must be a sequence of {len(columns)} cells (columns {list(columns)}), "
+                    f"got {_short(row)}"
                 )
             rows.append(tuple(_scalar(cell, f"Table row {i}, column {columns[j]!r}") for j, cell in enumerate(row)))
         object.__setattr__(self, "columns", columns)
@@ -113,7 +120,7 @@ class Section:
         for name, kind in (("tables", Table), ("figures", Figure)):
             items = getattr(self, name)
             if isinstance(items, str) or not isinstance(items, Sequence) or not all(isinstance(x, kind) for x in items):
-                raise InvalidArgumentError(f"Section {name} must be a sequence of {kind.__name__}, got {items!r}")
+                raise InvalidArgumentError(f"Section {name} must be a sequence of {kind.__name__}, got {_short(items)}")
             object.__setattr__(self, name, tuple(items))
 
 
@@ -240,9 +247,9 @@ def render_page(title: str, sections: Sequence[Section], *, subtitle: str = "") 
     (True, False)
     """
     if isinstance(sections, Section | str) or not isinstance(sections, Sequence):
-        raise InvalidArgumentError(f"sections must be a sequence of Section, got {sections!r}")
+        raise InvalidArgumentError(f"sections must be a sequence of Section, got {_short(sections)}")
     if not all(isinstance(s, Section) for s in sections):
-        raise InvalidArgumentError(f"sections must be a sequence of Section, got {list(sections)!r}")
+        raise InvalidArgumentError(f"sections must be a sequence of Section, got {_short(list(sections))}")
     anchors = _anchors([s.title for s in sections])
     views = [_section_view(s, a) for s, a in zip(sections, anchors)]
     return _render("page.html.j2", title, subtitle, sections=views)
