@@ -8,6 +8,7 @@ import io
 import math
 import os
 import re
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from matplotlib.figure import Figure as MplFigure
 from PIL import Image
 
 from implicit_bias.errors import CorruptFileError, InvalidArgumentError, MissingFileError
+from implicit_bias.experiments import EXPERIMENTS, Experiment, Outcome, reproduce_all
+from implicit_bias.report import plot_series
 from implicit_bias.report.html import (
     Figure,
     Section,
@@ -203,6 +206,10 @@ def test_bad_tables_sections_and_figures_are_refused_with_one_precise_line(tmp_p
         Section("s", tables=[[1, 2]])
     with pytest.raises(InvalidArgumentError, match="sections must be a sequence of Section"):
         render_page("p", Section("s"))
+    with pytest.raises(InvalidArgumentError, match=r"sections must be a sequence of Section, got \[Section\(.*'x'\]"):
+        render_page("p", [Section("s"), "x"])
+    with pytest.raises(InvalidArgumentError, match="sections must be a sequence of Section, got <generator"):
+        render_page("p", (Section(str(i)) for i in range(2)))
     with pytest.raises(MissingFileError, match="figure .*nope.png' does not exist"):
         render_page("p", [Section("s", figures=[Figure(tmp_path / "nope.png")])])
     (tmp_path / "fake.png").write_text("not a png")
@@ -296,6 +303,17 @@ def test_experiment_page_of_a_run_that_raised(tmp_path):
     assert "Numbers" not in html
 
 
+def test_figures_a_page_cannot_embed_are_named_not_dropped(tmp_path):
+    (tmp_path / "run").mkdir()
+    save_png(tmp_path / "run" / "kept.png")
+    (tmp_path / "run" / "also.pdf").write_bytes(b"%PDF-1.4")
+    result = _result("run", figures=["kept.png", "gone.png", "also.pdf"])
+    html = write_experiment_page(tmp_path / "run" / "report.html", result, {}).read_text()
+    assert '<span class="status bad">not shown: gone.png (missing), also.pdf (not PNG or SVG)</span>' in html
+    assert embedded_images(html) == [(tmp_path / "run" / "kept.png").read_bytes()]
+    assert len(embedded_images(render_index(tmp_path, [result], {}))) == 1  # the index's thumbnail of kept.png
+
+
 def test_index_links_each_report_and_embeds_thumbnails(tmp_path):
     (tmp_path / "first").mkdir()
     original = save_png(tmp_path / "first" / "wide.png", size=(8.0, 2.0))  # 800 × 200 pixels
@@ -322,3 +340,55 @@ def test_index_links_each_report_and_embeds_thumbnails(tmp_path):
     with Image.open(io.BytesIO(thumbnail)) as small, Image.open(original) as big:
         assert big.size == (800, 200) and small.size == (360, 90)  # shrunk to the 360-pixel width, aspect kept
     assert_self_contained(html)
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    threshold: float = 0.5
+
+
+def _tiny_runner(config, folder, progress):
+    plot_series(folder / "curve.png", {"loss": ([1, 10, 100], [1.0, 0.1, 0.01])}, title="loss", logy=True)
+    notes = "Passes when **value** > threshold; the numbers are in [result.json](result.json)."
+    return Outcome(passed=1.0 > config.threshold, numbers={"value": 1.0}, figures=["curve.png"], notes=notes)
+
+
+def _raising_runner(config, folder, progress):
+    raise RuntimeError("boom <b>from a fake</b>")
+
+
+TINY = {
+    "tiny-passes": Experiment("tiny-passes", "1 > 0.5", TinyConfig(), TinyConfig(), _tiny_runner, "value"),
+    "tiny-fails": Experiment("tiny-fails", "1 > 2", TinyConfig(2.0), TinyConfig(2.0), _tiny_runner, "value"),
+    "tiny-raises": Experiment("tiny-raises", "raises", TinyConfig(), TinyConfig(), _raising_runner, "value"),
+}
+
+
+def tiny_sweep(folder: Path) -> list[dict]:
+    """``reproduce_all`` over three instant throwaway experiments into ``folder`` (the registry is restored)."""
+    saved = dict(EXPERIMENTS)
+    EXPERIMENTS.clear()
+    EXPERIMENTS.update(TINY)
+    try:
+        return reproduce_all(folder, quick=True, progress=False)
+    finally:
+        EXPERIMENTS.clear()
+        EXPERIMENTS.update(saved)
+
+
+def test_reproduce_all_writes_a_page_per_reproduction_and_an_index(tmp_path):
+    results = tiny_sweep(tmp_path)
+    assert [r["name"] for r in results] == list(TINY)
+    index = (tmp_path / "index.html").read_text()
+    assert_self_contained(index)
+    links = Page(index).attributes("a", "href")
+    assert set(links) == {f"{name}/report.html" for name in TINY} | {"tiny-raises/traceback.txt"}
+    assert all((tmp_path / link).is_file() for link in links)  # relative links resolve next to the index
+    assert "1 of 3 claims reproduced; 1 experiment(s) raised an error." in index
+    assert "boom &lt;b&gt;from a fake&lt;/b&gt;" in index
+    for name in TINY:
+        page = (tmp_path / name / "report.html").read_text()
+        assert_self_contained(page)
+        figures = [] if name == "tiny-raises" else [(tmp_path / name / "curve.png").read_bytes()]
+        assert embedded_images(page) == figures
+        assert ('<a href="result.json">result.json</a>' in page) == (name != "tiny-raises")  # the notes' link

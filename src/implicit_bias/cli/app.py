@@ -424,7 +424,7 @@ def reproduce(
 
         results = reproduce_all(folder, quick=quick, progress=progress, force=force, on_result=add)
         console.print(table)
-        console.print(f"index report: [bold]{folder / 'index.md'}[/]")
+        console.print(f"index report: [bold]{folder / 'index.md'}[/] and [bold]{folder / 'index.html'}[/]")
         if not all(result["passed"] for result in results):
             raise typer.Exit(1)
         return

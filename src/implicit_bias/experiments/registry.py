@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ImplicitBiasError, InvalidArgumentError
 from ..report import experiment_report, index_report
+from ..report.html import write_experiment_page, write_index_page
 from ..train.rundir import atomic_write, read_yaml, versions, write_yaml
 from ..validation import check_choice, dataclass_from_mapping
 
@@ -133,6 +134,7 @@ def _run(name: str, config: Any, folder: Path, *, quick: bool, progress: bool) -
         notes = outcome.notes
     atomic_write(folder / "result.json", json.dumps(result, indent=2))
     atomic_write(folder / "report.md", experiment_report(result, config_dict, notes))
+    write_experiment_page(folder / "report.html", result, config_dict, notes)
     if "error" in result:
         raise ExperimentError(
             f"experiment {name!r} raised {result['error']} (traceback: {folder / TRACEBACK_FILE})", result
@@ -149,7 +151,8 @@ def reproduce(
     progress: bool = True,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Run experiment ``name`` into ``out_dir``: ``config.yaml``, figures, ``result.json`` and ``report.md``.
+    """Run experiment ``name`` into ``out_dir``: ``config.yaml``, figures, ``result.json`` and the reports
+    ``report.md`` and ``report.html`` (self-contained, figures embedded).
 
     A non-empty ``out_dir`` is refused unless ``force``, which replaces an earlier reproduction of ``name``
     (finished or killed) and nothing else. Returns the result: ``{"name", "claim", "passed", "numbers",
@@ -171,7 +174,7 @@ def reproduce_all(
     force: bool = False,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every registered experiment into ``out_dir/<name>`` and write ``out_dir/index.md``.
+    """Run every registered experiment into ``out_dir/<name>`` and write ``out_dir/index.md`` and ``index.html``.
 
     Every experiment runs even when an earlier one raises: its result then carries ``"error"`` (see
     :func:`reproduce`) and the index shows it. The index is rewritten after each experiment, so a killed sweep
@@ -194,6 +197,7 @@ def reproduce_all(
             result = error.result
         results.append(result)
         atomic_write(out_dir / "index.md", index_report(results, key_numbers, total=len(names)))
+        write_index_page(out_dir / "index.html", results, key_numbers, total=len(names))
         if on_result is not None:
             on_result(result)
     return results

@@ -30,13 +30,19 @@ Cell = str | int | float | bool | None
 _SCALARS = (str, bool, int, float, type(None))
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MEDIA_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
-_STATUS_KINDS = {"passed": "good", "ok": "good", "failed": "bad", "error": "bad", "skipped": "skip"}
+_STATUS_KINDS = {"passed": "good", "ok": "good", "failed": "bad", "error": "bad", "skipped": "skip", "not shown": "bad"}
 _THUMBNAIL_PIXELS = (360, 240)  # the largest width × height of an index thumbnail
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters (an error message stays one readable line)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _check_text(name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise InvalidArgumentError(f"{name} must be a str, got {type(value).__name__} {value!r}")
+        raise InvalidArgumentError(f"{name} must be a str, got {type(value).__name__} {_short(value)}")
     return value
 
 
@@ -46,7 +52,7 @@ def _scalar(value: Any, where: str) -> Cell:
         value = value.item()
     if not isinstance(value, _SCALARS):
         raise InvalidArgumentError(
-            f"{where} must be a str, int, float, bool or None, got {type(value).__name__} {value!r}"
+            f"{where} must be a str, int, float, bool or None, got {type(value).__name__} {_short(value)}"
             " (format it first, e.g. str(value), or take one element with .item())"
         )
     return value
@@ -66,7 +72,7 @@ class Table:
 
     def __post_init__(self) -> None:
         if isinstance(self.columns, str) or not isinstance(self.columns, Sequence) or not self.columns:
-            raise InvalidArgumentError(f"Table columns must be a non-empty sequence of str, got {self.columns!r}")
+            raise InvalidArgumentError(f"Table columns must be a non-empty sequence of str, got {_short(self.columns)}")
         columns = tuple(_check_text(f"Table column {i}", column) for i, column in enumerate(self.columns))
         if isinstance(self.rows, str) or not isinstance(self.rows, Sequence):
             raise InvalidArgumentError(f"Table rows must be a sequence of rows, got {type(self.rows).__name__}")
@@ -74,7 +80,8 @@ class Table:
         for i, row in enumerate(self.rows):
             if isinstance(row, str) or not isinstance(row, Sequence) or len(row) != len(columns):
                 raise InvalidArgumentError(
-                    f"Table row {i} must be a sequence of {len(columns)} cells (columns {list(columns)}), got {row!r}"
+                    f"Table row {i} must be a sequence of {len(columns)} cells (columns {list(columns)}), "
+                    f"got {_short(row)}"
                 )
             rows.append(tuple(_scalar(cell, f"Table row {i}, column {columns[j]!r}") for j, cell in enumerate(row)))
         object.__setattr__(self, "columns", columns)
@@ -113,7 +120,7 @@ class Section:
         for name, kind in (("tables", Table), ("figures", Figure)):
             items = getattr(self, name)
             if isinstance(items, str) or not isinstance(items, Sequence) or not all(isinstance(x, kind) for x in items):
-                raise InvalidArgumentError(f"Section {name} must be a sequence of {kind.__name__}, got {items!r}")
+                raise InvalidArgumentError(f"Section {name} must be a sequence of {kind.__name__}, got {_short(items)}")
             object.__setattr__(self, name, tuple(items))
 
 
@@ -230,9 +237,19 @@ def _render(template: str, title: str, subtitle: str, **context: Any) -> str:
 
 def render_page(title: str, sections: Sequence[Section], *, subtitle: str = "") -> str:
     """The whole self-contained page: ``title``, ``subtitle`` and the ``sections`` in order (a contents list when
-    there are several)."""
-    if isinstance(sections, Section) or not all(isinstance(s, Section) for s in sections):
-        raise InvalidArgumentError(f"sections must be a sequence of Section, got {sections!r}")
+    there are several).
+
+    Examples
+    --------
+    >>> from implicit_bias.report.html import Section, Table, render_page
+    >>> page = render_page("demo", [Section("numbers", text="One third:", tables=[Table(["x"], [[1 / 3]])])])
+    >>> '<td class="number">0.333333</td>' in page, "://" in page
+    (True, False)
+    """
+    if isinstance(sections, Section | str) or not isinstance(sections, Sequence):
+        raise InvalidArgumentError(f"sections must be a sequence of Section, got {_short(sections)}")
+    if not all(isinstance(s, Section) for s in sections):
+        raise InvalidArgumentError(f"sections must be a sequence of Section, got {_short(list(sections))}")
     anchors = _anchors([s.title for s in sections])
     views = [_section_view(s, a) for s, a in zip(sections, anchors)]
     return _render("page.html.j2", title, subtitle, sections=views)
@@ -252,6 +269,20 @@ def write_page(path: str | Path, title: str, sections: Sequence[Section], *, sub
 def _display(value: Any) -> Cell:
     """A result or config value as a cell: scalars as they are, anything else (lists, dicts) as JSON."""
     return value if isinstance(value, _SCALARS) else json.dumps(value, default=str)
+
+
+def _shown_figures(folder: Path, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The figure files in ``folder`` a page can embed, and the others, each with why not (so a reproduction that
+    lists a figure it did not write still gets its page, saying so)."""
+    shown, unshown = [], []
+    for name in names:
+        if Path(name).suffix.lower() not in _MEDIA_TYPES:
+            unshown.append(f"{name} (not PNG or SVG)")
+        elif not (folder / name).is_file():
+            unshown.append(f"{name} (missing)")
+        else:
+            shown.append(name)
+    return shown, unshown
 
 
 def _verdict(result: Mapping[str, Any]) -> str:
@@ -284,8 +315,11 @@ def experiment_sections(
         rows = [[key, _display(value)] for key, value in result["numbers"].items()]
         sections.append(Section("Numbers", tables=[Table(("quantity", "value"), rows)]))
     if result["figures"]:
-        figures = [Figure(Path(folder) / name, caption=name) for name in result["figures"]]
-        sections.append(Section("Figures", figures=figures))
+        shown, unshown = _shown_figures(Path(folder), result["figures"])
+        figures = [Figure(Path(folder) / name, caption=name) for name in shown]
+        sections.append(
+            Section("Figures", figures=figures, status=f"not shown: {', '.join(unshown)}" if unshown else "")
+        )
     rows = [[key, _display(value)] for key, value in config.items()]
     sections.append(Section("Configuration", tables=[Table(("setting", "value"), rows)]))
     return sections
@@ -328,7 +362,8 @@ def render_index(
                 "report": f"{name}/report.html",
                 "traceback": f"{name}/{result['traceback']}" if "error" in result else "",
                 "thumbnails": [
-                    {"uri": _thumbnail_uri(folder / name / figure), "alt": figure} for figure in result["figures"]
+                    {"uri": _thumbnail_uri(folder / name / figure), "alt": figure}
+                    for figure in _shown_figures(folder / name, result["figures"])[0]
                 ],
             }
         )
