@@ -161,3 +161,15 @@ def test_an_output_folder_with_other_files_is_refused(tmp_path):
     result = invoke("--model", "mlp:depth=2,width=8", *SMALL, "--out", out)
     assert result.exit_code == 2 and "holds files other than a diagnosis report" in result.output
     assert (out / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.slow  # starts headless Chromium: 5–13 s on 2 busy cores
+def test_the_diagnosis_page_opens_cleanly_in_chromium(trained, tmp_path):
+    from browser import artifact_folder, check_page_in_browser
+
+    out = tmp_path / "report"
+    result = invoke("--model", f"{EXAMPLE}:make_model", "--weights", trained, *SMALL, "--out", out, "--no-kkt")
+    assert result.exit_code == 0, result.output
+    shot = artifact_folder(tmp_path) / "diagnosis_digits_cnn.png"
+    check_page_in_browser(out / "report.html", shot, min_images=3)  # NC1, NCC accuracy, singular values
+    print(f"screenshot: {shot}")

@@ -25,6 +25,40 @@ INTRODUCTIONS = {
 }
 
 
+# sections shown as one row per (layer, group) and one column per metric: the group a row's variant belongs to
+GROUPS = {
+    "collapse": lambda variant: "train" if variant == "train" else "test",
+    "weight spectra": lambda variant: "",
+    "feature spectra": lambda variant: variant.split(": ")[0],
+    "effective depth": lambda variant: "",
+}
+
+
+def _wide(name: str, rows: list[tuple]) -> object:
+    """``rows`` (layer, metric, value, variant) as one row per (layer, group) with a column per metric; the
+    conventions the variants name (beyond the group) go into the caption."""
+    from ..report.html import Table
+
+    group = GROUPS[name]
+    metrics = list(dict.fromkeys(metric for _, metric, _, _ in rows))
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    conventions: dict[str, str] = {}
+    for layer, metric, value, variant in rows:
+        kind = group(variant)
+        cells.setdefault((layer, kind), {})[metric] = value
+        rest = variant.removeprefix(f"{kind}: ") if kind and variant != kind else ("" if kind else variant)
+        if rest:
+            conventions.setdefault(metric, rest)
+    grouped = any(kind for _, kind in cells)
+    columns = ("layer", *(("split" if name == "collapse" else "of",) if grouped else ()), *metrics)
+    table_rows = [
+        (layer, *((kind,) if grouped else ()), *(values.get(metric) for metric in metrics))
+        for (layer, kind), values in cells.items()
+    ]
+    caption = "; ".join(f"{metric}: {text}" for metric, text in conventions.items())
+    return Table(columns, table_rows, caption=caption)
+
+
 def page_sections(diagnosis: Diagnosis, figures: dict[str, Path]) -> list:
     """The page's sections: a summary, then one per measured section (tables without the σ_i rows, which the
     figures and the CSV hold), each marked skipped with its reasons where it measured nothing."""
@@ -48,7 +82,8 @@ def page_sections(diagnosis: Diagnosis, figures: dict[str, Path]) -> list:
         reasons = [reason.removeprefix(f"{name}: ") for reason in diagnosis.skipped if reason.startswith(f"{name}: ")]
         if not rows and not reasons:
             continue
-        tables = [Table(("layer", "metric", "value", "variant"), rows)] if rows else []
+        tables = ([_wide(name, rows) if name in GROUPS else Table(("layer", "metric", "value", "variant"), rows)]
+                  if rows else [])  # fmt: skip
         status = "" if rows else "skipped: " + "; ".join(reasons)
         text = INTRODUCTIONS[name] + ("\n\nNot measured: " + "\n\n".join(reasons) if rows and reasons else "")
         shown = [Figure(figures[name], CAPTIONS[name])] if name in figures else []
