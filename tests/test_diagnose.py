@@ -231,6 +231,16 @@ def test_bad_inputs_are_one_line_errors():
         diagnose(model, (X, y), layers=["nope"])
     with pytest.raises(InvalidArgumentError, match="model must be a torch.nn.Module"):
         diagnose("mlp", (X, y))
+    with pytest.raises(InvalidArgumentError, match="the model has 2 outputs but the data has 3 classes"):
+        diagnose(model, Dataset(X, torch.tensor([0, 1, 2]), 3))
+    with pytest.raises(InvalidArgumentError, match="num_classes=4 but the dataset has 2 classes"):
+        diagnose(model, Dataset(X, y, 2), num_classes=4)
+
+
+def test_the_progress_bar_changes_no_number():
+    model, data = planted_collapse()
+    quiet, shown = diagnose(model, data, kkt=False), diagnose(model, data, kkt=False, progress=True)
+    assert quiet.table == shown.table and quiet.skipped == shown.skipped
 
 
 @pytest.mark.slow  # a fresh interpreter imports torch: seconds

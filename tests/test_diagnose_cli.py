@@ -121,6 +121,27 @@ def test_a_checkpoint_with_pickled_code_is_refused_by_weights_only(tmp_path):
     assert_user_error(result, "loadable with weights_only=True", tmp_path / "out")
 
 
+def test_a_damaged_weights_file_and_a_missing_one_are_one_line(tmp_path):
+    damaged = tmp_path / "cut.safetensors"
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    result = invoke("--model", f"{EXAMPLE}:make_model", "--weights", damaged, *SMALL, "--out", tmp_path / "out")
+    assert_user_error(result, "is not a readable safetensors file", tmp_path / "out")
+    result = invoke(
+        "--model", f"{EXAMPLE}:make_model", "--weights", tmp_path / "nope.pt", *SMALL, "--out", tmp_path / "out"
+    )
+    assert_user_error(result, "nope.pt' does not exist", tmp_path / "out")
+
+
+def test_weights_saved_from_distributed_data_parallel_load_without_the_module_prefix(tmp_path):
+    from implicit_bias.models.loading import load_weights
+
+    source = build("mlp:depth=2,width=8", (4,), 3, seed=1)
+    path = tmp_path / "ddp.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = load_weights(build("mlp:depth=2,width=8", (4,), 3, seed=2), path)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
 def test_a_model_without_a_linear_classifier_reports_the_collapse_section_skipped_in_part(tmp_path):
     path = user_file(
         tmp_path,

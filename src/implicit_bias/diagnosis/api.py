@@ -54,12 +54,25 @@ def _first_samples(batches: Iterable, count: int) -> torch.Tensor:
 
 
 def _num_classes(data: Batches, outputs: torch.Tensor, given: int | None) -> int:
-    """K: the dataset's own, the caller's, or the model's number of outputs (2 for a single output)."""
+    """K: the dataset's own, the caller's, or the model's number of outputs (2 for a single output), checked
+    against the model: K outputs, or one output for two classes."""
+    single = outputs.ndim == 1 or (outputs.ndim == 2 and outputs.shape[1] == 1)
+    if outputs.ndim not in (1, 2):
+        raise InvalidArgumentError(f"model outputs must have shape (N,) or (N, K), got {tuple(outputs.shape)}")
+    from_model = 2 if single else int(outputs.shape[1])
     if isinstance(data, Dataset):
-        return data.num_classes
-    if given is not None:
-        return check_scalar("num_classes", given, int, low=2)
-    return 2 if outputs.ndim == 1 or outputs.shape[1] == 1 else int(outputs.shape[1])
+        if given is not None and given != data.num_classes:
+            raise InvalidArgumentError(f"num_classes={given} but the dataset has {data.num_classes} classes")
+        K = data.num_classes
+    else:
+        K = from_model if given is None else check_scalar("num_classes", given, int, low=2)
+    if K != from_model:
+        outputs_text = "1 output" if single else f"{from_model} outputs"
+        raise InvalidArgumentError(
+            f"the model has {outputs_text} but the data has {K} classes: a K-class model needs K outputs "
+            "(or 1 for two classes)"
+        )
+    return K
 
 
 def diagnose(

@@ -86,7 +86,10 @@ def architecture(model: nn.Module, layers: Sequence[str], example: torch.Tensor)
         section.add("feature_layer", index, layer=name, variant="forward order")
     penultimate, head = classifier_of(model)
     if head is not None:
-        section.add("classifier_outputs", head.out_features, layer=penultimate or "", variant="nn.Linear head reads it")
+        head_name = list(model.named_children())[-1][0]
+        section.add(
+            "classifier_outputs", head.out_features, layer=head_name, variant=f"nn.Linear reading {penultimate}"
+        )
     degree = None
     try:
         degree = homogeneity_degree(model, example)
