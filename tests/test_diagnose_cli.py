@@ -121,6 +121,23 @@ def test_a_checkpoint_with_pickled_code_is_refused_by_weights_only(tmp_path):
     assert_user_error(result, "loadable with weights_only=True", tmp_path / "out")
 
 
+def test_data_from_a_tensors_file_with_a_test_split(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 4, generator=generator, dtype=torch.float64)
+    y = (X[:, 0] > 0).long() + (X[:, 1] > 0).long()  # 3 classes
+    path = tmp_path / "mine.safetensors"
+    save_file({"X": X[:30], "y": y[:30], "X_test": X[30:], "y_test": y[30:]}, path)
+    out = tmp_path / "out"
+    result = invoke("--model", "mlp:depth=2,width=8", "--data", path, "--out", out, "--no-progress", "--no-kkt")
+    assert result.exit_code == 0, result.output
+    assert "mine.safetensors (train 30, test 10, 3 classes)" in (out / "report.html").read_text()
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["variant"] for r in rows if r["metric"] == "accuracy"} == {"train", "test"}
+    save_file({"inputs": X}, path)
+    result = invoke("--model", "mlp", "--data", path, "--out", out, "--no-progress")
+    assert result.exit_code == 2 and "lacks ['X', 'y']" in result.output
+
+
 def test_a_damaged_weights_file_and_a_missing_one_are_one_line(tmp_path):
     damaged = tmp_path / "cut.safetensors"
     damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")

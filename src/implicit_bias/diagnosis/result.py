@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -100,8 +100,3 @@ def read_csv(text: str) -> list[Row]:
         for r in csv.DictReader(io.StringIO(text))
     ]
 
-
-def sections_of(rows: Sequence[Row]) -> list[str]:
-    """The sections present in ``rows``, in the order of :data:`SECTIONS`."""
-    present = {row.section for row in rows}
-    return [name for name in SECTIONS if name in present]
