@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -206,7 +207,7 @@ def _measure(
             results.append(sections.effective_depth(measured))
     table = [row for section in results for row in section.rows]
     skipped = [reason for section in results for reason in section.skipped]
-    summary = {**_headline(table, degree, inferred, layers), **summary}
+    summary = {**_headline(table, degree, inferred, layers), **{k: v for k, v in summary.items() if math.isfinite(v)}}
     return Diagnosis(table, summary, skipped, type(model).__name__, _describe(data), layers)
 
 

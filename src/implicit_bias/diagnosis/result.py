@@ -99,4 +99,3 @@ def read_csv(text: str) -> list[Row]:
         Row(r["section"], r["layer"], r["metric"], float(r["value"]), r["variant"])
         for r in csv.DictReader(io.StringIO(text))
     ]
-
