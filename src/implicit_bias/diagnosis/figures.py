@@ -112,3 +112,23 @@ def plot_diagnosis(diagnosis: Diagnosis, folder: str | Path) -> dict[str, Path]:
             axis.legend(fontsize=7)
         drawn["weight spectra"] = _save(figure, folder, "weight_singular_values")
     return {section: path for section, path in drawn.items() if path is not None}
+
+
+def plot_trends(series: dict[str, tuple[list[int], list[float]]], folder: Path, stem: str = "trends") -> Path | None:
+    """One panel per headline number against the training step (log axis; step 0 left out), in one figure."""
+    series = {key: [(s, v) for s, v in zip(*points) if s > 0] for key, points in series.items()}
+    series = {key: points for key, points in series.items() if points}
+    if not series:
+        return None
+    columns = min(3, len(series))
+    rows = -(-len(series) // columns)
+    figure = Figure(figsize=(4.0 * columns, 2.8 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis, (key, points) in zip(axes, series.items()):
+        axis.plot(*zip(*points), marker=".", linewidth=1.2)
+        axis.set_xscale("log")
+        axis.set(title=key, xlabel="step")
+        axis.grid(True, which="both", alpha=0.3)
+    for axis in axes[len(series) :]:
+        axis.set_visible(False)
+    return _save(figure, folder, stem)

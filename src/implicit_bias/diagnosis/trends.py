@@ -23,7 +23,7 @@ from ..train.rundir import atomic_write
 from ..train.snapshots import SNAPSHOT_DIR, list_snapshots
 from .api import diagnose
 from .command import staged
-from .figures import FORMATS, plot_diagnosis
+from .figures import FORMATS, plot_diagnosis, plot_trends
 from .page import page_sections
 from .result import COLUMNS, Diagnosis
 
@@ -86,13 +86,10 @@ def diagnose_run(
 
 
 def plot_trend(trend: Trend, folder: Path) -> list[Path]:
-    """One figure per headline number against the step, and NC1 of every layer against the step (log axes)."""
+    """The headline numbers against the step (one panel each) and NC1 of every layer against the step, log
+    axes, PNG and PDF."""
     keys = dict.fromkeys(key for d in trend.diagnoses for key in d.summary if key != "parameters")
-    drawn = []
-    for key in keys:
-        for suffix in FORMATS:
-            path = plot_series(folder / f"{key}.{suffix}", {key: trend.series(key)}, title=f"{key} over training")
-        drawn.append(path.with_suffix(".png"))
+    drawn = [plot_trends({key: trend.series(key) for key in keys}, folder)]
     nc1: dict[str, tuple[list[int], list[float]]] = {}
     for step, diagnosis in zip(trend.steps, trend.diagnoses):
         for row in diagnosis.rows("collapse", metric="nc1"):
@@ -104,7 +101,7 @@ def plot_trend(trend: Trend, folder: Path) -> list[Path]:
         for suffix in FORMATS:
             plot_series(folder / f"nc1_by_layer.{suffix}", nc1, title="NC1 per layer over training", logy=True)
         drawn.append(folder / "nc1_by_layer.png")
-    return drawn
+    return [path for path in drawn if path is not None]
 
 
 def write_trend(trend: Trend, out: Path) -> Path:
