@@ -304,11 +304,11 @@ def diagnose(
     kkt: Annotated[bool, typer.Option(help="Compute the KKT residual (per-sample gradients).")] = True,
     progress: Annotated[bool, typer.Option(help="Show a progress bar per pass over the data.")] = True,
 ) -> None:
-    """Measure every implicit bias of a trained model (homogeneity and rates, margins, neural collapse per layer,
-    weight and feature spectra, effective depth) and write a report folder.
+    """Measure every implicit bias of a trained model and write a report folder (HTML, CSV, PNG/PDF figures).
 
-    Either --model and --data (with --weights), or RUN_DIR: a run trained with --snapshots log, diagnosed at
-    every snapshot with its own model, data and dtype.
+    Homogeneity and rates, margins, neural collapse per layer, weight and feature spectra, effective depth.
+    Give --model and --data (with --weights), or RUN_DIR: a run trained with --snapshots log.
+    RUN_DIR is diagnosed at every snapshot with the run's own model, data and dtype, as trends over the steps.
     """
     names = [name.strip() for item in layers or [] for name in item.split(",") if name.strip()] or None
     options = {"layers": names, "batch_size": batch_size, "device": device, "kkt": kkt, "progress": progress}
