@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 from implicit_bias.cli import app
 from implicit_bias.errors import InvalidArgumentError, UnknownNameError
-from implicit_bias.sweep import SerialExecutor, expand, job_folder, job_status, parse_grid, run_sweep
+from implicit_bias.sweep import SerialExecutor, expand, job_folder, job_status, make_executor, parse_grid, run_sweep
 from implicit_bias.train import TrainConfig, run
 
 runner = CliRunner()
@@ -157,12 +158,43 @@ def test_sweep_command_exit_codes_and_summary(tiny_yaml, tmp_path):
     for extra, message in [
         (["--grid", "sed=0"], "unknown grid key(s) 'sed'"),
         (["--grid", "seed=0..x"], "not a range"),
-        (["--grid", "seed=0", "--executor", "submitit"], "not yet available: only local"),
         (["--grid", "seed=0", "--executor", "slurm"], "unknown executor 'slurm'"),
+        (["--grid", "seed=0", "--executor", "submitit", "--cluster", "pbs"], "unknown --cluster 'pbs'"),
+        (["--grid", "seed=0", "--executor", "ray", "--cpus-per-task", "0"], "--cpus-per-task must be >= 1"),
+        (["--grid", "seed=0", "--executor", "ray", "--address", "nowhere"], "--address must be auto, local"),
     ]:
         result = runner.invoke(app, ["sweep", str(tiny_yaml), *extra, "--out", str(tmp_path / "c")])
         assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
     assert not (tmp_path / "c").exists()  # refused before any job started
+
+
+def test_no_sbatch_and_an_unreachable_ray_address_are_refused_in_one_line_within_seconds(tiny_yaml, tmp_path):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PATH": str(tmp_path)}  # no sbatch on this PATH
+    for extra, message in [
+        (["--executor", "submitit"], "`sbatch` is not on PATH"),
+        (["--executor", "ray", "--address", f"127.0.0.1:{port}"], "no Ray cluster answers there"),
+    ]:
+        start = time.monotonic()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "environ", env)
+            result = runner.invoke(
+                app, ["sweep", str(tiny_yaml), "--grid", "seed=0", *extra, "--out", str(tmp_path / "d")]
+            )
+        assert time.monotonic() - start < 30
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("executor, extra", [("submitit", "slurm"), ("ray", "ray")])
+def test_a_missing_engine_names_its_extra(executor, extra, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, executor, None)  # import fails as if the package were not installed
+    with pytest.raises(InvalidArgumentError, match=rf"pip install 'implicit-bias\[{extra}\]'"):
+        make_executor(executor, folder=tmp_path, cluster="local")
 
 
 @pytest.mark.slow  # two driver processes, the first with two spawned workers: 15-40 s on 2 busy cores

@@ -188,7 +188,7 @@ class SubmititExecutor:
         mem_gb: float | None = None,
         parallelism: int | None = None,
     ) -> None:
-        check_choice("cluster", cluster, SUBMITIT_CLUSTERS)
+        check_choice("--cluster", cluster, SUBMITIT_CLUSTERS)
         check_scalar("--timeout-min", timeout_min, int, low=1)
         check_scalar("--gpus-per-node", gpus_per_node, int, low=0)
         check_scalar("--cpus-per-task", cpus_per_task, int, low=1)
