@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -11,12 +12,15 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from implicit_bias.cli import app
 from implicit_bias.errors import InvalidArgumentError, UnknownNameError
 from implicit_bias.sweep import SerialExecutor, expand, job_folder, job_status, make_executor, parse_grid, run_sweep
+from implicit_bias.sweep import run as sweep_run
+from implicit_bias.sweep.report import errorbar_series, summarize
 from implicit_bias.train import TrainConfig, run
 
 runner = CliRunner()
@@ -266,3 +270,50 @@ def test_sweep_report_mean_std_and_student_t_interval_per_grid_point(tmp_path):
     assert "non-finite" in result.output
     missing = runner.invoke(app, ["sweep-report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a sweep folder" in missing.output
+
+
+def test_the_manifest_records_the_sweep_new_values_extend_it_and_another_sweep_is_refused(tiny_yaml, tmp_path):
+    out = tmp_path / "sweep"
+    sweep_run(tiny_yaml, ["seed=0..1"], out, jobs=1)
+    manifest = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert (manifest["target"], manifest["quick"], manifest["set"]) == ("train", False, {})
+    assert manifest["grid"] == {"seed": [0, 1]} and manifest["base"]["steps"] == 5 and "seed" not in manifest["base"]
+    (first,) = manifest["runs"]
+    assert first["executor"] == "local" and first["grid"] == {"seed": [0, 1]}
+    assert first["versions"]["torch"] == torch.__version__ and first["versions"]["python"] == platform.python_version()
+    sweep_run(tiny_yaml, ["seed=1..2"], out, jobs=1)  # new values of the same key: the sweep grows
+    manifest = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert manifest["grid"] == {"seed": [0, 1, 2]}
+    assert [run["grid"] for run in manifest["runs"]] == [{"seed": [0, 1]}, {"seed": [1, 2]}]
+    assert len(list(out.glob("jobs/*/DONE"))) == 3  # seed 1 ran once
+    with pytest.raises(InvalidArgumentError, match=r"grid keys \['seed'\], not \['lr'\]: use another --out"):
+        sweep_run(tiny_yaml, ["lr=0.1"], out, jobs=1)
+    with pytest.raises(InvalidArgumentError, match=r"set \{\}, not \{'steps': 6\}"):
+        sweep_run(tiny_yaml, ["seed=0"], out, jobs=1, overrides={"steps": 6})
+    tiny_yaml.write_text(yaml.safe_dump({**TINY, "steps": 7}))  # the YAML edited between two runs
+    with pytest.raises(InvalidArgumentError, match=r"base \{'steps': 5\}, not \{'steps': 7\}"):
+        sweep_run(tiny_yaml, ["seed=0"], out, jobs=1)
+    assert len(yaml.safe_load((out / "sweep.yaml").read_text())["runs"]) == 2  # refusals change nothing
+    assert len(list(out.glob("jobs/*"))) == 3
+
+
+def test_sweep_report_figures_plot_each_key_number_against_each_grid_axis(tmp_path):
+    for lr, width, low in [(0.1, 4, 1.0), (0.1, 8, 2.0), (0.01, 4, 5.0), (0.01, 8, 7.0)]:
+        for seed, value in enumerate([low, low + 2]):  # mean low + 1, std √2
+            point = {"lr": lr, "width": width, "seed": seed}
+            numbers = {"margin": value, "other": 0.0}
+            fake_job(tmp_path, f"j{lr}-{width}-{seed}", point, numbers, passed=True, key_number="margin")
+    result = runner.invoke(app, ["sweep-report", str(tmp_path)])
+    assert result.exit_code == 0 and "8 figure files (PNG, PDF)" in result.output, result.output
+    keys, rows = summarize(tmp_path)
+    half = 12.706204736174704 * math.sqrt(2) / math.sqrt(2)  # t_{0.975, 1} · std / √n
+    series = errorbar_series(keys, rows, "margin", "lr")
+    assert sorted(series) == ["width=4", "width=8"]
+    for label, points in [("width=4", [(0.01, 6.0), (0.1, 2.0)]), ("width=8", [(0.01, 8.0), (0.1, 3.0)])]:
+        assert sorted(series[label]) == [pytest.approx((*point, half, half), rel=1e-12) for point in points]
+    by_width = errorbar_series(keys, rows, "margin", "width")
+    assert sorted(by_width["lr=0.1"]) == [pytest.approx((w, m, half, half), rel=1e-12) for w, m in [(4, 2.0), (8, 3.0)]]
+    figures = sorted(path.name for path in (tmp_path / "figures").iterdir())  # the key number and the pass rate
+    assert figures == [f"{q}__{a}.{e}" for q in ("margin", "passed") for a in ("lr", "width") for e in ("pdf", "png")]
+    assert (tmp_path / "figures" / "margin__lr.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "figures" / "margin__lr.pdf").read_bytes()[:4] == b"%PDF"

@@ -498,4 +498,4 @@ def sweep_report(
         statistics = [str(row["n"]), shown(row["mean"]), shown(row["std"]), interval]
         table.add_row(*[shown(row[k]) for k in keys], row["quantity"], *statistics)
     console.print(table)
-    console.print(f"{len(rows)} rows written to [bold]{out / SUMMARY_FILE}[/], {len(figures)} figures (PNG, PDF)")
+    console.print(f"{len(rows)} rows written to [bold]{out / SUMMARY_FILE}[/], {len(figures)} figure files (PNG, PDF)")

@@ -55,12 +55,12 @@ def update_manifest(
         "executor": executor,
         "versions": versions(),
     }
-    new = {"target": jobs[0].target, "quick": quick, "set": plain_json(overrides), "base": base}
+    new = {"target": jobs[0].target, "quick": quick, "set": plain_json(overrides)}
     path = Path(root) / MANIFEST_FILE
     if not path.exists():
-        return {**new, "grid": grid, "runs": [run]}
+        return {**new, "base": base, "grid": grid, "runs": [run]}
     old = read_yaml(path)
-    for field, value in {**new, "grid keys": sorted(grid)}.items():
+    for field, value in {**new, "grid keys": sorted(grid), "base": base}.items():
         stored = sorted(old.get("grid", {})) if field == "grid keys" else old.get(field)
         if stored != value:
             if field == "base":
