@@ -68,17 +68,8 @@ def test_a_diverged_run_logs_no_nan_row(tmp_path):
     data = load("gaussians", seed=0)
     model = build("mlp:bias=false", data.input_shape, 3, seed=0)
     with pytest.raises(NumericalError, match="probably too large"):
-        fit(
-            model,
-            data,
-            loss="exponential",
-            optimizer="gd",
-            steps=50,
-            lr=1e6,
-            log_points=1000,
-            run_dir=tmp_path / "run",
-            progress=False,
-        )
+        fit(model, data, loss="exponential", optimizer="gd", steps=50, lr=1e6, log_points=1000,
+            run_dir=tmp_path / "run", progress=False)
     table = (tmp_path / "run" / "metrics.csv").read_text().lower()
     assert "nan" not in table and "inf" not in table
 
@@ -200,18 +191,8 @@ def test_eval_batch_size_reaches_the_evaluation_and_every_probe():
     model = _SmallBatchesOnly().double()
     with pytest.raises(MemoryError):
         fit(model, data, loss="exponential", optimizer="gd", steps=3, lr=0.1, batch_size=8, progress=False)
-    history = fit(
-        model,
-        data,
-        loss="exponential",
-        optimizer="gd",
-        steps=3,
-        lr=0.1,
-        batch_size=8,
-        eval_batch_size=8,
-        probes=probes(),
-        progress=False,
-    )
+    history = fit(model, data, loss="exponential", optimizer="gd", steps=3, lr=0.1, batch_size=8,
+                  eval_batch_size=8, probes=probes(), progress=False)
     assert {"normalized_margin", "alignment", "kkt_epsilon", "nc1/body.1", "test_log_loss"} <= set(history.last)
 
 
