@@ -179,7 +179,7 @@ def test_no_sbatch_and_an_unreachable_ray_address_are_refused_in_one_line_within
         port = probe.getsockname()[1]
     env = {**os.environ, "PATH": str(tmp_path)}  # no sbatch on this PATH
     for extra, message in [
-        (["--executor", "submitit"], "`sbatch` is not on PATH"),
+        (["--executor", "submitit"], "`sbatch` and `srun` are not on PATH"),
         (["--executor", "ray", "--address", f"127.0.0.1:{port}"], "no Ray cluster answers there"),
     ]:
         start = time.monotonic()

@@ -191,3 +191,30 @@ def test_the_sweep_command_on_ray_reports_over_seeds(ray_session, tmp_path):
         manifest["runs"][0]["executor"] == "ray" and manifest["runs"][0]["versions"]["ray"] == ray_session.__version__
     )
     assert (out / "figures" / "accuracy__lr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_slurm_options_reach_sbatch_as_one_job_array(tmp_path, monkeypatch):
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    sbatch = bin_folder / "sbatch"  # records the script it is given, answers as Slurm does
+    sbatch.write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    (bin_folder / "srun").write_text("#!/bin/sh\n")  # submitit looks for srun too
+    for command in (sbatch, bin_folder / "srun"):
+        command.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_folder}{os.pathsep}{os.environ['PATH']}")
+    executor = make_executor(
+        "submitit",
+        jobs=2,
+        folder=tmp_path / "submitit",
+        partition="gpu",
+        timeout_min=30,
+        gpus_per_node=1,
+        cpus_per_task=4,
+        mem_gb=8,
+    )
+    futures = [executor.submit(len, [0] * n) for n in range(6)]
+    executor.flush()
+    lines = set((tmp_path / "submitted.sh").read_text().splitlines())
+    expected = ["--array=0-5%2", "--partition=gpu", "--time=30", "--gpus-per-node=1", "--cpus-per-task=4", "--mem=8GB"]
+    assert {f"#SBATCH {option}" for option in expected} <= lines
+    assert len(futures) == 6 and not any(future.done() for future in futures)  # results come from the job store

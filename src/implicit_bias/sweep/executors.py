@@ -197,10 +197,12 @@ class SubmititExecutor:
         if parallelism is not None:
             check_scalar("--jobs", parallelism, int, low=1)
         submitit = _engine("submitit")
-        if cluster == "slurm" and shutil.which("sbatch") is None:
+        missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+        if cluster == "slurm" and missing:
             raise InvalidArgumentError(
-                "--executor submitit submits to Slurm, but `sbatch` is not on PATH: run the sweep on a Slurm login "
-                "node, or use --executor local"
+                f"--executor submitit submits to Slurm, but {' and '.join(f'`{c}`' for c in missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not on PATH: run the sweep on a Slurm login node, or use "
+                "--executor local"
             )
         self.threads = cpus_per_task
         self._executor = submitit.AutoExecutor(folder=Path(folder), cluster=cluster)
@@ -221,8 +223,9 @@ class SubmititExecutor:
         self._queued.append((future, fn, args))
         return future
 
-    def _flush(self) -> None:
-        """Submit the queued calls as one array (``executor.batch()``)."""
+    def flush(self) -> None:
+        """Submit the calls queued since the last ``flush`` as one job array (``executor.batch()``); ``wait``
+        flushes first."""
         from .requeue import RequeuedJob
 
         queued, self._queued = self._queued, []
@@ -233,7 +236,7 @@ class SubmititExecutor:
         self._jobs |= {future: job for (future, _, _), job in zip(queued, jobs)}
 
     def wait(self, futures: Sequence[Future]) -> Iterator[Future]:
-        self._flush()
+        self.flush()
         waiting = [future for future in futures if future in self._jobs]
         while waiting:
             for future in [f for f in waiting if self._jobs[f].done()]:
