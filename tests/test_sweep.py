@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 import torch
@@ -317,3 +319,32 @@ def test_sweep_report_figures_plot_each_key_number_against_each_grid_axis(tmp_pa
     assert figures == [f"{q}__{a}.{e}" for q in ("margin", "passed") for a in ("lr", "width") for e in ("pdf", "png")]
     assert (tmp_path / "figures" / "margin__lr.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "figures" / "margin__lr.pdf").read_bytes()[:4] == b"%PDF"
+
+
+class LosesJobs(SerialExecutor):
+    """Hands back the first ``times`` futures of each job failed without running it, as a process pool does for
+    the jobs queued behind a worker that died."""
+
+    def __init__(self, times):
+        self.times, self.submits = times, {}
+
+    def submit(self, fn, /, *args):
+        key = args[0]["key"]
+        self.submits[key] = self.submits.get(key, 0) + 1
+        if self.submits[key] <= self.times:
+            future = Future()
+            future.set_exception(BrokenProcessPool("a process in the pool was terminated abruptly"))
+            return future
+        return super().submit(fn, *args)
+
+
+def test_a_job_lost_before_it_started_goes_out_again_without_using_a_retry(tiny_yaml, tmp_path):
+    jobs = expand(tiny_yaml, ["seed=0..1"])
+    lost_once = LosesJobs(1)
+    results = run_sweep(jobs, tmp_path / "a", lost_once, retries=0)
+    assert [(result["status"], result["attempt"]) for result in results] == [("done", 1), ("done", 1)]
+    assert list(lost_once.submits.values()) == [2, 2]
+    always = LosesJobs(100)  # a pool that never starts anything: given up after 2 free resubmits and the retries
+    results = run_sweep(jobs, tmp_path / "b", always, retries=1)
+    assert all(result["status"] == "failed" and "worker running the job died" in result["error"] for result in results)
+    assert list(always.submits.values()) == [4, 4]  # 1 + 2 free + 1 retry

@@ -120,6 +120,7 @@ def test_a_killed_worker_is_replaced_and_its_job_resumed_within_retries(longer_y
         assert sum(line.endswith(" finished") for line in log_lines(root, job.key)) == 1
     killed = next(result for result in results if result["key"] == killer.killed)
     assert killed["attempt"] == 2  # the pool was rebuilt and the job ran again, once
+    assert all(result["attempt"] <= 2 for result in results)  # a job queued then ran once, one running twice
     starts = resumed_from(root, killer.killed)
     assert len(starts) == 2 and starts[0] == 0 and starts[1] > 0  # resumed from its checkpoint, not from scratch
 

@@ -152,8 +152,9 @@ def run_sweep(
 
     Done jobs are skipped (their stored result is returned); a failed or unfinished job runs again, and a job
     that fails is retried up to ``retries`` more times in this call. A job whose worker process died (killed,
-    out of memory) failed too, and is retried the same way; one lost before it started (queued behind a
-    worker that died) goes out again without using a retry. ``on_result`` sees each final result.
+    out of memory) failed too, and is retried the same way — on the local executor a dying worker takes the
+    pool down, so every job running at that moment counts one failed attempt; a job lost before it started
+    (queued) goes out again without using a retry, twice at most. ``on_result`` sees each final result.
     Killing the driver at any moment and calling again completes the sweep: a job is done exactly once
     (``DONE`` is written atomically after ``result.json``, and a job's lock keeps two workers off it).
     """
