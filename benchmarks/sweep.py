@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +56,7 @@ def timed(jobs, make_executor, *, threads: int | None = None) -> float:
     failed = [r["key"] for r in results if r["status"] != "done"]
     if failed:
         raise SystemExit(f"benchmark jobs failed: {failed}")
+    print(f"{len(jobs)} jobs ({jobs[0].config['steps']} steps) in {seconds:.1f} s", file=sys.stderr, flush=True)
     return seconds
 
 

@@ -158,7 +158,7 @@ class LocalExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_with_threads(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
+def run_with_threads(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` with torch limited to the job's ``threads`` CPUs (a cluster job's allocation)."""
     import torch
 
@@ -299,7 +299,7 @@ class RayExecutor:
                     raise InvalidArgumentError(f"--address {address!r}: {first}") from None
             self._owned = True
         self._ray = ray
-        self._task = ray.remote(_run_with_threads).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        self._task = ray.remote(run_with_threads).options(num_cpus=num_cpus, num_gpus=num_gpus)
         self.threads = num_cpus
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future:
@@ -312,14 +312,6 @@ class RayExecutor:
         if self._owned:
             self._ray.shutdown()
             self._owned = False
-
-
-def _run_with_threads(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` with torch limited to ``threads`` CPUs (a Ray task's allocation)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    return fn(*args)
 
 
 def make_executor(

@@ -7,6 +7,8 @@ from typing import Any
 
 from submitit.helpers import Checkpointable
 
+from .executors import run_with_threads
+
 
 class RequeuedJob(Checkpointable):
     """``fn(*args)`` with torch limited to ``threads`` CPUs (the job's allocation).
@@ -20,7 +22,4 @@ class RequeuedJob(Checkpointable):
         self.fn, self.threads = fn, threads
 
     def __call__(self, *args: Any) -> Any:
-        import torch
-
-        torch.set_num_threads(self.threads)
-        return self.fn(*args)
+        return run_with_threads(self.threads, self.fn, *args)
