@@ -70,10 +70,6 @@ def main() -> None:
     empty = expand(EXPERIMENT, grid, quick=True, overrides={"steps": 1})
 
     serial, local = (lambda folder: SerialExecutor()), (lambda folder: LocalExecutor(args.workers))
-    sequential = timed(jobs, serial)
-    sequential_one = timed(jobs, serial, threads=1)
-    pooled = timed(jobs, local)
-    empty_serial = timed(empty, serial, threads=1)
     ray_start: list[float] = []
 
     def ray(folder):
@@ -82,12 +78,18 @@ def main() -> None:
         ray_start.append(time.perf_counter() - start)
         return executor
 
+    # the overheads first: they take seconds, the quick jobs minutes
+    empty_serial = timed(empty, serial, threads=1)
     overheads = {
         "local": timed(empty, local),
         "submitit": timed(empty, lambda folder: SubmititExecutor(Path(folder) / "submitit", cluster="local")),
         "ray": timed(empty, ray),
     }
     overhead = {name: (seconds - empty_serial) / len(empty) for name, seconds in overheads.items()}
+    print(f"overhead per job: {overhead}", file=sys.stderr, flush=True)
+    sequential = timed(jobs, serial)
+    sequential_one = timed(jobs, serial, threads=1)
+    pooled = timed(jobs, local)
 
     table = Table(title=f"{len(jobs)} jobs of {EXPERIMENT} --quick, {os.cpu_count()} cores")
     for column in ("run", "seconds", "local speed-up", "overhead per job (s)"):
