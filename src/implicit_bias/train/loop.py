@@ -532,7 +532,8 @@ def _check_objective(
             f"log ℒ became −inf at step {step}: the model's outputs overflowed "
             f"{str(dtype).removeprefix('torch.')} (‖θ‖ has grown "
             "without bound — loss-normalized steps grow with ‖θ‖ on networks of degree > 1); lower lr or "
-            "the number of steps" + ("" if dtype == torch.float64 else ", or train in float64 (dtype=torch.float64)")
+            "the number of steps"
+            + ("" if dtype == torch.float64 else ", or train in float64 (dtype=torch.float64)")
         )
     if math.isnan(value) or value == math.inf:
         raise NumericalError(
