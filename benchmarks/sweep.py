@@ -1,5 +1,5 @@
 """Sweep throughput: an 8-job sweep of a quick experiment through the local executor against the same jobs run
-one after another in this process, in one run.
+one after another in this process, and the per-job overhead of each executor, in one table from one run.
 
 Jobs: ``homogeneous-margin --quick`` at seeds 0..7 (each a real reproduction: training, figures, report). Three
 ways to run them, each into a fresh folder:
@@ -9,9 +9,11 @@ ways to run them, each into a fresh folder:
 (iii) local — ``LocalExecutor`` with ``--workers`` spawned processes (one torch thread each), pool start-up
       included.
 
-Reported: wall seconds and the speed-up of (iii) over (i) and (ii) (target ≥ 1.7× on 2 cores), and the local
-executor's overhead per job: (iii)'s time for 8 near-empty jobs (``steps=1``) minus (ii)'s for the same jobs,
-divided by 8 (target < 2 s).
+Reported: wall seconds and the speed-up of (iii) over (i) and (ii) (target ≥ 1.7× on 2 cores), and each
+executor's overhead per job (target < 2 s): its time for 8 near-empty jobs (``steps=1``) minus (ii)'s for the
+same jobs, divided by 8 — for local (pool start-up included), submitit's local cluster (each job its own
+process through submitit's pickles; all 8 at once) and Ray (``ray.init`` of a local instance with ``--workers``
+CPUs included; its start-up alone is printed too).
 
     python benchmarks/sweep.py [--workers 2] [--seeds 8]
 """
@@ -20,34 +22,41 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from implicit_bias.sweep import LocalExecutor, SerialExecutor, expand, run_sweep
+from implicit_bias.sweep import LocalExecutor, RayExecutor, SerialExecutor, SubmititExecutor, expand, run_sweep
 
 EXPERIMENT = "homogeneous-margin"
 
 
-def timed(jobs, executor, *, threads: int | None = None) -> float:
-    """Wall seconds of ``run_sweep(jobs)`` on ``executor`` into a fresh folder (every job must end done)."""
+def timed(jobs, make_executor, *, threads: int | None = None) -> float:
+    """Wall seconds of ``run_sweep(jobs)`` on ``make_executor(folder)`` (its start-up included) into a fresh
+    folder (every job must end done)."""
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
-            results = run_sweep(jobs, folder, executor, retries=0)
-            seconds = time.perf_counter() - start
+            executor = make_executor(folder)
+            try:
+                results = run_sweep(jobs, folder, executor, retries=0)
+                seconds = time.perf_counter() - start
+            finally:
+                executor.close()
     finally:
         torch.set_num_threads(before)
-        executor.close()
     failed = [r["key"] for r in results if r["status"] != "done"]
     if failed:
         raise SystemExit(f"benchmark jobs failed: {failed}")
+    print(f"{len(jobs)} jobs ({jobs[0].config['steps']} steps) in {seconds:.1f} s", file=sys.stderr, flush=True)
     return seconds
 
 
@@ -60,19 +69,43 @@ def main() -> None:
     jobs = expand(EXPERIMENT, grid, quick=True)
     empty = expand(EXPERIMENT, grid, quick=True, overrides={"steps": 1})
 
-    sequential = timed(jobs, SerialExecutor())
-    sequential_one = timed(jobs, SerialExecutor(), threads=1)
-    local = timed(jobs, LocalExecutor(args.workers))
-    overhead = (timed(empty, LocalExecutor(args.workers)) - timed(empty, SerialExecutor(), threads=1)) / len(empty)
+    serial, local = (lambda folder: SerialExecutor()), (lambda folder: LocalExecutor(args.workers))
+    ray_start: list[float] = []
+
+    def ray(folder):
+        start = time.perf_counter()
+        executor = RayExecutor("local", local_cpus=args.workers)
+        ray_start.append(time.perf_counter() - start)
+        return executor
+
+    # the overheads first: they take seconds, the quick jobs minutes
+    empty_serial = timed(empty, serial, threads=1)
+    overheads = {
+        "local": timed(empty, local),
+        "submitit": timed(empty, lambda folder: SubmititExecutor(Path(folder) / "submitit", cluster="local")),
+        "ray": timed(empty, ray),
+    }
+    overhead = {name: (seconds - empty_serial) / len(empty) for name, seconds in overheads.items()}
+    print(f"overhead per job: {overhead}", file=sys.stderr, flush=True)
+    sequential = timed(jobs, serial)
+    sequential_one = timed(jobs, serial, threads=1)
+    pooled = timed(jobs, local)
 
     table = Table(title=f"{len(jobs)} jobs of {EXPERIMENT} --quick, {os.cpu_count()} cores")
-    for column in ("run", "seconds", "local speed-up"):
+    for column in ("run", "seconds", "local speed-up", "overhead per job (s)"):
         table.add_column(column, justify="right" if column != "run" else "left")
-    table.add_row(f"sequential ({torch.get_num_threads()} threads)", f"{sequential:.1f}", f"{sequential / local:.2f}×")
-    table.add_row("sequential (1 thread)", f"{sequential_one:.1f}", f"{sequential_one / local:.2f}×")
-    table.add_row(f"local, {args.workers} workers", f"{local:.1f}", "")
+    table.add_row(
+        f"sequential ({torch.get_num_threads()} threads)", f"{sequential:.1f}", f"{sequential / pooled:.2f}×", ""
+    )
+    table.add_row("sequential (1 thread)", f"{sequential_one:.1f}", f"{sequential_one / pooled:.2f}×", "")
+    table.add_row(f"local, {args.workers} workers", f"{pooled:.1f}", "", f"{overhead['local']:.2f}")
+    table.add_row(f"submitit, local cluster ({len(empty)} processes)", "", "", f"{overhead['submitit']:.2f}")
+    table.add_row(f"ray, local instance ({args.workers} CPUs)", "", "", f"{overhead['ray']:.2f}")
     Console().print(table)
-    Console().print(f"local executor overhead per job (steps=1 jobs, pool start-up included): {overhead:.2f} s")
+    Console().print(
+        f"overhead: {len(empty)} jobs with steps=1 on the executor (its start-up included) minus the same run "
+        f"sequentially ({empty_serial:.1f} s), per job; ray.init alone took {ray_start[0]:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -4,18 +4,25 @@ import csv
 import json
 import math
 import os
+import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from implicit_bias.cli import app
 from implicit_bias.errors import InvalidArgumentError, UnknownNameError
-from implicit_bias.sweep import SerialExecutor, expand, job_folder, job_status, parse_grid, run_sweep
+from implicit_bias.sweep import SerialExecutor, expand, job_folder, job_status, make_executor, parse_grid, run_sweep
+from implicit_bias.sweep import run as sweep_run
+from implicit_bias.sweep.report import errorbar_series, summarize
 from implicit_bias.train import TrainConfig, run
 
 runner = CliRunner()
@@ -157,12 +164,43 @@ def test_sweep_command_exit_codes_and_summary(tiny_yaml, tmp_path):
     for extra, message in [
         (["--grid", "sed=0"], "unknown grid key(s) 'sed'"),
         (["--grid", "seed=0..x"], "not a range"),
-        (["--grid", "seed=0", "--executor", "submitit"], "not yet available: only local"),
         (["--grid", "seed=0", "--executor", "slurm"], "unknown executor 'slurm'"),
+        (["--grid", "seed=0", "--executor", "submitit", "--cluster", "pbs"], "unknown --cluster 'pbs'"),
+        (["--grid", "seed=0", "--executor", "ray", "--cpus-per-task", "0"], "--cpus-per-task must be >= 1"),
+        (["--grid", "seed=0", "--executor", "ray", "--address", "nowhere"], "--address must be auto, local"),
     ]:
         result = runner.invoke(app, ["sweep", str(tiny_yaml), *extra, "--out", str(tmp_path / "c")])
         assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1  # one line, no traceback
     assert not (tmp_path / "c").exists()  # refused before any job started
+
+
+def test_no_sbatch_and_an_unreachable_ray_address_are_refused_in_one_line_within_seconds(tiny_yaml, tmp_path):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PATH": str(tmp_path)}  # no sbatch on this PATH
+    for extra, message in [
+        (["--executor", "submitit"], "`sbatch` and `srun` are not on PATH"),
+        (["--executor", "ray", "--address", f"127.0.0.1:{port}"], "no Ray cluster answers there"),
+    ]:
+        start = time.monotonic()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "environ", env)
+            result = runner.invoke(
+                app, ["sweep", str(tiny_yaml), "--grid", "seed=0", *extra, "--out", str(tmp_path / "d")]
+            )
+        assert time.monotonic() - start < 30
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("executor, extra", [("submitit", "slurm"), ("ray", "ray")])
+def test_a_missing_engine_names_its_extra(executor, extra, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, executor, None)  # import fails as if the package were not installed
+    with pytest.raises(InvalidArgumentError, match=rf"pip install 'implicit-bias\[{extra}\]'"):
+        make_executor(executor, folder=tmp_path, cluster="local")
 
 
 @pytest.mark.slow  # two driver processes, the first with two spawned workers: 15-40 s on 2 busy cores
@@ -174,7 +212,7 @@ def test_sigkill_of_the_driver_then_a_rerun_completes_each_job_once(tmp_path):
     sweep = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     driver = subprocess.Popen([*command, "--jobs", "2", "--out", str(sweep)], env=env, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # the loop ends at the first DONE; the bound only matters on a swamped machine
     while not list(sweep.glob("jobs/*/DONE")) and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     driver.send_signal(signal.SIGKILL)
@@ -234,3 +272,79 @@ def test_sweep_report_mean_std_and_student_t_interval_per_grid_point(tmp_path):
     assert "non-finite" in result.output
     missing = runner.invoke(app, ["sweep-report", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "not a sweep folder" in missing.output
+
+
+def test_the_manifest_records_the_sweep_new_values_extend_it_and_another_sweep_is_refused(tiny_yaml, tmp_path):
+    out = tmp_path / "sweep"
+    sweep_run(tiny_yaml, ["seed=0..1"], out, jobs=1)
+    manifest = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert (manifest["target"], manifest["quick"], manifest["set"]) == ("train", False, {})
+    assert manifest["grid"] == {"seed": [0, 1]} and manifest["base"]["steps"] == 5 and "seed" not in manifest["base"]
+    (first,) = manifest["runs"]
+    assert first["executor"] == "local" and first["grid"] == {"seed": [0, 1]}
+    assert first["versions"]["torch"] == torch.__version__ and first["versions"]["python"] == platform.python_version()
+    sweep_run(tiny_yaml, ["seed=1..2"], out, jobs=1)  # new values of the same key: the sweep grows
+    manifest = yaml.safe_load((out / "sweep.yaml").read_text())
+    assert manifest["grid"] == {"seed": [0, 1, 2]}
+    assert [run["grid"] for run in manifest["runs"]] == [{"seed": [0, 1]}, {"seed": [1, 2]}]
+    assert len(list(out.glob("jobs/*/DONE"))) == 3  # seed 1 ran once
+    with pytest.raises(InvalidArgumentError, match=r"grid keys \['seed'\], not \['lr'\]: use another --out"):
+        sweep_run(tiny_yaml, ["lr=0.1"], out, jobs=1)
+    with pytest.raises(InvalidArgumentError, match=r"set \{\}, not \{'steps': 6\}"):
+        sweep_run(tiny_yaml, ["seed=0"], out, jobs=1, overrides={"steps": 6})
+    tiny_yaml.write_text(yaml.safe_dump({**TINY, "steps": 7}))  # the YAML edited between two runs
+    with pytest.raises(InvalidArgumentError, match=r"base \{'steps': 5\}, not \{'steps': 7\}"):
+        sweep_run(tiny_yaml, ["seed=0"], out, jobs=1)
+    assert len(yaml.safe_load((out / "sweep.yaml").read_text())["runs"]) == 2  # refusals change nothing
+    assert len(list(out.glob("jobs/*"))) == 3
+
+
+def test_sweep_report_figures_plot_each_key_number_against_each_grid_axis(tmp_path):
+    for lr, width, low in [(0.1, 4, 1.0), (0.1, 8, 2.0), (0.01, 4, 5.0), (0.01, 8, 7.0)]:
+        for seed, value in enumerate([low, low + 2]):  # mean low + 1, std √2
+            point = {"lr": lr, "width": width, "seed": seed}
+            numbers = {"margin": value, "other": 0.0}
+            fake_job(tmp_path, f"j{lr}-{width}-{seed}", point, numbers, passed=True, key_number="margin")
+    result = runner.invoke(app, ["sweep-report", str(tmp_path)])
+    assert result.exit_code == 0 and "8 figure files (PNG, PDF)" in result.output, result.output
+    keys, rows = summarize(tmp_path)
+    half = 12.706204736174704 * math.sqrt(2) / math.sqrt(2)  # t_{0.975, 1} · std / √n
+    series = errorbar_series(keys, rows, "margin", "lr")
+    assert sorted(series) == ["width=4", "width=8"]
+    for label, points in [("width=4", [(0.01, 6.0), (0.1, 2.0)]), ("width=8", [(0.01, 8.0), (0.1, 3.0)])]:
+        assert sorted(series[label]) == [pytest.approx((*point, half, half), rel=1e-12) for point in points]
+    by_width = errorbar_series(keys, rows, "margin", "width")
+    assert sorted(by_width["lr=0.1"]) == [pytest.approx((w, m, half, half), rel=1e-12) for w, m in [(4, 2.0), (8, 3.0)]]
+    figures = sorted(path.name for path in (tmp_path / "figures").iterdir())  # the key number and the pass rate
+    assert figures == [f"{q}__{a}.{e}" for q in ("margin", "passed") for a in ("lr", "width") for e in ("pdf", "png")]
+    assert (tmp_path / "figures" / "margin__lr.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "figures" / "margin__lr.pdf").read_bytes()[:4] == b"%PDF"
+
+
+class LosesJobs(SerialExecutor):
+    """Hands back the first ``times`` futures of each job failed without running it, as a process pool does for
+    the jobs queued behind a worker that died."""
+
+    def __init__(self, times):
+        self.times, self.submits = times, {}
+
+    def submit(self, fn, /, *args):
+        key = args[0]["key"]
+        self.submits[key] = self.submits.get(key, 0) + 1
+        if self.submits[key] <= self.times:
+            future = Future()
+            future.set_exception(BrokenProcessPool("a process in the pool was terminated abruptly"))
+            return future
+        return super().submit(fn, *args)
+
+
+def test_a_job_lost_before_it_started_goes_out_again_without_using_a_retry(tiny_yaml, tmp_path):
+    jobs = expand(tiny_yaml, ["seed=0..1"])
+    lost_once = LosesJobs(1)
+    results = run_sweep(jobs, tmp_path / "a", lost_once, retries=0)
+    assert [(result["status"], result["attempt"]) for result in results] == [("done", 1), ("done", 1)]
+    assert list(lost_once.submits.values()) == [2, 2]
+    always = LosesJobs(100)  # a pool that never starts anything: given up after 2 free resubmits and the retries
+    results = run_sweep(jobs, tmp_path / "b", always, retries=1)
+    assert all(result["status"] == "failed" and "worker running the job died" in result["error"] for result in results)
+    assert list(always.submits.values()) == [4, 4]  # 1 + 2 free + 1 retry

@@ -128,7 +128,9 @@ def train(
         int | None,
         typer.Option(help="Samples per forward pass at logged steps and in probes. Default: all at once."),
     ] = None,
-    dtype: Annotated[str | None, typer.Option(help="float64 | float32 (TrainConfig checks it). Default: float64.")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float64 | float32 (TrainConfig checks it). Default: float64.")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda. Default: cpu.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed. Default: 0.")] = None,
     probe: Annotated[list[str] | None, typer.Option(help="Probe name (repeatable). Default: margins.")] = None,
@@ -383,7 +385,10 @@ def reproduce(
     all_: Annotated[
         bool, typer.Option("--all", help="Run every registered experiment and write an index report.")
     ] = False,
-    quick: Annotated[bool, typer.Option(help="The quick preset (most 15–110 CPU-seconds on 2 cores; galanti-2022-depth about 6 minutes).")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(help="The quick preset (most 15–110 CPU-seconds on 2 cores; galanti-2022-depth about 6 minutes)."),
+    ] = False,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config field, key=value (repeatable).")
     ] = None,
@@ -457,23 +462,36 @@ def sweep(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config field in every job, key=value (repeatable).")
     ] = None,
-    executor: Annotated[str, typer.Option(help="Where jobs run: local (submitit and ray are planned).")] = "local",
-    jobs: Annotated[int | None, typer.Option(help="Jobs at a time, one torch thread each. Default: CPU count.")] = None,
+    executor: Annotated[str, typer.Option(help="Where jobs run: local, submitit (Slurm) or ray.")] = "local",
+    jobs: Annotated[
+        int | None,
+        typer.Option(help="local: workers (default: CPU count); submitit: array parallelism cap; ray local: CPUs."),
+    ] = None,
     retries: Annotated[int, typer.Option(help="Runs again of a failed job in this invocation.")] = 1,
+    slurm_partition: Annotated[str | None, typer.Option(help="submitit: the Slurm partition.")] = None,
+    timeout_min: Annotated[int, typer.Option(help="submitit: minutes per job; a job timed out is requeued.")] = 60,
+    gpus_per_node: Annotated[int, typer.Option(help="submitit: GPUs per job; ray: num_gpus of each task.")] = 0,
+    cpus_per_task: Annotated[int, typer.Option(help="submitit, ray: CPUs (torch threads) of each job.")] = 1,
+    mem_gb: Annotated[float | None, typer.Option(help="submitit: memory per job, GB.")] = None,
+    cluster: Annotated[str, typer.Option(help="submitit: slurm, or local (each job a process here).")] = "slurm",
+    address: Annotated[
+        str, typer.Option(help="ray: auto (this machine's cluster), host:port, ray://host:port, or local (start one).")
+    ] = "auto",
 ) -> None:
     """Run a grid of configurations as jobs, each into OUT/jobs/<key>/ with a DONE marker written last.
 
     Rerunning the same command skips done jobs and runs failed or unfinished ones again (a killed training
-    run resumes from its checkpoint). Exit code 0: every job done; 1: some job failed (its traceback.txt is in
-    its folder); 2: a usage error (unknown grid key, malformed range, unknown executor).
+    run resumes from its checkpoint); new values of the same grid keys extend the sweep (OUT/sweep.yaml records
+    each run). Ends with sweep-report's summary and figures. On a cluster (submitit, ray) OUT must be on a
+    filesystem that every node shares. Exit code 0: every job done; 1: some job failed (its traceback.txt is in
+    its folder); 2: a usage error (unknown grid key, malformed range, unknown executor, another sweep in OUT,
+    no sbatch, no Ray cluster, a missing extra).
     """
-    from ..sweep import expand, make_executor, run_sweep
+    from ..sweep import run as run_sweep
     from ..validation import check_scalar
 
     check_scalar("--retries", retries, int, low=0)
-    planned = expand(target, grid, quick=quick, overrides=parse_assignments(set_ or [], "--set"))
-    pool = make_executor(executor, jobs=jobs)
-    table = Table(title=f"sweep of {target} ({len(planned)} jobs) in {out}")
+    table = Table(title=f"sweep of {target} in {out}")
     for column in ("key", "grid values", "status", "seconds", "result"):
         table.add_column(column, no_wrap=column != "result", justify="right" if column == "seconds" else "left")
 
@@ -497,10 +515,24 @@ def sweep(
         if not result.get("skipped"):
             console.print(f"{result['key']} {result['status']} in {result['seconds']:.1f} s", highlight=False)
 
-    try:
-        results = run_sweep(planned, out, pool, retries=retries, on_result=progress)
-    finally:
-        pool.close()
+    results = run_sweep(
+        target,
+        grid,
+        out,
+        quick=quick,
+        overrides=parse_assignments(set_ or [], "--set"),
+        executor=executor,
+        jobs=jobs,
+        retries=retries,
+        on_result=progress,
+        cluster=cluster,
+        partition=slurm_partition,
+        timeout_min=timeout_min,
+        gpus_per_node=gpus_per_node,
+        cpus_per_task=cpus_per_task,
+        mem_gb=mem_gb,
+        address=address,
+    )
     for result in results:
         add_row(result)
     console.print(table)
@@ -508,7 +540,7 @@ def sweep(
     if failed:
         errors.print(f"[bold red]{len(failed)} of {len(results)} jobs failed:[/] {', '.join(failed)}", highlight=False)
         raise typer.Exit(1)
-    console.print(f"all {len(results)} jobs done in [bold]{out / 'jobs'}[/]")
+    console.print(f"all {len(results)} jobs done in [bold]{out / 'jobs'}[/]; summary: [bold]{out / 'summary.csv'}[/]")
 
 
 @app.command("sweep-report")
@@ -524,9 +556,9 @@ def sweep_report(
     Each row: the grid values (seed left out), a quantity, n, the mean, the sample standard deviation and the
     95% interval mean ± t(0.975, n−1)·std/√n (Student t). Reads only the files; runs nothing.
     """
-    from ..sweep.report import SUMMARY_FILE, write_summary
+    from ..sweep.report import SUMMARY_FILE, write_report
 
-    keys, rows = write_summary(out)
+    keys, rows, figures = write_report(out)
     table = Table(title=f"{out}: mean ± 95% CI over seeds")
     for column in (*keys, "quantity", "n", "mean", "std", "95% CI"):
         table.add_column(column, justify="right" if column in ("n", "mean", "std") else "left")
@@ -543,4 +575,4 @@ def sweep_report(
         statistics = [str(row["n"]), shown(row["mean"]), shown(row["std"]), interval]
         table.add_row(*[shown(row[k]) for k in keys], row["quantity"], *statistics)
     console.print(table)
-    console.print(f"{len(rows)} rows written to [bold]{out / SUMMARY_FILE}[/]")
+    console.print(f"{len(rows)} rows written to [bold]{out / SUMMARY_FILE}[/], {len(figures)} figure files (PNG, PDF)")

@@ -98,13 +98,14 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+def plain_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` as JSON types (tuples become lists), as a job's key and files store them."""
     return json.loads(json.dumps(dict(values)))
 
 
 def job_key(kind: str, target: str, quick: bool, config: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of the job's identity, first 12 hex digits."""
-    identity = {"kind": kind, "target": target, "quick": quick, "config": _plain(config)}
+    identity = {"kind": kind, "target": target, "quick": quick, "config": plain_json(config)}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
 
@@ -169,8 +170,8 @@ def expand(
     stored_target = name if kind == "experiment" else "train"
     jobs: dict[str, Job] = {}
     for values in itertools.product(*grid.values()):
-        point = _plain(dict(zip(grid, values)))
-        config = _plain(resolve(point))
+        point = plain_json(dict(zip(grid, values)))
+        config = plain_json(resolve(point))
         key = job_key(kind, stored_target, quick, config)
         jobs.setdefault(key, Job(key, kind, stored_target, quick, point, config))
     return list(jobs.values())

@@ -105,7 +105,7 @@ def run_job(record: Mapping[str, Any], root: str) -> dict[str, Any]:
             result = read_result(folder)
             assert result is not None  # result.json is written before DONE
             return result
-        attempt = 1 + sum(" started" in line for line in _read_log(folder))
+        attempt = 1 + _attempts(folder)
         _log(folder, f"attempt {attempt} started (pid {os.getpid()})")
         if not (folder / CONFIG_FILE).exists():
             write_yaml(folder / CONFIG_FILE, job.record())
@@ -133,6 +133,13 @@ def _read_log(folder: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+def _attempts(folder: Path) -> int:
+    return sum(" started" in line for line in _read_log(folder))
+
+
+UNSTARTED_RESUBMITS = 2  # times a job lost with its worker before it started goes out again without using a retry
+
+
 def run_sweep(
     jobs: Sequence[Job],
     root: str | Path,
@@ -144,7 +151,10 @@ def run_sweep(
     """Run every job not yet done into ``root/jobs/<key>/`` on ``executor``; returns the results in job order.
 
     Done jobs are skipped (their stored result is returned); a failed or unfinished job runs again, and a job
-    that fails is retried up to ``retries`` more times in this call. ``on_result`` sees each final result.
+    that fails is retried up to ``retries`` more times in this call. A job whose worker process died (killed,
+    out of memory) failed too, and is retried the same way — on the local executor a dying worker takes the
+    pool down, so every job running at that moment counts one failed attempt; a job lost before it started
+    (queued) goes out again without using a retry, twice at most. ``on_result`` sees each final result.
     Killing the driver at any moment and calling again completes the sweep: a job is done exactly once
     (``DONE`` is written atomically after ``result.json``, and a job's lock keeps two workers off it).
     """
@@ -162,7 +172,10 @@ def run_sweep(
                 on_result(results[job.key])
         else:
             pending.append(job)
-    for round_ in range(retries + 1):
+    failures = dict.fromkeys((job.key for job in pending), 0)
+    unstarted = dict.fromkeys(failures, 0)
+    while pending:
+        attempts = {job.key: _attempts(job_folder(root, job.key)) for job in pending}
         futures = {executor.submit(run_job, job.record(), str(root)): job for job in pending}
         pending = []
         for future in executor.wait(list(futures)):
@@ -170,6 +183,13 @@ def run_sweep(
             try:
                 result = future.result()
             except Exception as error:  # noqa: BLE001 (the worker process itself died: recorded like a failure)
+                if (
+                    _attempts(job_folder(root, job.key)) == attempts[job.key]
+                    and unstarted[job.key] < UNSTARTED_RESUBMITS
+                ):
+                    unstarted[job.key] += 1
+                    pending.append(job)
+                    continue
                 result = {
                     "key": job.key,
                     "point": job.point,
@@ -178,10 +198,9 @@ def run_sweep(
                     "error": f"the worker running the job died: {type(error).__name__}: {error}",
                 }
             results[job.key] = result
-            if result["status"] == "failed" and round_ < retries:
+            if result["status"] == "failed" and failures[job.key] < retries:
+                failures[job.key] += 1
                 pending.append(job)
             elif on_result is not None:
                 on_result(result)
-        if not pending:
-            break
     return [results[job.key] for job in jobs]
