@@ -1,0 +1,227 @@
+"""Declarative pass criteria: what a reproduction checks, stated as data its config carries.
+
+A :class:`Criterion` compares one entry of an experiment's ``numbers`` with a threshold; the registry evaluates
+every criterion of the config after the run, and the claim holds when all of them do. ``--set
+threshold.NAME=VALUE`` changes a threshold (:func:`set_thresholds`); the change is recorded in the criterion
+(``changed_from``), hence in ``config.yaml``, ``result.json`` and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers as _numbers
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import InvalidArgumentError, UnknownNameError
+from ..validation import check_choice, check_options
+
+Comparison = Literal[">=", ">", "<=", "<", "==", "in"]
+COMPARISONS: tuple[str, ...] = (">=", ">", "<=", "<", "==", "in")
+OVER: tuple[str, ...] = ("value",)  # "mean", "each" and "most" arrive with per-seed numbers (issue 15, part 2)
+THRESHOLD_PREFIX = "threshold."
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_identifier(what: str, key: Any) -> str:
+    """``key`` if it is an ASCII identifier (letters, digits, underscores; not starting with a digit)."""
+    if not isinstance(key, str) or not _IDENTIFIER.fullmatch(key):
+        raise InvalidArgumentError(
+            f"{what} must be an identifier (ASCII letters, digits and underscores, e.g. 'margin_ratio'), got {key!r}"
+        )
+    return key
+
+
+def _check_threshold(what: str, comparison: str, threshold: Any) -> float | tuple[float, float]:
+    """A real threshold (an ``[low, high]`` pair with low ≤ high for ``in``), NaN and booleans refused."""
+
+    def real(value: Any) -> bool:
+        return isinstance(value, _numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+
+    if comparison == "in":
+        if isinstance(threshold, Sequence) and not isinstance(threshold, str) and len(threshold) == 2:
+            low, high = threshold
+            if real(low) and real(high) and low <= high:
+                return (float(low), float(high))
+        raise InvalidArgumentError(
+            f"{what} must be a range [low, high] with low <= high (comparison 'in'), got {threshold!r}"
+        )
+    if not real(threshold):
+        raise InvalidArgumentError(
+            f"{what} must be a number (comparison {comparison!r}), got {type(threshold).__name__} {threshold!r}"
+        )
+    return float(threshold)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One pass criterion: ``numbers[quantity] <comparison> threshold``.
+
+    Attributes
+    ----------
+    name : str
+        An identifier, unique within the experiment; ``--set threshold.<name>=VALUE`` changes its threshold.
+    quantity : str
+        The key of the experiment's ``numbers`` it reads (a structural fact — an ordering, a monotone curve — is
+        reported as a number such as a count of violations, and the criterion is stated on that number).
+    comparison : {">=", ">", "<=", "<", "==", "in"}
+        ``in`` tests low ≤ measured ≤ high for ``threshold = (low, high)``; booleans compare as 1 / 0.
+    threshold : float or (float, float)
+    stands_for : str
+        One sentence: the figure, theorem or equation of the paper the criterion stands for.
+    over : {"value"}
+        What the comparison applies to: the one measured value (per-seed "mean" / "each" / "most" are planned).
+    changed_from : float or (float, float) or None
+        The preset's threshold when ``--set`` changed it, else None.
+    """
+
+    name: str
+    quantity: str
+    comparison: Comparison
+    threshold: float | tuple[float, float]
+    stands_for: str
+    over: Literal["value"] = "value"
+    changed_from: float | tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        check_identifier("criterion name", self.name)
+        check_identifier(f"criterion {self.name!r}: quantity", self.quantity)
+        check_choice(f"comparison of criterion {self.name!r}", self.comparison, COMPARISONS)
+        check_choice(f"'over' of criterion {self.name!r}", self.over, OVER)
+        object.__setattr__(
+            self,
+            "threshold",
+            _check_threshold(f"threshold of criterion {self.name!r}", self.comparison, self.threshold),
+        )
+        if not isinstance(self.stands_for, str) or not self.stands_for.strip():
+            raise InvalidArgumentError(f"criterion {self.name!r} must say what it stands_for (a sentence)")
+
+    def condition(self) -> str:
+        """The comparison as text: ``">= 100"``, ``"in [0.8, 1.2]"``."""
+        if self.comparison == "in":
+            low, high = self.threshold  # type: ignore[misc]
+            return f"in [{low:g}, {high:g}]"
+        return f"{self.comparison} {self.threshold:g}"
+
+    def holds(self, measured: float | bool) -> tuple[bool, str | None]:
+        """Whether ``measured`` meets the criterion, and why not when it cannot be compared (NaN never passes)."""
+        if isinstance(measured, float) and math.isnan(measured):
+            return False, "measured NaN: the quantity could not be computed, so the criterion cannot hold"
+        value = float(measured)
+        if self.comparison == "in":
+            low, high = self.threshold  # type: ignore[misc]
+            return low <= value <= high, None
+        threshold = self.threshold
+        passed = {
+            ">=": value >= threshold,  # type: ignore[operator]
+            ">": value > threshold,  # type: ignore[operator]
+            "<=": value <= threshold,  # type: ignore[operator]
+            "<": value < threshold,  # type: ignore[operator]
+            "==": value == threshold,
+        }[self.comparison]
+        return passed, None
+
+
+def evaluate(criteria: Sequence[Criterion], numbers: Mapping[str, Any], experiment: str) -> list[dict[str, Any]]:
+    """Each criterion's outcome, as ``result.json`` stores it: ``{name, quantity, measured, comparison, threshold,
+    passed, stands_for, over, changed_from, reason}`` (``reason``: why it failed without a comparison, else
+    None). A quantity absent from ``numbers`` is an error of the experiment's definition, named."""
+    outcomes = []
+    for criterion in criteria:
+        if criterion.quantity not in numbers:
+            raise InvalidArgumentError(
+                f"experiment {experiment!r}: criterion {criterion.name!r} reads numbers[{criterion.quantity!r}], "
+                f"which the run did not report; it reported: {', '.join(numbers) or '(nothing)'}"
+            )
+        measured = numbers[criterion.quantity]
+        passed, reason = criterion.holds(measured)
+        threshold = criterion.threshold
+        changed = criterion.changed_from
+        outcomes.append(
+            {
+                "name": criterion.name,
+                "quantity": criterion.quantity,
+                "measured": measured,
+                "comparison": criterion.comparison,
+                "threshold": list(threshold) if isinstance(threshold, tuple) else threshold,
+                "passed": passed,
+                "stands_for": criterion.stands_for,
+                "over": criterion.over,
+                "changed_from": list(changed) if isinstance(changed, tuple) else changed,
+                "reason": reason,
+            }
+        )
+    return outcomes
+
+
+def check_numbers(numbers: Any, experiment: str) -> dict[str, float | int | bool]:
+    """``numbers`` if it maps identifier keys to Python numbers (bool, int, float); one line naming the first bad
+    entry otherwise."""
+    if not isinstance(numbers, Mapping):
+        raise InvalidArgumentError(f"experiment {experiment!r} must report numbers as a dict, got {numbers!r}")
+    for key, value in numbers.items():
+        check_identifier(f"experiment {experiment!r}: numbers key", key)
+        if not isinstance(value, (bool, int, float)):
+            raise InvalidArgumentError(
+                f"experiment {experiment!r}: numbers[{key!r}] must be a bool, int or float, got "
+                f"{type(value).__name__} {value!r}"
+            )
+    return dict(numbers)
+
+
+def check_criteria(criteria: Any, where: str) -> tuple[Criterion, ...]:
+    """``criteria`` as a non-empty tuple of :class:`Criterion` with unique names; mappings (``config.yaml``'s
+    form, from ``dataclasses.asdict``) are read back as criteria."""
+    if not isinstance(criteria, Sequence) or isinstance(criteria, str) or not criteria:
+        raise InvalidArgumentError(f"{where}: criteria must be a non-empty list of Criterion, got {criteria!r}")
+    checked = tuple(c if isinstance(c, Criterion) else _from_mapping(c, where) for c in criteria)
+    names = [c.name for c in checked]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InvalidArgumentError(f"{where}: criterion names must be unique, {', '.join(repeated)} repeat")
+    return checked
+
+
+def _from_mapping(value: Any, where: str) -> Criterion:
+    """A criterion from its ``dataclasses.asdict`` form, every field checked against its annotation."""
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentError(f"{where}: a criterion must be a Criterion or a mapping, got {value!r}")
+    hints = typing.get_type_hints(Criterion)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(Criterion)}
+    required = [f.name for f in dataclasses.fields(Criterion) if f.default is dataclasses.MISSING]
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise InvalidArgumentError(f"{where}: criterion {dict(value)!r} lacks {', '.join(missing)}")
+    return Criterion(**check_options(f"{where}: criterion", value, fields))
+
+
+def set_thresholds(criteria: Sequence[Criterion], thresholds: Mapping[str, Any], where: str) -> tuple[Criterion, ...]:
+    """``criteria`` with ``thresholds`` (criterion name → new threshold) applied; each changed criterion records
+    the preset's threshold in ``changed_from`` (kept from an earlier change). An unknown name is one line
+    listing the valid ones."""
+    by_name = {c.name: c for c in criteria}
+    unknown = [name for name in thresholds if name not in by_name]
+    if unknown:
+        raise UnknownNameError(
+            f"{where} has no criterion {', '.join(map(repr, unknown))} (--set {THRESHOLD_PREFIX}NAME=VALUE); "
+            f"its criteria: {', '.join(by_name)}"
+        )
+    changed = []
+    for criterion in criteria:
+        if criterion.name not in thresholds:
+            changed.append(criterion)
+            continue
+        threshold = _check_threshold(
+            f"--set {THRESHOLD_PREFIX}{criterion.name}", criterion.comparison, thresholds[criterion.name]
+        )
+        original = criterion.threshold if criterion.changed_from is None else criterion.changed_from
+        changed.append(
+            dataclasses.replace(
+                criterion, threshold=threshold, changed_from=None if threshold == original else original
+            )
+        )
+    return tuple(changed)
