@@ -217,6 +217,23 @@ def test_criteria_table_shows_why_a_nan_failed():
     assert "value = nan" in row and "**no** (measured NaN" in row
 
 
+def _never_fits(config, folder, progress):
+    return Outcome(numbers={}, figures=[], unmeasured={"value": "the run never fit its data"})
+
+
+def test_an_unmeasured_quantity_fails_its_criteria_with_the_reason(tmp_path, tiny):
+    register(Experiment("tiny-unfit", "unfit", TinyConfig(), TinyConfig(), _never_fits, "value"))
+    result = reproduce("tiny-unfit", tmp_path, progress=False)
+    assert result["passed"] is False and result["unmeasured"] == {"value": "the run never fit its data"}
+    for outcome in result["criteria"]:
+        assert outcome["measured"] is None and outcome["passed"] is False
+        assert outcome["reason"] == "not measured: the run never fit its data"
+    assert (
+        "| value | in [0, 10] | **no** (not measured: the run never fit its data) |"
+        in (tmp_path / "report.md").read_text()
+    )
+
+
 def test_numbers_must_be_numbers_under_identifier_keys(tmp_path, tiny):
     register(Experiment("tiny-text", "text", TinyConfig(), TinyConfig(), _report_text, "value"))
     with pytest.raises(ExperimentError, match=r"numbers\['value'\] must be a bool, int or float, got str '1.0'"):

@@ -126,19 +126,30 @@ class Criterion:
         return passed, None
 
 
-def evaluate(criteria: Sequence[Criterion], numbers: Mapping[str, Any], experiment: str) -> list[dict[str, Any]]:
+def evaluate(
+    criteria: Sequence[Criterion],
+    numbers: Mapping[str, Any],
+    experiment: str,
+    *,
+    unmeasured: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """Each criterion's outcome, as ``result.json`` stores it: ``{name, quantity, measured, comparison, threshold,
     passed, stands_for, over, changed_from, reason}`` (``reason``: why it failed without a comparison, else
-    None). A quantity absent from ``numbers`` is an error of the experiment's definition, named."""
+    None). A quantity in ``unmeasured`` (quantity → why the run could not measure it) fails with that reason and
+    ``measured`` None; one in neither mapping is an error of the experiment's definition, named."""
+    unmeasured = dict(unmeasured or {})
     outcomes = []
     for criterion in criteria:
-        if criterion.quantity not in numbers:
+        if criterion.quantity in unmeasured:
+            measured, passed, reason = None, False, f"not measured: {unmeasured[criterion.quantity]}"
+        elif criterion.quantity in numbers:
+            measured = numbers[criterion.quantity]
+            passed, reason = criterion.holds(measured)
+        else:
             raise InvalidArgumentError(
                 f"experiment {experiment!r}: criterion {criterion.name!r} reads numbers[{criterion.quantity!r}], "
                 f"which the run did not report; it reported: {', '.join(numbers) or '(nothing)'}"
             )
-        measured = numbers[criterion.quantity]
-        passed, reason = criterion.holds(measured)
         threshold = criterion.threshold
         changed = criterion.changed_from
         outcomes.append(
@@ -171,6 +182,19 @@ def check_numbers(numbers: Any, experiment: str) -> dict[str, float | int | bool
                 f"{type(value).__name__} {value!r}"
             )
     return dict(numbers)
+
+
+def check_unmeasured(unmeasured: Any, numbers: Mapping[str, Any], experiment: str) -> dict[str, str]:
+    """``unmeasured`` if it maps identifier keys that are not also in ``numbers`` to a reason (a sentence)."""
+    if not isinstance(unmeasured, Mapping):
+        raise InvalidArgumentError(f"experiment {experiment!r}: unmeasured must be a dict, got {unmeasured!r}")
+    for key, reason in unmeasured.items():
+        check_identifier(f"experiment {experiment!r}: unmeasured key", key)
+        if key in numbers:
+            raise InvalidArgumentError(f"experiment {experiment!r}: {key!r} is both in numbers and unmeasured")
+        if not isinstance(reason, str) or not reason.strip():
+            raise InvalidArgumentError(f"experiment {experiment!r}: unmeasured[{key!r}] must say why, got {reason!r}")
+    return dict(unmeasured)
 
 
 def check_criteria(criteria: Any, where: str) -> tuple[Criterion, ...]:

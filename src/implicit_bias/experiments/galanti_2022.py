@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 import statistics
 from dataclasses import dataclass
 from fractions import Fraction
@@ -161,12 +160,14 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
             "effective_depth_increase": float(exact_means[-1] - exact_means[0]),
             "largest_depth_drop_with_noise": float(max((a - b for a, b in itertools.pairwise(exact_means)), default=0)),
             "effective_depth_spread_over_total_depths": max(sweep.values()) - min(sweep.values()),
-            # NaN when the sweep has no network of ≥ 8 layers: nothing to check
-            "deep_nets_largest_depth_share": max(
-                (d / (depth - 1) for depth, d in sweep.items() if depth >= 8), default=math.nan
-            ),
         }
     )
+    unmeasured = {}
+    shares = [d / (depth - 1) for depth, d in sweep.items() if depth >= 8]
+    if shares:
+        numbers["deep_nets_largest_depth_share"] = max(shares)
+    else:
+        unmeasured["deep_nets_largest_depth_share"] = "the depth sweep has no network of ≥ 8 layers"
     plot_heatmap(folder / "ncc_error_heatmap.png", heat, rows=[f"p = {p:g}" for p in config.noises],
                  columns=[f"layer {i}" for i in range(1, hidden + 1)],
                  title="NCC train error per layer (mean over seeds)", xlabel="hidden layer",
@@ -204,6 +205,7 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
         numbers=numbers,
         figures=["ncc_error_heatmap.png", "depth_vs_noise.png", "depth_vs_total_depth.png"],
         notes=notes,
+        unmeasured=unmeasured,
     )
 
 

@@ -8,7 +8,6 @@ grows toward a KKT value.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +80,11 @@ def run_homogeneous_margin(config: HomogeneousMarginConfig, folder: Path, progre
         "final_log_loss": history.last["log_loss"],
         "final_accuracy": history.last["accuracy"],
     }
-    measured = ("step_all_fit", "smoothed_margin_at_fit", "smoothed_margin_final", "max_relative_decrease")
-    measured += ("normalized_margin_at_fit", "normalized_margin_final", "normalized_margin_growth")
-    numbers.update(dict.fromkeys(measured, math.nan))  # never fit (ℒ ≥ 1 throughout): nothing to measure
-    if smooth_steps:
+    unmeasured = {}
+    if not smooth_steps:  # the theorem's premise, ℒ < ℓ(0) = 1, was never reached
+        why = "ℒ never fell below ℓ(0) = 1 (the theorem's premise: every point fit)"
+        unmeasured = dict.fromkeys(("max_relative_decrease", "normalized_margin_growth"), why)
+    else:
         smooth_array = np.asarray(smooth)
         relative_drops = -np.diff(smooth_array) / np.abs(smooth_array[:-1]) if len(smooth) > 1 else np.zeros(1)
         margin_at_fit = dict(zip(margin_steps, margin))[smooth_steps[0]]
@@ -117,7 +117,7 @@ def run_homogeneous_margin(config: HomogeneousMarginConfig, folder: Path, progre
         "the relative tolerance of the criterion) and the final normalized margin exceed the one at that step. "
         "Lyu & Li (2020), Theorem 4.1 (gradient flow) and its GD version, Theorem E.2."
     )
-    return Outcome(numbers=numbers, figures=figures, notes=notes)
+    return Outcome(numbers=numbers, figures=figures, notes=notes, unmeasured=unmeasured)
 
 
 register(

@@ -136,8 +136,15 @@ def run_lyu_li(config: LyuLiConfig, folder: Path, progress: bool) -> Outcome:
             logy=True,
         )
         figures.append(f"{model_name}_margins.png")
-    numbers["smallest_margin_ratio"] = min(ratios) if ratios and not any(map(math.isnan, ratios)) else math.nan
-    numbers["gd_smoothed_margin_max_drop"] = max(gd_drops) if gd_drops else math.nan
+    unmeasured = {}
+    if ratios and not any(map(math.isnan, ratios)):
+        numbers["smallest_margin_ratio"] = min(ratios)
+    else:
+        unmeasured["smallest_margin_ratio"] = "a loss-based run never fit its data (or no model and loss ran)"
+    if gd_drops:
+        numbers["gd_smoothed_margin_max_drop"] = max(gd_drops)
+    else:
+        unmeasured["gd_smoothed_margin_max_drop"] = "no constant-lr GD run (empty loss lists)"
     numbers["runs_kkt_residual_fell"] = sum(kkt_falls)
     numbers["runs_with_kkt_residual"] = len(kkt_falls)
     notes = (
@@ -150,7 +157,7 @@ def run_lyu_li(config: LyuLiConfig, folder: Path, progress: bool) -> Outcome:
         "The KKT residual ε/‖θ̃‖ is reported for every run (first and last measurement after fitting) but is not "
         "a pass criterion: over quick runs it stays near 1 and moves little; it needs the full setting."
     )
-    return Outcome(numbers=numbers, figures=figures, notes=notes)
+    return Outcome(numbers=numbers, figures=figures, notes=notes, unmeasured=unmeasured)
 
 
 register(

@@ -8,7 +8,6 @@ paper-scale Fashion-MNIST run (all 60 000 images, a small CNN, mini-batch SGD).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,14 +159,18 @@ def run_papyan(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:
         "step_zero_training_error": perfect[0] if perfect else -1,
         "final_test_accuracy": history.last.get("test_accuracy", float("nan")),
     }
+    unmeasured: dict[str, str] = {}
     for label, key in NC_METRICS.items():
         steps, values = history.column(f"{key}/{layer}")
         at_fit = dict(zip(steps, values)).get(perfect[0]) if perfect else None
         numbers[f"{key}_initial"], numbers[f"{key}_final"] = values[0], values[-1]
         if at_fit is not None:
             numbers[f"{key}_at_zero_error"] = at_fit
-        if key != "nc1" and key != "ncc_mismatch":  # NC2, NC3: still falling after zero error (NaN if never)
-            numbers[f"{key}_drop_after_zero_error"] = at_fit - values[-1] if at_fit is not None else math.nan
+        if key not in ("nc1", "ncc_mismatch"):  # NC2, NC3: still falling after zero error
+            if at_fit is not None:
+                numbers[f"{key}_drop_after_zero_error"] = at_fit - values[-1]
+            else:
+                unmeasured[f"{key}_drop_after_zero_error"] = "training never reached zero error"
         plot_series(
             folder / f"{key}.png",
             {label: (steps, values)},
@@ -187,7 +190,8 @@ def run_papyan(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:
         "error, NC1 fall by orders of magnitude over training, the ETF distance, equinorm and self-duality be "
         "smaller at the end than at zero error, and NC4's mismatch end near 0."
     )
-    return Outcome(numbers=numbers, figures=[f"{key}.png" for key in NC_METRICS.values()], notes=notes)
+    figures = [f"{key}.png" for key in NC_METRICS.values()]
+    return Outcome(numbers=numbers, figures=figures, notes=notes, unmeasured=unmeasured)
 
 
 def run_deep_collapse(config: CollapseConfig, folder: Path, progress: bool) -> Outcome:

@@ -9,7 +9,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,20 @@ from ..errors import ImplicitBiasError, InvalidArgumentError
 from ..report import experiment_report, index_report
 from ..train.rundir import atomic_write, read_yaml, versions, write_yaml
 from ..validation import check_choice, dataclass_from_mapping
-from .criteria import THRESHOLD_PREFIX, check_criteria, check_numbers, evaluate, set_thresholds
+from .criteria import THRESHOLD_PREFIX, check_criteria, check_numbers, check_unmeasured, evaluate, set_thresholds
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What an experiment's run function returns: numbers (identifier keys → bool / int / float) that its
-    config's criteria read, the figures and notes; the registry decides whether the claim held."""
+    config's criteria read, the figures and notes; the registry decides whether the claim held. A quantity the
+    run could not measure (e.g. a margin of a network that never fit) goes to ``unmeasured`` with the reason; a
+    criterion on it fails with that reason."""
 
     numbers: dict[str, float | int | bool]
     figures: list[str]  # file names inside the experiment's folder
     notes: str = ""  # markdown for the report: how the claim was checked
+    unmeasured: dict[str, str] = field(default_factory=dict)  # quantity → why this run could not measure it
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,8 @@ def _run(name: str, config: Any, folder: Path, *, quick: bool, progress: bool) -
     try:
         outcome = experiment.runner(config, folder, progress)
         numbers = check_numbers(outcome.numbers, name)
-        criteria = evaluate(config.criteria, numbers, name)
+        unmeasured = check_unmeasured(outcome.unmeasured, numbers, name)
+        criteria = evaluate(config.criteria, numbers, name, unmeasured=unmeasured)
     except Exception as error:  # noqa: BLE001 (any failure of the run is recorded, then raised as ExperimentError)
         atomic_write(folder / TRACEBACK_FILE, traceback.format_exc())
         message = f"{type(error).__name__}: {error}".strip().split("\n")[0]
@@ -155,6 +159,8 @@ def _run(name: str, config: Any, folder: Path, *, quick: bool, progress: bool) -
     else:
         passed = all(c["passed"] for c in criteria)
         result |= {"passed": passed, "numbers": numbers, "criteria": criteria, "figures": outcome.figures}
+        if unmeasured:
+            result["unmeasured"] = unmeasured
         result["seconds"] = time.perf_counter() - start
         notes = outcome.notes
     atomic_write(folder / "result.json", json.dumps(result, indent=2))

@@ -45,7 +45,7 @@ def criteria_table(criteria: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["| criterion | measured | condition | pass | stands for |", "|---|---|---|---|---|"]
     for c in criteria:
         verdict = "yes" if c["passed"] else "**no**" + (f" ({c['reason']})" if c.get("reason") else "")
-        measured = f"{c['quantity']} = {_number(c['measured'])}"
+        measured = f"{c['quantity']} = {_number(c['measured'])}" if c["measured"] is not None else c["quantity"]
         lines.append(
             f"| {c['name']} | {_cell(measured)} | {_cell(_condition(c))} | {_cell(verdict)} | {_cell(c['stands_for'])} |"
         )
