@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from implicit_bias import __version__
 from implicit_bias.cli import app
-from implicit_bias.experiments import EXPERIMENTS, Experiment, ExperimentError, Outcome, reproduce
+from implicit_bias.experiments import EXPERIMENTS, Criterion, Experiment, ExperimentError, Outcome, reproduce
 
 runner = CliRunner()
 
@@ -170,13 +170,17 @@ def test_rates_refuses_non_quasi_homogeneous_and_unknown_choices():
     assert_user_error(invoke("rates", "mlp:depth=2", "--mode", "test"), "mode")
 
 
+def _above(threshold: float) -> tuple[Criterion, ...]:
+    return (Criterion("value_above", "value", ">", threshold, "the fake claim: 1 > threshold"),)
+
+
 @dataclass(frozen=True)
 class TinyConfig:
-    threshold: float = 0.5
+    criteria: tuple[Criterion, ...] = _above(0.5)
 
 
 def _claim_holds(config, folder, progress):
-    return Outcome(passed=1.0 > config.threshold, numbers={"value": 1.0}, figures=[])
+    return Outcome(numbers={"value": 1.0}, figures=[])
 
 
 def _raises(config, folder, progress):
@@ -186,7 +190,9 @@ def _raises(config, folder, progress):
 FAKES = {  # in this order: the one that raises runs first
     "fake-raises": Experiment("fake-raises", "raises", TinyConfig(), TinyConfig(), _raises, "value"),
     "fake-passes": Experiment("fake-passes", "1 > 0.5", TinyConfig(), TinyConfig(), _claim_holds, "value"),
-    "fake-fails": Experiment("fake-fails", "1 > 2", TinyConfig(2.0), TinyConfig(2.0), _claim_holds, "value"),
+    "fake-fails": Experiment(
+        "fake-fails", "1 > 2", TinyConfig(_above(2.0)), TinyConfig(_above(2.0)), _claim_holds, "value"
+    ),
 }
 
 
@@ -208,7 +214,9 @@ def test_reproduce_exit_code_says_whether_the_claim_held(tmp_path, fake_registry
     assert failed.exit_code == 1 and "FAILED" in failed.output, failed.output
     assert json.loads((tmp_path / "fake-fails" / "result.json").read_text())["passed"] is False
     # the same experiment made to pass by an override exits 0: the code follows the verdict, not the name
-    fixed = invoke("reproduce", "fake-fails", "--set", "threshold=0.1", "--out", tmp_path / "b", "--no-progress")
+    fixed = invoke(
+        "reproduce", "fake-fails", "--set", "threshold.value_above=0.1", "--out", tmp_path / "b", "--no-progress"
+    )
     assert fixed.exit_code == 0, fixed.output
 
 

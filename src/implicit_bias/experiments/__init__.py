@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (importing a module registers its experiments)
     sukenik,
     tsilivis_2024,
 )
+from .criteria import Criterion
 from .registry import (
     EXPERIMENTS,
     Experiment,
@@ -25,6 +26,7 @@ from .registry import (
 
 __all__ = [
     "EXPERIMENTS",
+    "Criterion",
     "Experiment",
     "ExperimentError",
     "Outcome",

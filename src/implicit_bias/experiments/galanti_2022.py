@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import statistics
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -14,8 +15,45 @@ from ..data import Dataset, corrupt_labels, load
 from ..metrics import EffectiveDepth, depth_bound, effective_depth, minimal_ncc_depth
 from ..models import build
 from ..report import plot_heatmap, plot_series
-from ..train import fit
+from .analysis import key_part
+from .criteria import Criterion
 from .registry import Experiment, Outcome, register
+from .trial import trial
+
+CRITERIA = (
+    Criterion(
+        "depth_never_drops_with_noise",
+        "largest_depth_drop_with_noise",
+        "<=",
+        0.5,
+        "Galanti et al. (2022), label-noise experiments: the mean effective depth grows with the fraction of "
+        "random labels (largest drop between consecutive noise levels; half a layer allows seed noise).",
+    ),
+    Criterion(
+        "depth_grows_with_noise",
+        "effective_depth_increase",
+        ">=",
+        2.0,
+        "Galanti et al. (2022): fitting random labels takes more layers (mean effective depth, most noise minus "
+        "clean labels).",
+    ),
+    Criterion(
+        "depth_independent_of_total_depth",
+        "effective_depth_spread_over_total_depths",
+        "<=",
+        1.0,
+        "Galanti et al. (2022): on clean labels the effective depth barely depends on the network's total depth "
+        "(max − min over the depth sweep).",
+    ),
+    Criterion(
+        "deep_nets_use_few_layers",
+        "deep_nets_largest_depth_share",
+        "<=",
+        0.5,
+        "Galanti et al. (2022): networks of ≥ 8 layers NCC-separate their data within half their hidden layers "
+        "(largest effective depth / hidden layers).",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -34,14 +72,15 @@ class GalantiConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-3
     device: str = "cpu"
+    criteria: tuple[Criterion, ...] = CRITERIA
 
 
 def _train(config: GalantiConfig, data: Dataset, depth: int, seed: int, progress: bool) -> tuple:
     model = build(f"mlp:depth={depth},width={config.width},norm=batchnorm", data.input_shape, 10, seed=seed)
-    history = fit(
-        model, data, loss="cross-entropy", optimizer="sgd", steps=config.steps, lr=config.lr,
-        batch_size=config.batch_size, dtype="float32", log_points=3, device=config.device, seed=seed,
-        optimizer_options={"momentum": config.momentum, "weight_decay": config.weight_decay}, progress=progress,
+    history = trial(
+        config, model, data, progress=progress, seed=seed, log_points=3, loss="cross-entropy", optimizer="sgd",
+        steps=config.steps, lr=config.lr, batch_size=config.batch_size, dtype="float32",
+        optimizer_options={"momentum": config.momentum, "weight_decay": config.weight_decay},
     )  # fmt: skip
     return model, history.last
 
@@ -70,6 +109,7 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
     hidden = config.depth - 1
     numbers: dict[str, float | int | bool] = {}
     mean_depths, spreads, heat = [], [], []
+    exact_means: list[Fraction] = []  # differences of means of integer depths, exact (no rounding at a threshold)
     clean_depths, clean_test_errors = [], []
     clean_runs: dict[tuple[int, int], EffectiveDepth] = {}  # (depth, seed) → measured, on the clean labels
     for noise in config.noises:
@@ -80,15 +120,16 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
             measured = effective_depth(model, data, eps=config.eps)
             depths.append(_depth_or_deep(measured))
             errors.append(measured.ncc_train_error)
-            numbers[f"p={noise:g}_seed{seed}_train_accuracy"] = last["accuracy"]
+            numbers[f"noise_{key_part(noise)}_seed{seed}_train_accuracy"] = last["accuracy"]
             if noise == 0:
                 clean_runs[config.depth, seed] = measured
                 clean_depths.append(measured.depth)
                 clean_test_errors.append(1 - last["test_accuracy"])
+        exact_means.append(statistics.mean(map(Fraction, depths)))
         mean_depths.append(statistics.mean(depths))
         spreads.append(statistics.pstdev(depths))
-        numbers[f"p={noise:g}_effective_depth_mean"] = mean_depths[-1]
-        numbers[f"p={noise:g}_effective_depth_std"] = spreads[-1]
+        numbers[f"noise_{key_part(noise)}_effective_depth_mean"] = mean_depths[-1]
+        numbers[f"noise_{key_part(noise)}_effective_depth_std"] = spreads[-1]
         heat.append([statistics.mean(column) for column in zip(*errors)])
     sweep = {}
     for depth in config.depths:  # the run at (config.depth, seeds[0]) is the noise sweep's p = 0 run: reused
@@ -116,9 +157,17 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
             "bound_noise_term": bound.noise_term,
             "bound_leading_terms": bound.bound,
             "measured_test_error": statistics.mean(clean_test_errors),
-            "effective_depth_increase": mean_depths[-1] - mean_depths[0],
+            "effective_depth_increase": float(exact_means[-1] - exact_means[0]),
+            "largest_depth_drop_with_noise": float(max((a - b for a, b in itertools.pairwise(exact_means)), default=0)),
+            "effective_depth_spread_over_total_depths": max(sweep.values()) - min(sweep.values()),
         }
     )
+    unmeasured = {}
+    shares = [d / (depth - 1) for depth, d in sweep.items() if depth >= 8]
+    if shares:
+        numbers["deep_nets_largest_depth_share"] = max(shares)
+    else:
+        unmeasured["deep_nets_largest_depth_share"] = "the depth sweep has no network of ≥ 8 layers"
     plot_heatmap(folder / "ncc_error_heatmap.png", heat, rows=[f"p = {p:g}" for p in config.noises],
                  columns=[f"layer {i}" for i in range(1, hidden + 1)],
                  title="NCC train error per layer (mean over seeds)", xlabel="hidden layer",
@@ -138,27 +187,25 @@ def run_galanti(config: GalantiConfig, folder: Path, progress: bool) -> Outcome:
     plot_series(folder / "depth_vs_total_depth.png", {"effective depth": (list(sweep), list(sweep.values()))},
                 title="Effective depth against network depth (clean labels)", xlabel="linear layers",
                 ylabel="effective depth", logx=False)  # fmt: skip
-    monotone = all(b >= a - 0.5 for a, b in itertools.pairwise(mean_depths)) and mean_depths[-1] >= mean_depths[0] + 2
-    stable = max(sweep.values()) - min(sweep.values()) <= 1
-    small = all(d <= (depth - 1) / 2 for depth, d in sweep.items() if depth >= 8)
     notes = (
         f"BatchNorm MLPs (width {config.width}) on standardized digits ({config.per_class} per class), "
         f"cross-entropy, SGD (batch {config.batch_size}, lr {config.lr}, momentum {config.momentum}, weight decay "
         f"{config.weight_decay}) for {config.steps} steps; labels corrupted with corrupt_labels (exact fraction). "
         f"ε-effective depth with ε = {config.eps:g}; a run whose hidden layers never NCC-fit counts as one more "
-        "than its number of hidden layers. Passes when the mean effective depth never drops by more than half a "
-        "layer (seed noise on integer depths) as the noise grows and ends at least two layers above clean labels, varies by at most one layer across total depths on clean "
-        "labels, and uses at most half the hidden layers of networks with ≥ 8 layers. Generalization estimate "
+        "than its number of hidden layers. The mean effective depth should never drop by more than half a "
+        "layer (seed noise on integer depths) as the noise grows and end at least two layers above clean labels, "
+        "vary by at most one layer across total depths on clean labels, and use at most half the hidden layers "
+        "of networks with ≥ 8 layers. Generalization estimate "
         "(Prop. 1's leading terms): S₁ = the clean set, S̃₂ = a disjoint set of the same size with a fraction "
         f"{config.bound_noise:g} of its labels corrupted; the probability term is the fraction of clean runs whose "
         "effective depth is ≥ the number of feature layers the narrowest-fitting MLP needs on S₁ ∪ S̃₂ "
         "(minimal_ncc_depth), beside the measured test error of the clean runs."
     )
     return Outcome(
-        passed=bool(monotone and stable and small),
         numbers=numbers,
         figures=["ncc_error_heatmap.png", "depth_vs_noise.png", "depth_vs_total_depth.png"],
         notes=notes,
+        unmeasured=unmeasured,
     )
 
 

@@ -1,5 +1,5 @@
-"""The experiment registry: a name → a claim, a frozen config (quick and full presets) and a function that runs
-it and says whether the claim held."""
+"""The experiment registry: a name → a claim, a frozen config (quick and full presets, each carrying its pass
+criteria) and a function that runs it and reports numbers; the registry evaluates the criteria on them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,31 @@ from ..report import experiment_report, index_report
 from ..report.html import write_experiment_page, write_index_page
 from ..train.rundir import atomic_write, read_yaml, versions, write_yaml
 from ..validation import check_choice, dataclass_from_mapping
+from .criteria import (
+    THRESHOLD_PREFIX,
+    check_criteria,
+    check_numbers,
+    check_per_seed,
+    check_unmeasured,
+    evaluate,
+    seed_summaries,
+    set_thresholds,
+)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an experiment's run function returns."""
+    """What an experiment's run function returns: numbers (identifier keys → bool / int / float) that its
+    config's criteria read, the figures and notes; the registry decides whether the claim held. A quantity the
+    run could not measure (e.g. a margin of a network that never fit) goes to ``unmeasured`` with the reason; a
+    criterion on it fails with that reason. ``per_seed`` holds a multi-seed run's values (one per seed, in the
+    order of its seeds); the registry adds their ``<key>_mean`` and ``<key>_std`` to the numbers."""
 
-    passed: bool
     numbers: dict[str, float | int | bool]
     figures: list[str]  # file names inside the experiment's folder
     notes: str = ""  # markdown for the report: how the claim was checked
+    unmeasured: dict[str, str] = field(default_factory=dict)  # quantity → why this run could not measure it
+    per_seed: dict[str, list[float | bool]] = field(default_factory=dict)  # quantity → one value per seed
 
 
 @dataclass(frozen=True)
@@ -38,11 +53,14 @@ class Experiment:
     ----------
     name, claim : str
     quick, full : frozen dataclass instances
-        The presets: ``quick`` is the smallest setting whose criteria still hold with a margin (15–110 CPU-seconds
-        on 2 cores, galanti-2022-depth about 340), ``full`` is the paper-scale setting.
+        The presets, each with a ``criteria`` field (a tuple of :class:`~implicit_bias.experiments.Criterion`:
+        the claim holds when all of them do). ``quick`` is the smallest setting whose criteria still hold with a
+        margin (15–110 CPU-seconds on 2 cores, galanti-2022-depth about 340), ``full`` is the paper-scale setting.
     runner : callable (config, folder, progress) -> Outcome
     key_number : str
         The entry of ``Outcome.numbers`` shown in summary tables.
+    reference : str
+        The papers (authors, year, venue).
     """
 
     name: str
@@ -61,16 +79,34 @@ def register(experiment: Experiment) -> Experiment:
     """Add ``experiment`` to :data:`EXPERIMENTS` (names are unique)."""
     if experiment.name in EXPERIMENTS:
         raise ValueError(f"experiment {experiment.name!r} is registered twice")
+    for preset in ("quick", "full"):
+        check_criteria(
+            getattr(getattr(experiment, preset), "criteria", None), f"experiment {experiment.name!r} ({preset})"
+        )
     EXPERIMENTS[experiment.name] = experiment
     return experiment
 
 
 def resolve_config(name: str, *, quick: bool, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The config ``name`` runs with: its quick or full preset with ``overrides`` applied (checked)."""
+    """The config ``name`` runs with: its quick or full preset with ``overrides`` applied (checked).
+
+    ``threshold.NAME`` keys change the threshold of criterion NAME (recorded in its ``changed_from``);
+    ``criteria`` replaces the whole list (as ``config.yaml`` stores it, e.g. a sweep job's record).
+    """
     check_choice("experiment", name, EXPERIMENTS)
     experiment = EXPERIMENTS[name]
     base = experiment.quick if quick else experiment.full
-    return dataclass_from_mapping(type(base), dict(overrides or {}), base=base, source=f"experiment {name!r}")
+    values = dict(overrides or {})
+    source = f"experiment {name!r}"
+    thresholds = {
+        key[len(THRESHOLD_PREFIX) :]: values.pop(key) for key in list(values) if key.startswith(THRESHOLD_PREFIX)
+    }
+    if "criteria" in values:
+        values["criteria"] = check_criteria(values["criteria"], source)
+    config = dataclass_from_mapping(type(base), values, base=base, source=source)
+    if thresholds:
+        config = dataclasses.replace(config, criteria=set_thresholds(config.criteria, thresholds, source))
+    return config
 
 
 class ExperimentError(RuntimeError):
@@ -122,14 +158,25 @@ def _run(name: str, config: Any, folder: Path, *, quick: bool, progress: bool) -
     start = time.perf_counter()
     try:
         outcome = experiment.runner(config, folder, progress)
+        numbers = check_numbers(outcome.numbers, name)
+        unmeasured = check_unmeasured(outcome.unmeasured, numbers, name)
+        per_seed = check_per_seed(outcome.per_seed, numbers, name)
+        numbers |= seed_summaries(per_seed)
+        criteria = evaluate(config.criteria, numbers, name, unmeasured=unmeasured, per_seed=per_seed)
     except Exception as error:  # noqa: BLE001 (any failure of the run is recorded, then raised as ExperimentError)
         atomic_write(folder / TRACEBACK_FILE, traceback.format_exc())
         message = f"{type(error).__name__}: {error}".strip().split("\n")[0]
         result |= {"passed": False, "error": message, "traceback": TRACEBACK_FILE, "numbers": {}, "figures": []}
+        result["criteria"] = []
         result["seconds"] = time.perf_counter() - start
         notes = ""
     else:
-        result |= {"passed": bool(outcome.passed), "numbers": outcome.numbers, "figures": outcome.figures}
+        passed = all(c["passed"] for c in criteria)
+        result |= {"passed": passed, "numbers": numbers, "criteria": criteria, "figures": outcome.figures}
+        if unmeasured:
+            result["unmeasured"] = unmeasured
+        if per_seed:
+            result["per_seed"] = per_seed
         result["seconds"] = time.perf_counter() - start
         notes = outcome.notes
     atomic_write(folder / "result.json", json.dumps(result, indent=2))
@@ -156,7 +203,9 @@ def reproduce(
 
     A non-empty ``out_dir`` is refused unless ``force``, which replaces an earlier reproduction of ``name``
     (finished or killed) and nothing else. Returns the result: ``{"name", "claim", "passed", "numbers",
-    "figures", "seconds", "quick"}``. If the experiment raises, the result gains ``"error"`` (the message) and
+    "criteria", "figures", "seconds", "quick"}`` (``criteria``: each criterion's outcome, see
+    :func:`~implicit_bias.experiments.criteria.evaluate`; ``passed``: all of them hold; ``unmeasured`` where the
+    run could not measure a quantity). If the experiment raises, the result gains ``"error"`` (the message) and
     ``"traceback"`` (a file in ``out_dir``), is written all the same, and :class:`ExperimentError` is raised.
     """
     config = resolve_config(name, quick=quick, overrides=overrides)

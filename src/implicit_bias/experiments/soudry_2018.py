@@ -15,11 +15,48 @@ from ..data import load
 from ..metrics import direction_cosine, flat_parameters, hard_margin_svm
 from ..models import build
 from ..report import plot_series
-from ..train import MarginProbe, ProbeContext, fit
-from .analysis import log_log_slope
+from ..train import MarginProbe, ProbeContext
+from .analysis import key_part, log_log_slope, order_violations
+from .criteria import Criterion
 from .registry import Experiment, Outcome, register
+from .trial import trial
 
 METHODS = ("gd", "normalized-gd", "dual-accelerated")
+
+CRITERIA = (
+    Criterion(
+        "gd_slower_than_any_power",
+        "gd_gap_exponent",
+        ">",
+        -0.5,
+        "Soudry et al. (2018), Theorem 3: GD's gap to the max margin decays only like 1/log t (local exponent "
+        "−1/log t, above −½).",
+    ),
+    Criterion("gd_gap_decays", "gd_gap_exponent", "<", 0.0, "Soudry et al. (2018), Theorem 3: the gap does decay."),
+    Criterion(
+        "normalized_gd_power_rate",
+        "normalized_gd_gap_exponent",
+        "<",
+        -0.5,
+        "Ji & Telgarsky (2021), ALT (primal-dual analysis): with loss-normalized steps the margin gap decays like "
+        "a power of t.",
+    ),
+    Criterion(
+        "dual_accelerated_power_rate",
+        "dual_accelerated_gap_exponent",
+        "<",
+        -0.5,
+        "Ji, Srebro & Telgarsky (2021), ICML: the dual-accelerated method's gap decays like a power of t (Õ(1/t²)).",
+    ),
+    Criterion(
+        "final_gaps_ordered",
+        "final_gap_order_violations",
+        "==",
+        0,
+        "The three rates' order (Soudry et al. 2018; Ji & Telgarsky 2021; Ji, Srebro & Telgarsky 2021): final "
+        "gaps dual-accelerated < normalized GD < GD (pairs out of order, of 2).",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +70,7 @@ class SoudryConfig:
     log_points: int = 60
     seed: int = 0
     device: str = "cpu"
+    criteria: tuple[Criterion, ...] = CRITERIA
 
 
 def direction_probe(svm_direction: torch.Tensor) -> Callable[[ProbeContext], dict[str, float]]:
@@ -64,35 +102,33 @@ def run_soudry(config: SoudryConfig, folder: Path, progress: bool) -> Outcome:
     for method in METHODS:
         model = build("linear:bias=false,init_scale=0", data.input_shape, 2)  # w₀ = 0
         gd_lr = config.gd_step * len(data) / float(torch.linalg.matrix_norm(data.X, ord=2)) ** 2  # × N: fit's mean
-        history = fit(
+        history = trial(
+            config,
             model,
             data,
+            progress=progress,
             loss="exponential",
             optimizer=method,
             steps=config.steps,
             lr=gd_lr if method == "gd" else smooth_step,
             probes=[MarginProbe(degree=1), direction_probe(torch.as_tensor(svm.weight))],
-            log_points=config.log_points,
             dtype="float64",
-            device=config.device,
-            seed=config.seed,
-            progress=progress,
         )
         steps, margins = history.column("normalized_margin")
         gaps = [1 - m / svm.margin for m in margins]
         gap_curves[method] = _positive(steps, gaps)
         angle_steps, angles = history.column("angle")
         angle_curves[method] = _positive(angle_steps, angles)
-        numbers[f"{method}_final_gap"] = gaps[-1]
-        numbers[f"{method}_final_angle"] = angles[-1]
-        numbers[f"{method}_gap_exponent"] = log_log_slope(steps, gaps, *last_decade)
-        numbers[f"{method}_angle_exponent"] = log_log_slope(angle_steps, angles, *last_decade)
+        tag = key_part(method)
+        numbers[f"{tag}_final_gap"] = gaps[-1]
+        numbers[f"{tag}_final_angle"] = angles[-1]
+        numbers[f"{tag}_gap_exponent"] = log_log_slope(steps, gaps, *last_decade)
+        numbers[f"{tag}_angle_exponent"] = log_log_slope(angle_steps, angles, *last_decade)
         if method == "gd":
             scaled = {s: a * math.log(s) for s, a in zip(angle_steps, angles) if s >= config.steps / 100}
             numbers["gd_angle_times_log_t_spread"] = max(scaled.values()) / min(scaled.values())
-    logarithmic = -0.5 < numbers["gd_gap_exponent"] < 0
-    power = all(numbers[f"{m}_gap_exponent"] < -0.5 for m in METHODS[1:])
-    ordered = numbers["dual-accelerated_final_gap"] < numbers["normalized-gd_final_gap"] < numbers["gd_final_gap"]
+    final_gaps = [numbers[f"{key_part(m)}_final_gap"] for m in reversed(METHODS)]
+    numbers["final_gap_order_violations"] = order_violations(final_gaps)
     plot_series(
         folder / "margin_gap.png",
         gap_curves,
@@ -111,13 +147,12 @@ def run_soudry(config: SoudryConfig, folder: Path, progress: bool) -> Outcome:
         "The SVM (no intercept) is solved independently (dual L-BFGS-B, then an exact solve on the support set); "
         "all methods start at w = 0; GD's constant step is 1/‖X‖₂² on the summed loss (its smoothness at w = 0), "
         "the others use 1/max‖x‖². The local exponent p of gap ∝ t^p is fitted over the last decade of steps. "
-        "Passes when GD's gap decays slower than any t^{-1/2} (−0.5 < p < 0; a 1/log t law has p = −1/log t, and "
-        "pre-asymptotic transients steepen it), normalized GD and dual acceleration decay like a power (p < −0.5), "
-        "and the final gaps are ordered dual-accelerated < normalized GD < GD. angle·log t for GD (spread over the "
+        "GD's gap should decay slower than any t^{-1/2} (−0.5 < p < 0; a 1/log t law has p = −1/log t, and "
+        "pre-asymptotic transients steepen it), normalized GD and dual acceleration like a power (p < −0.5), "
+        "and the final gaps be ordered dual-accelerated < normalized GD < GD. angle·log t for GD (spread over the "
         "last two decades) shows how close GD's direction is to the c/log t regime of Soudry et al. (Thm 3)."
     )
     return Outcome(
-        passed=bool(logarithmic and power and ordered),
         numbers=numbers,
         figures=["margin_gap.png", "angle.png"],
         notes=notes,
@@ -137,7 +172,7 @@ register(
         quick=SoudryConfig(),
         full=SoudryConfig(n=1000, dim=50, steps=200_000, log_points=100),
         runner=run_soudry,
-        key_number="dual-accelerated_final_gap",
+        key_number="dual_accelerated_final_gap",
         reference="Soudry et al. (2018), JMLR; Ji & Telgarsky (2021), ALT; Ji, Srebro & Telgarsky (2021), ICML.",
     )
 )

@@ -26,9 +26,45 @@ def _verdict(result: Mapping[str, Any]) -> str:
     return "**PASSED**" if result["passed"] else "**FAILED**"
 
 
+def _condition(criterion: Mapping[str, Any]) -> str:
+    """``">= 100"``, ``"in [0.8, 1.2]"`` or ``"each seed: < 0.5"``, and the preset's threshold when ``--set``
+    changed it."""
+
+    def shown(threshold: Any) -> str:
+        return (
+            f"[{_number(threshold[0])}, {_number(threshold[1])}]" if isinstance(threshold, list) else _number(threshold)
+        )
+
+    text = f"{criterion['comparison']} {shown(criterion['threshold'])}"
+    if criterion.get("over", "value") != "value":
+        text = {"mean": "mean", "each": "each seed", "most": "most seeds"}[criterion["over"]] + f": {text}"
+    if criterion.get("changed_from") is not None:
+        text += f" (threshold changed from {shown(criterion['changed_from'])} by --set)"
+    return text
+
+
+def criteria_table(criteria: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The markdown lines of the criteria table: criterion · measured · condition · pass · stands for (a per-seed
+    criterion shows the mean and how many seeds meet the condition)."""
+    lines = ["| criterion | measured | condition | pass | stands for |", "|---|---|---|---|---|"]
+    for c in criteria:
+        verdict = "yes" if c["passed"] else "**no**"
+        if c.get("seeds"):
+            verdict += f" ({c['seeds_holding']} of {c['seeds']} seeds hold)"
+        if c.get("reason"):
+            verdict += f" ({c['reason']})"
+        measured = f"{c['quantity']} = {_number(c['measured'])}" if c["measured"] is not None else c["quantity"]
+        if c.get("seeds") and c["measured"] is not None:
+            measured += f" (mean over {c['seeds']} seeds)"
+        lines.append(
+            f"| {c['name']} | {_cell(measured)} | {_cell(_condition(c))} | {_cell(verdict)} | {_cell(c['stands_for'])} |"
+        )
+    return lines
+
+
 def experiment_report(result: Mapping[str, Any], config: Mapping[str, Any], notes: str = "") -> str:
-    """A short report: the claim, the verdict (or the error it raised), the numbers, the figures, the
-    configuration."""
+    """A short report: the claim, the verdict (or the error it raised), the criteria table, the numbers, the
+    figures, the configuration (its criteria are in the table)."""
     verdict = _verdict(result)
     lines = [
         f"# {result['name']}",
@@ -40,12 +76,17 @@ def experiment_report(result: Mapping[str, Any], config: Mapping[str, Any], note
     ]
     if notes:
         lines += [notes.strip(), ""]
-    lines += ["| quantity | value |", "|---|---|"]
+    if result.get("criteria"):
+        passed = sum(bool(c["passed"]) for c in result["criteria"])
+        lines += ["## Criteria", "", f"{passed} of {len(result['criteria'])} hold.", ""]
+        lines += [*criteria_table(result["criteria"]), ""]
+    lines += ["## Numbers", "", "| quantity | value |", "|---|---|"]
     lines += [f"| {key} | {_number(value)} |" for key, value in result["numbers"].items()]
     lines.append("")
     for figure in result["figures"]:
         lines += [f"![{figure}]({figure})", ""]
-    lines += ["## Configuration", "", "```json", json.dumps(dict(config), indent=2, default=str), "```", ""]
+    shown = {key: value for key, value in config.items() if key != "criteria"}
+    lines += ["## Configuration", "", "```json", json.dumps(shown, indent=2, default=str), "```", ""]
     return "\n".join(lines)
 
 
