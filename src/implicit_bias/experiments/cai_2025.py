@@ -236,7 +236,7 @@ register(
         "corrected margin, converges in direction, toward a KKT point of the homogenized network's margin problem "
         "(Cai et al. 2025).",
         quick=Cai2025Config(),
-        full=Cai2025Config(n_per_cluster=25, gd_steps=5000, normalized_steps=50_000, log_points=150),
+        full=Cai2025Config(n_per_cluster=25, gd_steps=3000, normalized_steps=30_000, log_points=150),
         runner=run_cai_2025,
         key_number="homogenized_margin_growth",
         reference="Cai, Y., Zhou, K., Wu, J., Mei, S., Lindsey, M. & Bartlett, P. L. (2025). Implicit bias of "
