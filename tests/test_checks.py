@@ -38,6 +38,8 @@ RESULT_KEYS = {
     "over",
     "changed_from",
     "reason",
+    "seeds",
+    "seeds_holding",
 }
 
 
@@ -232,6 +234,52 @@ def test_an_unmeasured_quantity_fails_its_criteria_with_the_reason(tmp_path, tin
         "| value | in [0, 10] | **no** (not measured: the run never fit its data) |"
         in (tmp_path / "report.md").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    ("over", "values", "passed", "measured", "holding"),
+    [  # criterion: value >= 1 over per-seed values
+        ("each", [1.0, 2.0, 3.0], True, 2.0, 3),
+        ("each", [1.0, 2.0, 0.5], False, 3.5 / 3, 2),
+        ("most", [1.0, 2.0, 0.5], True, 3.5 / 3, 2),
+        ("most", [1.0, 0.5, 0.5, 2.0], False, 1.0, 2),  # 2 of 4 is not more than half
+        ("mean", [0.0, 0.5, 2.5], True, 1.0, 1),  # the mean is exactly at the threshold
+        ("mean", [0.0, 0.5, 2.4], False, 2.9 / 3, 1),
+        ("each", [1.0, math.nan, 2.0], False, math.nan, 2),
+    ],
+)
+def test_per_seed_criteria_against_hand_truth(over, values, passed, measured, holding):
+    check = Criterion("big", "value", ">=", 1.0, "a hand-made per-seed check", over=over)
+    (outcome,) = evaluate((check,), {}, "tiny", per_seed={"value": values})
+    assert (outcome["passed"], outcome["seeds"], outcome["seeds_holding"]) == (passed, len(values), holding)
+    assert outcome["measured"] == pytest.approx(measured, nan_ok=True)
+    if math.isnan(measured):
+        assert "NaN" in outcome["reason"]
+    with pytest.raises(InvalidArgumentError, match=r"criterion 'big' \(over '\w+'\) reads per_seed\['value'\]"):
+        evaluate((check,), {"value": 1.0}, "tiny")  # a single value is not per-seed data
+
+
+def _three_seeds(config, folder, progress):
+    return Outcome(numbers={}, figures=[], per_seed={"value": [1.0, 2.0, 6.0]})
+
+
+def test_per_seed_values_are_summarized_and_reported(tmp_path, tiny):
+    per_seed = TinyConfig(
+        criteria=(
+            Criterion("each_above", "value", ">", 1.5, "a fake claim, per seed", over="each"),
+            Criterion("most_above", "value", ">", 1.5, "a fake claim, for most seeds", over="most"),
+            Criterion("mean_above", "value_mean", ">", 1.5, "a fake claim on the mean"),
+        )
+    )
+    register(Experiment("tiny-seeds", "seeds", per_seed, per_seed, _three_seeds, "value_mean"))
+    result = reproduce("tiny-seeds", tmp_path, progress=False)
+    assert result["per_seed"] == {"value": [1.0, 2.0, 6.0]}
+    assert result["numbers"]["value_mean"] == 3.0
+    assert result["numbers"]["value_std"] == pytest.approx(math.sqrt(14 / 3))  # ((−2)² + (−1)² + 3²)/3
+    assert [c["passed"] for c in result["criteria"]] == [False, True, True]
+    report = (tmp_path / "report.md").read_text()
+    assert "| value = 3 (mean over 3 seeds) | each seed: > 1.5 | **no** (2 of 3 seeds hold) |" in report
+    assert "| most seeds: > 1.5 | yes (2 of 3 seeds hold) |" in report
 
 
 def test_numbers_must_be_numbers_under_identifier_keys(tmp_path, tiny):

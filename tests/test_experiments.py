@@ -12,7 +12,9 @@ from implicit_bias.experiments import EXPERIMENTS, reproduce, resolve_config
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_quick_reproduction_passes_and_writes_its_report(tmp_path, name):
     result = reproduce(name, tmp_path / name, quick=True, progress=False)
-    assert result["passed"], json.dumps(result["numbers"], indent=1, default=str)
+    failed = [c for c in result["criteria"] if not c["passed"]]
+    assert result["passed"] and not failed, json.dumps(failed or result["numbers"], indent=1, default=str)
+    assert [c["name"] for c in result["criteria"]] == [c.name for c in EXPERIMENTS[name].quick.criteria]
     assert EXPERIMENTS[name].key_number in result["numbers"]
     for figure in result["figures"]:
         assert (tmp_path / name / figure).stat().st_size > 1000

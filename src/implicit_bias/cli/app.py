@@ -308,7 +308,12 @@ def reproduce(
     ] = False,
     quick: Annotated[bool, typer.Option(help="The quick preset (most 15–110 CPU-seconds on 2 cores; galanti-2022-depth about 6 minutes).")] = False,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a config field, key=value (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a config field, key=value, or a pass criterion's threshold, threshold.NAME=value (the "
+            "report lists the criteria; repeatable).",
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder. Default: runs/reproduce-<time>.")] = None,
     force: Annotated[

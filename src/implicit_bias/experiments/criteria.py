@@ -12,6 +12,7 @@ import dataclasses
 import math
 import numbers as _numbers
 import re
+import statistics
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from ..validation import check_choice, check_options
 
 Comparison = Literal[">=", ">", "<=", "<", "==", "in"]
 COMPARISONS: tuple[str, ...] = (">=", ">", "<=", "<", "==", "in")
-OVER: tuple[str, ...] = ("value",)  # "mean", "each" and "most" arrive with per-seed numbers (issue 15, part 2)
+OVER: tuple[str, ...] = ("value", "mean", "each", "most")
 THRESHOLD_PREFIX = "threshold."
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -66,15 +67,17 @@ class Criterion:
     name : str
         An identifier, unique within the experiment; ``--set threshold.<name>=VALUE`` changes its threshold.
     quantity : str
-        The key of the experiment's ``numbers`` it reads (a structural fact — an ordering, a monotone curve — is
-        reported as a number such as a count of violations, and the criterion is stated on that number).
+        The key of the experiment's ``numbers`` (``over="value"``) or ``per_seed`` values (otherwise) it reads; a
+        structural fact — an ordering, a monotone curve — is reported as a number such as a count of violations,
+        and the criterion is stated on that number.
     comparison : {">=", ">", "<=", "<", "==", "in"}
         ``in`` tests low ≤ measured ≤ high for ``threshold = (low, high)``; booleans compare as 1 / 0.
     threshold : float or (float, float)
     stands_for : str
         One sentence: the figure, theorem or equation of the paper the criterion stands for.
-    over : {"value"}
-        What the comparison applies to: the one measured value (per-seed "mean" / "each" / "most" are planned).
+    over : {"value", "mean", "each", "most"}
+        What the comparison applies to: the one measured value, the mean over seeds, every seed, or more than half
+        of the seeds (the last three read the run's per-seed values).
     changed_from : float or (float, float) or None
         The preset's threshold when ``--set`` changed it, else None.
     """
@@ -84,7 +87,7 @@ class Criterion:
     comparison: Comparison
     threshold: float | tuple[float, float]
     stands_for: str
-    over: Literal["value"] = "value"
+    over: Literal["value", "mean", "each", "most"] = "value"
     changed_from: float | tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
@@ -99,13 +102,6 @@ class Criterion:
         )
         if not isinstance(self.stands_for, str) or not self.stands_for.strip():
             raise InvalidArgumentError(f"criterion {self.name!r} must say what it stands_for (a sentence)")
-
-    def condition(self) -> str:
-        """The comparison as text: ``">= 100"``, ``"in [0.8, 1.2]"``."""
-        if self.comparison == "in":
-            low, high = self.threshold  # type: ignore[misc]
-            return f"in [{low:g}, {high:g}]"
-        return f"{self.comparison} {self.threshold:g}"
 
     def holds(self, measured: float | bool) -> tuple[bool, str | None]:
         """Whether ``measured`` meets the criterion, and why not when it cannot be compared (NaN never passes)."""
@@ -132,24 +128,41 @@ def evaluate(
     experiment: str,
     *,
     unmeasured: Mapping[str, str] | None = None,
+    per_seed: Mapping[str, Sequence[float | bool]] | None = None,
 ) -> list[dict[str, Any]]:
     """Each criterion's outcome, as ``result.json`` stores it: ``{name, quantity, measured, comparison, threshold,
-    passed, stands_for, over, changed_from, reason}`` (``reason``: why it failed without a comparison, else
-    None). A quantity in ``unmeasured`` (quantity → why the run could not measure it) fails with that reason and
-    ``measured`` None; one in neither mapping is an error of the experiment's definition, named."""
-    unmeasured = dict(unmeasured or {})
+    passed, stands_for, over, changed_from, reason, seeds, seeds_holding}``.
+
+    ``reason`` says why it failed without a comparison (else None). A quantity in ``unmeasured`` (quantity → why
+    the run could not measure it) fails with that reason and ``measured`` None. A per-seed criterion reads
+    ``per_seed[quantity]``: ``measured`` is the mean, ``seeds`` how many values, ``seeds_holding`` how many meet
+    the comparison (both None for ``over="value"``). A quantity the run did not report is an error of the
+    experiment's definition, named.
+    """
+    unmeasured, per_seed = dict(unmeasured or {}), dict(per_seed or {})
     outcomes = []
     for criterion in criteria:
+        seeds = held = None
+        source, reported = ("numbers", numbers) if criterion.over == "value" else ("per_seed", per_seed)
+        over = "" if criterion.over == "value" else f" (over {criterion.over!r})"
         if criterion.quantity in unmeasured:
             measured, passed, reason = None, False, f"not measured: {unmeasured[criterion.quantity]}"
-        elif criterion.quantity in numbers:
+        elif criterion.quantity not in reported:
+            raise InvalidArgumentError(
+                f"experiment {experiment!r}: criterion {criterion.name!r}{over} reads "
+                f"{source}[{criterion.quantity!r}], which the run did not report; it reported: "
+                f"{', '.join(reported) or '(nothing)'}"
+            )
+        elif criterion.over == "value":
             measured = numbers[criterion.quantity]
             passed, reason = criterion.holds(measured)
         else:
-            raise InvalidArgumentError(
-                f"experiment {experiment!r}: criterion {criterion.name!r} reads numbers[{criterion.quantity!r}], "
-                f"which the run did not report; it reported: {', '.join(numbers) or '(nothing)'}"
-            )
+            values = per_seed[criterion.quantity]
+            seeds, held = len(values), sum(criterion.holds(value)[0] for value in values)
+            measured = statistics.fmean(map(float, values))
+            passed, reason = criterion.holds(measured)  # "mean"; a NaN mean (a NaN seed) fails with its reason
+            if criterion.over != "mean" and reason is None:
+                passed = held == seeds if criterion.over == "each" else held > seeds / 2
         threshold = criterion.threshold
         changed = criterion.changed_from
         outcomes.append(
@@ -164,6 +177,8 @@ def evaluate(
                 "over": criterion.over,
                 "changed_from": list(changed) if isinstance(changed, tuple) else changed,
                 "reason": reason,
+                "seeds": seeds,
+                "seeds_holding": held,
             }
         )
     return outcomes
@@ -195,6 +210,32 @@ def check_unmeasured(unmeasured: Any, numbers: Mapping[str, Any], experiment: st
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidArgumentError(f"experiment {experiment!r}: unmeasured[{key!r}] must say why, got {reason!r}")
     return dict(unmeasured)
+
+
+def check_per_seed(per_seed: Any, numbers: Mapping[str, Any], experiment: str) -> dict[str, list[float | bool]]:
+    """``per_seed`` if it maps identifier keys to non-empty lists of numbers (one per seed) whose summaries
+    ``<key>_mean`` / ``<key>_std`` are not already in ``numbers``."""
+    if not isinstance(per_seed, Mapping):
+        raise InvalidArgumentError(f"experiment {experiment!r}: per_seed must be a dict, got {per_seed!r}")
+    for key, values in per_seed.items():
+        check_identifier(f"experiment {experiment!r}: per_seed key", key)
+        if not isinstance(values, Sequence) or not values or not all(isinstance(v, (bool, int, float)) for v in values):
+            raise InvalidArgumentError(
+                f"experiment {experiment!r}: per_seed[{key!r}] must be a non-empty list of numbers, got {values!r}"
+            )
+        taken = [name for name in (f"{key}_mean", f"{key}_std") if name in numbers]
+        if taken:
+            raise InvalidArgumentError(f"experiment {experiment!r}: per_seed[{key!r}] would overwrite {taken[0]!r}")
+    return {key: list(values) for key, values in per_seed.items()}
+
+
+def seed_summaries(per_seed: Mapping[str, Sequence[float | bool]]) -> dict[str, float]:
+    """``<key>_mean`` and ``<key>_std`` (population standard deviation) of every per-seed quantity."""
+    summaries = {}
+    for key, values in per_seed.items():
+        floats = [float(v) for v in values]
+        summaries[f"{key}_mean"], summaries[f"{key}_std"] = statistics.fmean(floats), statistics.pstdev(floats)
+    return summaries
 
 
 def check_criteria(criteria: Any, where: str) -> tuple[Criterion, ...]:

@@ -17,7 +17,16 @@ from ..errors import ImplicitBiasError, InvalidArgumentError
 from ..report import experiment_report, index_report
 from ..train.rundir import atomic_write, read_yaml, versions, write_yaml
 from ..validation import check_choice, dataclass_from_mapping
-from .criteria import THRESHOLD_PREFIX, check_criteria, check_numbers, check_unmeasured, evaluate, set_thresholds
+from .criteria import (
+    THRESHOLD_PREFIX,
+    check_criteria,
+    check_numbers,
+    check_per_seed,
+    check_unmeasured,
+    evaluate,
+    seed_summaries,
+    set_thresholds,
+)
 
 
 @dataclass(frozen=True)
@@ -25,12 +34,14 @@ class Outcome:
     """What an experiment's run function returns: numbers (identifier keys → bool / int / float) that its
     config's criteria read, the figures and notes; the registry decides whether the claim held. A quantity the
     run could not measure (e.g. a margin of a network that never fit) goes to ``unmeasured`` with the reason; a
-    criterion on it fails with that reason."""
+    criterion on it fails with that reason. ``per_seed`` holds a multi-seed run's values (one per seed, in the
+    order of its seeds); the registry adds their ``<key>_mean`` and ``<key>_std`` to the numbers."""
 
     numbers: dict[str, float | int | bool]
     figures: list[str]  # file names inside the experiment's folder
     notes: str = ""  # markdown for the report: how the claim was checked
     unmeasured: dict[str, str] = field(default_factory=dict)  # quantity → why this run could not measure it
+    per_seed: dict[str, list[float | bool]] = field(default_factory=dict)  # quantity → one value per seed
 
 
 @dataclass(frozen=True)
@@ -42,8 +53,8 @@ class Experiment:
     name, claim : str
     quick, full : frozen dataclass instances
         The presets, each with a ``criteria`` field (a tuple of :class:`~implicit_bias.experiments.Criterion`:
-        the claim holds when all of them do). The presets: ``quick`` is the smallest setting whose criteria still hold with a margin (15–110 CPU-seconds
-        on 2 cores, galanti-2022-depth about 340), ``full`` is the paper-scale setting.
+        the claim holds when all of them do). ``quick`` is the smallest setting whose criteria still hold with a
+        margin (15–110 CPU-seconds on 2 cores, galanti-2022-depth about 340), ``full`` is the paper-scale setting.
     runner : callable (config, folder, progress) -> Outcome
     key_number : str
         The entry of ``Outcome.numbers`` shown in summary tables.
@@ -148,7 +159,9 @@ def _run(name: str, config: Any, folder: Path, *, quick: bool, progress: bool) -
         outcome = experiment.runner(config, folder, progress)
         numbers = check_numbers(outcome.numbers, name)
         unmeasured = check_unmeasured(outcome.unmeasured, numbers, name)
-        criteria = evaluate(config.criteria, numbers, name, unmeasured=unmeasured)
+        per_seed = check_per_seed(outcome.per_seed, numbers, name)
+        numbers |= seed_summaries(per_seed)
+        criteria = evaluate(config.criteria, numbers, name, unmeasured=unmeasured, per_seed=per_seed)
     except Exception as error:  # noqa: BLE001 (any failure of the run is recorded, then raised as ExperimentError)
         atomic_write(folder / TRACEBACK_FILE, traceback.format_exc())
         message = f"{type(error).__name__}: {error}".strip().split("\n")[0]
@@ -161,6 +174,8 @@ def _run(name: str, config: Any, folder: Path, *, quick: bool, progress: bool) -
         result |= {"passed": passed, "numbers": numbers, "criteria": criteria, "figures": outcome.figures}
         if unmeasured:
             result["unmeasured"] = unmeasured
+        if per_seed:
+            result["per_seed"] = per_seed
         result["seconds"] = time.perf_counter() - start
         notes = outcome.notes
     atomic_write(folder / "result.json", json.dumps(result, indent=2))
@@ -186,7 +201,8 @@ def reproduce(
     A non-empty ``out_dir`` is refused unless ``force``, which replaces an earlier reproduction of ``name``
     (finished or killed) and nothing else. Returns the result: ``{"name", "claim", "passed", "numbers",
     "criteria", "figures", "seconds", "quick"}`` (``criteria``: each criterion's outcome, see
-    :func:`~implicit_bias.experiments.criteria.evaluate`; ``passed``: all of them hold). If the experiment raises, the result gains ``"error"`` (the message) and
+    :func:`~implicit_bias.experiments.criteria.evaluate`; ``passed``: all of them hold; ``unmeasured`` where the
+    run could not measure a quantity). If the experiment raises, the result gains ``"error"`` (the message) and
     ``"traceback"`` (a file in ``out_dir``), is written all the same, and :class:`ExperimentError` is raised.
     """
     config = resolve_config(name, quick=quick, overrides=overrides)

@@ -27,7 +27,8 @@ def _verdict(result: Mapping[str, Any]) -> str:
 
 
 def _condition(criterion: Mapping[str, Any]) -> str:
-    """``">= 100"`` or ``"in [0.8, 1.2]"``, and the preset's threshold when ``--set`` changed it."""
+    """``">= 100"``, ``"in [0.8, 1.2]"`` or ``"each seed: < 0.5"``, and the preset's threshold when ``--set``
+    changed it."""
 
     def shown(threshold: Any) -> str:
         return (
@@ -35,17 +36,26 @@ def _condition(criterion: Mapping[str, Any]) -> str:
         )
 
     text = f"{criterion['comparison']} {shown(criterion['threshold'])}"
+    if criterion.get("over", "value") != "value":
+        text = {"mean": "mean", "each": "each seed", "most": "most seeds"}[criterion["over"]] + f": {text}"
     if criterion.get("changed_from") is not None:
         text += f" (threshold changed from {shown(criterion['changed_from'])} by --set)"
     return text
 
 
 def criteria_table(criteria: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The markdown lines of the criteria table: criterion · measured · condition · pass · stands for."""
+    """The markdown lines of the criteria table: criterion · measured · condition · pass · stands for (a per-seed
+    criterion shows the mean and how many seeds meet the condition)."""
     lines = ["| criterion | measured | condition | pass | stands for |", "|---|---|---|---|---|"]
     for c in criteria:
-        verdict = "yes" if c["passed"] else "**no**" + (f" ({c['reason']})" if c.get("reason") else "")
+        verdict = "yes" if c["passed"] else "**no**"
+        if c.get("seeds"):
+            verdict += f" ({c['seeds_holding']} of {c['seeds']} seeds hold)"
+        if c.get("reason"):
+            verdict += f" ({c['reason']})"
         measured = f"{c['quantity']} = {_number(c['measured'])}" if c["measured"] is not None else c["quantity"]
+        if c.get("seeds") and c["measured"] is not None:
+            measured += f" (mean over {c['seeds']} seeds)"
         lines.append(
             f"| {c['name']} | {_cell(measured)} | {_cell(_condition(c))} | {_cell(verdict)} | {_cell(c['stands_for'])} |"
         )
