@@ -166,7 +166,7 @@ def _train(config: Cai2025Config, seed: int, progress: bool) -> tuple[nn.Sequent
     return model, gd, normalized, data
 
 
-def _measure(config: Cai2025Config, model: nn.Module, series: dict, data: Dataset) -> dict[str, float] | None:
+def _measure(model: nn.Module, series: dict, data: Dataset) -> dict[str, float] | None:
     """The late-phase numbers of one seed, from the first logged step with a positive corrected margin on;
     None when it never turned positive."""
     steps, corrected = series["corrected_margin"]
@@ -210,7 +210,7 @@ def run_cai_2025(config: Cai2025Config, folder: Path, progress: bool) -> Outcome
             "final_direction_cosine": normalized.last["direction_cosine"],
             "final_output_bias_ratio": normalized.last["output_bias_ratio"],
         }
-        late = _measure(config, model, series, data)
+        late = _measure(model, series, data)
         if late is None:
             never_positive.append(seed)
         else:
