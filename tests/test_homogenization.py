@@ -170,4 +170,6 @@ def test_gap_bound_refuses_other_shapes_and_unknown_activations():
         homogenization_gap_bound(residual())
     with pytest.raises(NotHomogeneousError, match="no bound for Tanh"):
         activation_gap(nn.Tanh())
+    with pytest.raises(NotHomogeneousError, match="no bound for GELU.*tanh"):
+        activation_gap(nn.GELU(approximate="tanh"))
     assert homogenization_gap_bound(two_layer(nn.ReLU)) == pytest.approx(1.0)  # ReLU: only the c term

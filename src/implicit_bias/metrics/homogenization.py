@@ -62,14 +62,24 @@ def _relu(_: nn.Module) -> nn.Module:
     return nn.ReLU()
 
 
-# activation type → (its r → ∞ limit σ(rz)/r, sup_z |σ(z) − limit(z)| or None where not needed / known)
-ACTIVATION_LIMITS: dict[type[nn.Module], tuple[Callable[[nn.Module], nn.Module], float | None]] = {
-    nn.SiLU: (_relu, SILU_GAP),
-    nn.GELU: (_relu, None),  # the gap of the tanh approximation differs; see activation_gap
-    nn.Softplus: (_relu, None),  # softplus(βz)/β: the gap is log 2/β
-    nn.ReLU: (copy.deepcopy, 0.0),
-    nn.LeakyReLU: (copy.deepcopy, 0.0),
-    nn.Identity: (copy.deepcopy, 0.0),
+def _same(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module)
+
+
+def _gelu_gap(module: nn.Module) -> float | None:
+    return GELU_GAP if module.approximate == "none" else None  # the tanh approximation's gap is not tabulated
+
+
+# activation type → (its r → ∞ limit σ(rz)/r as a module, sup_z |σ(z) − limit(z)| or None where unknown)
+ACTIVATION_LIMITS: dict[
+    type[nn.Module], tuple[Callable[[nn.Module], nn.Module], Callable[[nn.Module], float | None]]
+] = {
+    nn.SiLU: (_relu, lambda _: SILU_GAP),
+    nn.GELU: (_relu, _gelu_gap),
+    nn.Softplus: (_relu, lambda module: SOFTPLUS_GAP / float(module.beta)),  # softplus_β(z) = log(1 + e^{βz})/β
+    nn.ReLU: (_same, lambda _: 0.0),
+    nn.LeakyReLU: (_same, lambda _: 0.0),
+    nn.Identity: (_same, lambda _: 0.0),
 }
 PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Flatten,)  # parameter-free, degree-preserving reshapes
 
@@ -80,11 +90,8 @@ def activation_gap(activation: nn.Module) -> float:
     SiLU: W(1/e) ≈ 0.2785 (:data:`SILU_GAP`); exact GELU: ≈ 0.1700; softplus with ``beta``: log 2/β; ReLU,
     leaky ReLU, identity: 0.
     """
-    if isinstance(activation, nn.GELU) and activation.approximate == "none":
-        return GELU_GAP
-    if isinstance(activation, nn.Softplus):
-        return SOFTPLUS_GAP / float(activation.beta)
-    gap = ACTIVATION_LIMITS.get(type(activation), (None, None))[1]
+    rule = ACTIVATION_LIMITS.get(type(activation))
+    gap = rule[1](activation) if rule is not None else None
     if gap is None:
         raise NotHomogeneousError(
             f"activation_gap: no bound for {activation!r}; known: SiLU, exact GELU, Softplus, ReLU, LeakyReLU, Identity"
@@ -130,10 +137,10 @@ def _homogenize(module: nn.Module, degree: int, prefix: str) -> tuple[nn.Module,
         return out, degree + 1, dropped
     if type(module) in ACTIVATION_LIMITS:
         # σ(r^d z)/r^d → σ_H(z) for d ≥ 1; an activation of the raw input (d = 0) does not scale and stays
-        limit = ACTIVATION_LIMITS[type(module)][0] if degree > 0 else copy.deepcopy
+        limit = ACTIVATION_LIMITS[type(module)][0] if degree > 0 else _same
         return limit(module), degree, []
     if isinstance(module, PASS_THROUGH):
-        return copy.deepcopy(module), degree, []
+        return _same(module), degree, []
     if isinstance(module, Residual):
         branch, branch_degree, dropped = _homogenize(module.branch, degree, _name(prefix, "branch"))
         if branch_degree > degree:
