@@ -66,7 +66,8 @@ CRITERIA = (
         "<=",
         0.1,
         f"{PAPER}, KKT convergence: the limit direction is a KKT point of min ½‖θ‖² s.t. y_n f_H(θ; x_n) ≥ 1 "
-        "(stationarity residual ε/‖θ̃‖ of metrics.kkt_residual on f_H at the end; threshold from the pilot).",
+        "(stationarity residual ε/‖θ̃‖ of metrics.kkt_residual on f_H at the end; the pilot measured 0.046–0.065 "
+        "quick, 0.024–0.037 full).",
         over="each",
     ),
 )
