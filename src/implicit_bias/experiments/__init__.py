@@ -1,6 +1,7 @@
 """Registered reproductions of the literature's claims: ``reproduce(name, out_dir, quick=...)``."""
 
 from . import (  # noqa: F401  (importing a module registers its experiments)
+    cai_2025,
     galanti_2022,
     homogeneous_margin,
     ji_telgarsky_2020,

@@ -4,6 +4,7 @@ from .asymmetric import asymmetric_margin, empirical_rates, lambda_seminorm, rat
 from .collapse import CollapseAccumulator, CollapseReport
 from .direction import alignment, direction_cosine, flat_parameters, layer_norms
 from .effective_depth import DepthBound, EffectiveDepth, MinimalDepth, depth_bound, effective_depth, minimal_ncc_depth
+from .homogenization import Homogenization, Residual, activation_gap, homogenization, homogenization_gap_bound
 from .kkt import KKTCertificate, KKTResidual, kkt_certificate, kkt_residual, support_count
 from .layerwise import FeatureReducer, LayerCollapse, collapse_by_layer
 from .margins import homogeneity_degree, margins, normalized_margin, parameter_norm, smoothed_margin
@@ -27,13 +28,16 @@ __all__ = [
     "EffectiveDepth",
     "FeatureReducer",
     "FeatureSpectra",
+    "Homogenization",
     "KKTCertificate",
     "KKTResidual",
     "LayerCollapse",
     "MaxMargin",
     "MinimalDepth",
+    "Residual",
     "SVMSolution",
     "Spectrum",
+    "activation_gap",
     "alignment",
     "asymmetric_margin",
     "collapse_by_layer",
@@ -46,6 +50,8 @@ __all__ = [
     "flat_parameters",
     "hard_margin_svm",
     "homogeneity_degree",
+    "homogenization",
+    "homogenization_gap_bound",
     "kkt_certificate",
     "kkt_residual",
     "l1_max_margin",
