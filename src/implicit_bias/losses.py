@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from .errors import InvalidArgumentError
 from .validation import check_choice, check_finite
@@ -181,8 +180,8 @@ class _LogLoss(torch.autograd.Function):
 
     When the outputs need a gradient, the forward also forms ∂ log ℒ/∂Φ_n = w_n ∂ log ℓ_n/∂Φ_n, with w_n = ℓ_n/ℒ
     the softmax of the log ℓ_n (formed about the largest, so exact to float64 rounding at any scale); the
-    backward only scales it. Differentiable once: a second derivative (``create_graph=True``) is refused by
-    autograd, rather than silently missing the loss's curvature.
+    backward only scales it. Differentiable once: the backward refuses ``create_graph=True``, whose second
+    derivative would silently miss the loss's curvature.
     """
 
     @staticmethod
@@ -195,17 +194,21 @@ class _LogLoss(torch.autograd.Function):
             if loss == "mse":  # every ℓ_n = 0 (an exact fit): the softmax of −inf's is NaN, ∇ℒ is 0
                 weights.nan_to_num_(nan=0.0)
             gradient.mul_(weights[:, None])
-        ctx.save_for_backward(gradient)
+        ctx.gradient = gradient  # an intermediate, not an input or output: kept on ctx, as autograd allows
         if reduction == "none":
             return terms
         value = torch.logsumexp(terms, dim=0)
         return value - math.log(len(terms)) if reduction == "mean" else value
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        (gradient,) = ctx.saved_tensors
-        scaled = gradient * (grad[:, None] if ctx.reduction == "none" else grad)
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "log_loss is differentiable once (its backward is the analytic ∇ log ℒ): create_graph=True would "
+                "give second derivatives without the loss's curvature; for a Hessian, write the loss in torch ops "
+                "(e.g. torch.nn.functional.cross_entropy) while ℒ is representable"
+            )
+        scaled = ctx.gradient * (grad[:, None] if ctx.reduction == "none" else grad)
         return scaled.reshape(ctx.shape).to(ctx.dtype), None, None, None
 
 
