@@ -35,6 +35,7 @@ LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy", "mse")
 MARGIN_LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy")
 
 _LOW = -700.0  # e^{-700} ≈ 1e-304: still a normal float64, and 1 + e^{-700}/2 rounds to 1
+_FLOOR = torch.finfo(torch.float64).min  # a finite max for slices that are all −inf: e^{−inf − _FLOOR} = 0, not NaN
 
 
 def is_binary_output(outputs: torch.Tensor) -> bool:
@@ -137,6 +138,17 @@ def log_softplus_log(s: torch.Tensor) -> torch.Tensor:
     return _log_softplus_log_and_slope(s)[0]
 
 
+def _logsumexp_softmax(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log Σ e^x along ``dim`` and the softmax e^{x − log Σ e^x}, both formed about the max m (without autograd):
+    m + log Σ e^{x−m} and e^{x−m} / Σ e^{x−m}, exact to float64 rounding at any scale. A slice that is all −inf
+    (an exactly fitted mse data set) gives −inf and a softmax of 0."""
+    top = x.amax(dim=dim, keepdim=True).clamp_(min=_FLOOR)
+    shifted = (x - top).exp_()
+    total = shifted.sum(dim=dim, keepdim=True)
+    value = (torch.log(total) + top).squeeze(dim)
+    return value, shifted.div_(total.clamp_(min=1.0))  # total ≥ 1 unless the slice is all −inf
+
+
 def _terms_and_slopes(
     outputs: torch.Tensor, y: torch.Tensor, loss: str, slopes: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -167,8 +179,8 @@ def _terms_and_slopes(
     else:
         labels = y[:, None]
         gaps = (outputs - outputs.gather(1, labels)).scatter_(1, labels, -math.inf)
-        log_sum = torch.logsumexp(gaps, dim=1)
-        direction = torch.softmax(gaps, dim=1).scatter_(1, labels, -1.0) if slopes else None
+        log_sum, softmax = _logsumexp_softmax(gaps, dim=1)
+        direction = softmax.scatter_(1, labels, -1.0) if slopes else None
     if loss == "exponential":
         return log_sum, direction
     terms, slope = _log_softplus_log_and_slope(log_sum)
@@ -189,15 +201,12 @@ class _LogLoss(torch.autograd.Function):
         ctx.shape, ctx.dtype, ctx.reduction = outputs.shape, outputs.dtype, reduction
         slopes = ctx.needs_input_grad[0]
         terms, gradient = _terms_and_slopes(outputs.to(torch.float64), y, loss, slopes)
-        if reduction != "none" and slopes:
-            weights = torch.softmax(terms, dim=0)
-            if loss == "mse":  # every ℓ_n = 0 (an exact fit): the softmax of −inf's is NaN, ∇ℒ is 0
-                weights.nan_to_num_(nan=0.0)
-            gradient.mul_(weights[:, None])
         ctx.gradient = gradient  # an intermediate, not an input or output: kept on ctx, as autograd allows
         if reduction == "none":
             return terms
-        value = torch.logsumexp(terms, dim=0)
+        value, weights = _logsumexp_softmax(terms, dim=0)
+        if slopes:
+            gradient.mul_(weights[:, None])
         return value - math.log(len(terms)) if reduction == "mean" else value
 
     @staticmethod
