@@ -17,6 +17,11 @@ name               binary ℓ                                         multiclass
 
 The multiclass logistic loss is the multinomial one, i.e. cross-entropy.
 
+:func:`log_loss` is one autograd node per call (``_LogLoss``): its forward forms log ℒ and, when the outputs need
+a gradient, the analytic ∂ log ℒ/∂Φ_n = (ℓ_n/ℒ) ∂ log ℓ_n/∂Φ_n from max-shifted softmaxes (exact to float64
+rounding at any scale); its backward only scales that. It is differentiable once (``create_graph=True`` is
+refused); nothing in this package differentiates a loss twice.
+
 References
 ----------
 Lyu, K. & Li, J. (2020). Gradient descent maximizes the margin of homogeneous neural networks. ICLR. (§3, eq. 2)
