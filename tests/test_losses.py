@@ -146,3 +146,88 @@ def test_mse_does_not_underflow_for_tiny_residuals():
     assert float(value.detach()) == pytest.approx(-400 * math.log(10), rel=1e-15)
     expected = torch.tensor([[0.0, 1e200, 0.0], [0.0, 0.0, -1e200]], dtype=torch.float64)
     assert torch.allclose(outputs.grad, expected, rtol=1e-14, atol=0)
+
+
+# ------------------------------------------------------------------ the fused backward
+def reference_log_total(loss: str, logits: list[list[float]], labels: list[int]) -> mpmath.mpf:
+    """log Σ_n ℓ_n in mpmath (K ≥ 2 outputs; mse against one-hot targets)."""
+    if loss == "mse":
+        terms = [
+            mpmath.fsum((mpmath.mpf(v) - (1 if j == label else 0)) ** 2 for j, v in enumerate(row)) / 2
+            for row, label in zip(logits, labels)
+        ]
+        return mpmath.log(mpmath.fsum(terms))
+    return mpmath.log(mpmath.fsum(mpmath.exp(reference_log_multiclass(loss, r, c)) for r, c in zip(logits, labels)))
+
+
+def mpmath_gradient(loss: str, logits: list[list[float]], labels: list[int]) -> list[list[float]]:
+    """∂ log ℒ/∂Φ_nj by mpmath's numerical differentiation at 60 digits (independent of any gradient formula)."""
+
+    def partial(n: int, j: int) -> float:
+        def f(t):
+            moved = [[mpmath.mpf(v) for v in row] for row in logits]
+            moved[n][j] = t
+            return reference_log_total(loss, moved, labels)
+
+        return float(mpmath.diff(f, mpmath.mpf(logits[n][j])))
+
+    return [[partial(n, j) for j in range(len(logits[0]))] for n in range(len(logits))]
+
+
+@pytest.mark.parametrize("loss", ["exponential", "logistic", "cross-entropy", "mse"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_gradient_matches_finite_differences_at_moderate_values(loss, reduction):
+    generator = torch.Generator().manual_seed(0)
+    outputs = torch.randn(6, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    assert torch.autograd.gradcheck(lambda o: log_loss(o, y, loss, reduction=reduction), (outputs,))
+    assert torch.autograd.gradcheck(lambda o: log_loss_terms(o, y, loss), (outputs,))
+    binary = torch.randn(5, dtype=torch.float64, generator=generator, requires_grad=True)
+    labels = torch.tensor([1, -1, 1, 1, -1])
+    assert torch.autograd.gradcheck(lambda o: log_loss(o, labels, loss, reduction=reduction), (binary,))
+    assert torch.autograd.gradcheck(lambda o: log_loss(o[:, None], labels, loss), (binary,))
+
+
+@pytest.mark.parametrize("loss", ["exponential", "logistic", "cross-entropy"])
+@pytest.mark.parametrize("q", [0.5, 30.0, 800.0, 1e4])
+def test_gradient_matches_mpmath_into_the_terminal_phase(loss, q):
+    # At q = 1e4, log ℒ ≈ −1e4: ℒ underflows every float format, and ∇ log ℒ is still a softmax-weighted sum.
+    logits = [[q, 0.0, -q / 3], [0.3, q + 0.3, 0.1], [-1.0, -2.0, q - 1.7]]
+    labels = [0, 1, 2]
+    outputs = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    value = log_loss(outputs, torch.tensor(labels), loss)
+    value.backward()
+    assert float(value.detach()) == pytest.approx(float(reference_log_total(loss, logits, labels)), rel=1e-14)
+    expected = torch.tensor(mpmath_gradient(loss, logits, labels), dtype=torch.float64)
+    # log ℓ_n ≈ −q is itself known to q·1.1e−16 only (the float64 spacing there), and w_n = e^{log ℓ_n − log ℒ}
+    # inherits that absolute error as a relative one. mpmath.diff resolves a partial only to ~1e−60 of log ℒ, so
+    # the entries e^{−4q/3} ≪ 1e−16 (the third class of the first sample) are compared absolutely
+    assert torch.allclose(outputs.grad, expected, rtol=max(1e-14, 4 * q * 2.2e-16), atol=1e-16)
+
+
+def test_mse_gradient_matches_mpmath():
+    logits = [[0.9, 0.2, -0.1], [0.1, 0.7, 0.3], [1e-3, 2e-3, 1.0 - 1e-3]]
+    outputs = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    log_loss(outputs, torch.tensor([0, 1, 2]), "mse").backward()
+    expected = torch.tensor(mpmath_gradient("mse", logits, [0, 1, 2]), dtype=torch.float64)
+    assert torch.allclose(outputs.grad, expected, rtol=1e-14, atol=0)
+
+
+def test_float32_outputs_get_a_float32_gradient_of_the_float64_loss():
+    outputs = torch.tensor([[2.0, -1.0], [0.5, 1.5]], requires_grad=True)
+    value = log_loss(outputs, torch.tensor([0, 1]), "cross-entropy")
+    value.backward()
+    assert value.dtype == torch.float64 and outputs.grad.dtype == torch.float32
+    # ∂ log ℒ/∂Φ = (ℓ_n/ℒ) (σ-weights − e_y)/ℓ_n = (p − e_y)/ℒ with p the softmax (cross-entropy)
+    p = torch.softmax(outputs.detach().double(), dim=1)
+    total = -torch.log(p[[0, 1], [0, 1]]).sum()
+    expected = (p - torch.eye(2, dtype=torch.float64)) / total
+    assert torch.allclose(outputs.grad.double(), expected, rtol=1e-6, atol=0)
+
+
+def test_a_second_derivative_is_refused_not_silently_wrong():
+    outputs = torch.tensor([[2.0, -1.0], [0.5, 1.5]], dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(log_loss(outputs, torch.tensor([0, 1]), "logistic"), outputs)
+    assert torch.isfinite(grad).all()
+    with pytest.raises(NotImplementedError, match="differentiable once"):
+        torch.autograd.grad(log_loss(outputs, torch.tensor([0, 1]), "logistic"), outputs, create_graph=True)

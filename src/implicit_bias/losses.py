@@ -17,6 +17,11 @@ name               binary ℓ                                         multiclass
 
 The multiclass logistic loss is the multinomial one, i.e. cross-entropy.
 
+:func:`log_loss` is one autograd node per call (``_LogLoss``): its forward forms log ℒ and, when the outputs need
+a gradient, the analytic ∂ log ℒ/∂Φ_n = (ℓ_n/ℒ) ∂ log ℓ_n/∂Φ_n from max-shifted softmaxes (exact to float64
+rounding at any scale); its backward only scales that. It is differentiable once (``create_graph=True`` is
+refused); nothing in this package differentiates a loss twice.
+
 References
 ----------
 Lyu, K. & Li, J. (2020). Gradient descent maximizes the margin of homogeneous neural networks. ICLR. (§3, eq. 2)
@@ -34,7 +39,8 @@ from .validation import check_choice, check_finite
 LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy", "mse")
 MARGIN_LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy")
 
-_SWITCH = -20.0  # below it log(log1p(e^s)) = s − e^s/2 to float64 rounding (next term 5e^{2s}/24)
+_LOW = -700.0  # e^{-700} ≈ 1e-304: still a normal float64, and 1 + e^{-700}/2 rounds to 1
+_FLOOR = torch.finfo(torch.float64).min  # a finite max for slices that are all −inf: e^{−inf − _FLOOR} = 0, not NaN
 
 
 def is_binary_output(outputs: torch.Tensor) -> bool:
@@ -118,33 +124,113 @@ def output_margins(outputs: torch.Tensor, y: torch.Tensor, *, validate: bool = T
     return (true - others.amax(dim=1, keepdim=True)).reshape(-1)
 
 
-def _log_exponential_sum(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log Σ_{j≠y} e^{Φ_j − Φ_y} per sample (for one output: −yΦ)."""
-    if is_binary_output(outputs):
-        return -_signs(y) * outputs.reshape(-1)
-    gaps = (outputs - outputs.gather(1, y[:, None])).masked_fill(_label_mask(outputs, y), -math.inf)
-    return logsumexp(gaps, dim=1)
+def _log_softplus_log_and_slope(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log(log(1 + e^s)) and its derivative σ(s)/softplus(s), accurate for every s, without a branch.
+
+    With c = max(s, −700): log softplus(s) = (s − c) + log softplus(c). Above −700 that is log softplus(s) itself
+    (e^s is still a normal float64); below, softplus(c) = e^c (1 − e^c/2) and the correction e^c/2 < 1e−304 is
+    far below rounding, so the value is s to float64 precision, and the slope σ(c)/softplus(c) is 1 to 1e−304.
+    Both are finite everywhere, and so is autograd's gradient of the value (1 below −700).
+    """
+    clamped = s.clamp(min=_LOW)
+    softplus = torch.nn.functional.softplus(clamped, threshold=40.0)  # the identity above 40, exact to 1e−17
+    return (s - clamped) + torch.log(softplus), torch.sigmoid(clamped) / softplus
 
 
 def log_softplus_log(s: torch.Tensor) -> torch.Tensor:
-    """log(log(1 + e^s)), accurate for every s: the log of the logistic loss at margin −s.
+    """log(log(1 + e^s)), accurate for every s: the log of the logistic loss at margin −s (it never underflows;
+    see :func:`_log_softplus_log_and_slope`)."""
+    return _log_softplus_log_and_slope(s)[0]
 
-    For s < −20 it uses s − e^s/2 (the series of log(log1p(u)/u) at u = e^s), so it never underflows;
-    otherwise log(softplus(s)), with softplus switching to the identity only above s = 40 (where it is exact
-    to 1e−17). Both branches see clamped inputs so that their gradients stay finite where not selected.
+
+def _logsumexp_softmax(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """log Σ e^x along ``dim`` and the softmax e^{x − log Σ e^x}, both formed about the max m (without autograd):
+    m + log Σ e^{x−m} and e^{x−m} / Σ e^{x−m}, exact to float64 rounding at any scale. A slice that is all −inf
+    (an exactly fitted mse data set) gives −inf and a softmax of 0."""
+    top = x.amax(dim=dim, keepdim=True).clamp_(min=_FLOOR)
+    shifted = (x - top).exp_()
+    total = shifted.sum(dim=dim, keepdim=True)
+    value = (torch.log(total) + top).squeeze(dim)
+    return value, shifted.div_(total.clamp_(min=1.0))  # total ≥ 1 unless the slice is all −inf
+
+
+def _terms_and_slopes(
+    outputs: torch.Tensor, y: torch.Tensor, loss: str, slopes: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample log ℓ_n, shape (N,), and when ``slopes`` is true ∂ log ℓ_n/∂Φ_n, shape (N, K) (K = 1 for one
+    output), from float64 outputs, without autograd.
+
+    Margin losses: with the gaps g_j = Φ_j − Φ_y (j ≠ y), a = log Σ_{j≠y} e^{g_j} and its softmax
+    r_j = e^{g_j − a} (r_y = 0), both formed about the largest gap, ∂a/∂Φ = r − e_y; log ℓ = a (exponential) or
+    log softplus(a), whose slope d log ℓ/da multiplies it. For one output a = −yΦ. mse: with s_n = max_k |r_nk|
+    and r̂_n = r_n/s_n, log ℓ_n = log(½‖r̂_n‖²) + 2 log s_n and ∂ log ℓ_n/∂Φ_n = r̂_n / (s_n ½‖r̂_n‖²), which is 0
+    for a fitted row.
     """
-    s_low = s.clamp(max=_SWITCH)
-    low = s_low - 0.5 * torch.exp(s_low)
-    high = torch.log(torch.nn.functional.softplus(s.clamp(min=_SWITCH), threshold=40.0))
-    return torch.where(s < _SWITCH, low, high)
+    if loss == "mse":
+        if is_binary_output(outputs):
+            residual = outputs.reshape(-1, 1) - _signs(y)[:, None]
+        else:
+            residual = outputs - _label_mask(outputs, y).to(outputs.dtype)
+        scale = residual.abs().amax(dim=1, keepdim=True)
+        scale = torch.where(scale > 0, scale, 1.0)
+        unit = residual / scale
+        half = 0.5 * unit.square().sum(dim=1, keepdim=True)  # in [½, K/2], or 0 for a fitted row
+        terms = (torch.log(half) + 2 * torch.log(scale)).reshape(-1)
+        return terms, unit.div_(half.clamp(min=0.5).mul_(scale)) if slopes else None
+    if is_binary_output(outputs):
+        flipped = 1.0 - 2.0 * y.to(torch.float64)  # −y in ±1
+        log_sum = flipped * outputs.reshape(-1)
+        direction = flipped[:, None] if slopes else None
+    else:
+        labels = y[:, None]
+        gaps = (outputs - outputs.gather(1, labels)).scatter_(1, labels, -math.inf)
+        log_sum, softmax = _logsumexp_softmax(gaps, dim=1)
+        direction = softmax.scatter_(1, labels, -1.0) if slopes else None
+    if loss == "exponential":
+        return log_sum, direction
+    terms, slope = _log_softplus_log_and_slope(log_sum)
+    return terms, direction.mul_(slope[:, None]) if slopes else None
 
 
-def _log_half_squared_norm(residual: torch.Tensor) -> torch.Tensor:
-    """log(½‖r_n‖²) per row, as log(½‖r_n/s_n‖²) + 2 log s_n with s_n = max_k |r_nk| (detached), so that no square
-    underflows or overflows; −inf, with gradient 0, for a row r_n = 0."""
-    scale = residual.detach().abs().amax(dim=1)
-    scale = torch.where(scale > 0, scale, 1.0)
-    return _log_or_neginf(0.5 * (residual / scale[:, None]).square().sum(dim=1)) + 2 * torch.log(scale)
+class _LogLoss(torch.autograd.Function):
+    """log ℒ, or the per-sample log ℓ_n for ``reduction="none"``, as one autograd node with an analytic backward.
+
+    When the outputs need a gradient, the forward also forms ∂ log ℒ/∂Φ_n = w_n ∂ log ℓ_n/∂Φ_n, with w_n = ℓ_n/ℒ
+    the softmax of the log ℓ_n (formed about the largest, so exact to float64 rounding at any scale); the
+    backward only scales it. Differentiable once: the backward refuses ``create_graph=True``, whose second
+    derivative would silently miss the loss's curvature.
+    """
+
+    @staticmethod
+    def forward(ctx, outputs: torch.Tensor, y: torch.Tensor, loss: str, reduction: str) -> torch.Tensor:
+        ctx.shape, ctx.dtype, ctx.reduction = outputs.shape, outputs.dtype, reduction
+        slopes = ctx.needs_input_grad[0]
+        terms, gradient = _terms_and_slopes(outputs.to(torch.float64), y, loss, slopes)
+        ctx.gradient = gradient  # an intermediate, not an input or output: kept on ctx, as autograd allows
+        if reduction == "none":
+            return terms
+        value, weights = _logsumexp_softmax(terms, dim=0)
+        if slopes:
+            gradient.mul_(weights[:, None])
+        return value - math.log(len(terms)) if reduction == "mean" else value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "log_loss is differentiable once (its backward is the analytic ∇ log ℒ): create_graph=True would "
+                "give second derivatives without the loss's curvature; for a Hessian, write the loss in torch ops "
+                "(e.g. torch.nn.functional.cross_entropy) while ℒ is representable"
+            )
+        scaled = ctx.gradient * (grad[:, None] if ctx.reduction == "none" else grad)
+        return scaled.reshape(ctx.shape).to(ctx.dtype), None, None, None
+
+
+def _checked(outputs: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    check_choice("loss", loss, LOSSES)
+    y = canonical_labels(outputs, y)
+    check_finite("model outputs", outputs)
+    return y
 
 
 def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validate: bool = True) -> torch.Tensor:
@@ -154,21 +240,7 @@ def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validat
     ``validate=False`` skips the checks of ``loss``, of the labels (labels must then be 0..K−1) and of the outputs'
     finiteness (NaN or ±inf outputs are refused naming the first).
     """
-    if validate:
-        check_choice("loss", loss, LOSSES)
-        y = canonical_labels(outputs, y)
-        check_finite("model outputs", outputs)
-    outputs = outputs.to(torch.float64)
-    if loss == "mse":
-        if is_binary_output(outputs):
-            residual = outputs.reshape(-1, 1) - _signs(y)[:, None]
-        else:
-            residual = outputs - _label_mask(outputs, y).to(outputs.dtype)
-        return _log_half_squared_norm(residual)
-    log_sum = _log_exponential_sum(outputs, y)
-    if loss == "exponential":
-        return log_sum
-    return log_softplus_log(log_sum)
+    return _LogLoss.apply(outputs, _checked(outputs, y, loss) if validate else y, loss, "none")
 
 
 def log_loss(
@@ -176,14 +248,16 @@ def log_loss(
 ) -> torch.Tensor:
     """log ℒ (float64 scalar) with ℒ = Σ_n ℓ_n (``reduction="sum"``) or ℒ = (1/N) Σ_n ℓ_n (``"mean"``).
 
-    Computed as a log-sum-exp of the per-sample log-losses, so log ℒ = −10⁴ is as exact as log ℒ = −1. An exactly
-    fitted sample (``mse``) adds nothing to ∇ log ℒ = Σ_n ∇ℓ_n / ℒ; when every sample is fitted, log ℒ = −inf and
+    A log-sum-exp of the per-sample log-losses, so log ℒ = −10⁴ is as exact as log ℒ = −1, in one autograd node
+    whose backward is the analytic ∇ log ℒ = Σ_n ∇ℓ_n / ℒ, exact to float64 rounding at any scale (Lyu & Li 2020,
+    §3: the gradient the loss-normalized updates follow). It is differentiable once (no ``create_graph``). An
+    exactly fitted sample (``mse``) adds nothing to the gradient; when every sample is fitted, log ℒ = −inf and
     its gradient is taken as 0, the value of ∇ℒ there.
     """
     if validate:
         check_choice("reduction", reduction, ("sum", "mean"))
-    total = logsumexp(log_loss_terms(outputs, y, loss, validate=validate), dim=0)
-    return total - math.log(y.shape[0]) if reduction == "mean" else total
+        y = _checked(outputs, y, loss)
+    return _LogLoss.apply(outputs, y, loss, reduction)
 
 
 def inverse_loss(loss: str, log_value: float) -> float:

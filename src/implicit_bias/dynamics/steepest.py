@@ -49,26 +49,34 @@ class SteepestDescent(LogLossOptimizer):
 
     @torch.no_grad()
     def step(self, closure: None = None, *, log_loss: float) -> None:  # type: ignore[override]
+        """One step, on the device: no host sync (the norms, the sign and the coordinate stay tensors)."""
         pairs = list(parameters_with_grad(self))
         if not pairs:
             return
         group = self.param_groups[0]
         scale = group["lr"] * (1.0 if group["normalize"] else math.exp(log_loss))
-        if group["degree"] != 1.0:
-            scale /= float(global_norm([p for _, p in pairs])) ** (2 * (group["degree"] - 1))
         if scale == 0.0:
             return
-        grads = [p.grad for _, p in pairs]
+        parameters = [p for _, p in pairs]
+        grads = [p.grad for p in parameters]
+        factor: float | torch.Tensor = scale
+        if group["degree"] != 1.0:  # η/‖θ‖^{2(L−1)}; 0 at θ = 0, where an L-homogeneous model's gradient is 0
+            power = global_norm(parameters) ** (2 * (group["degree"] - 1))
+            factor = torch.where(power > 0, scale / power, 0.0)
         norm = group["norm"]
         if norm == "l2":
-            torch._foreach_add_([p for _, p in pairs], grads, alpha=-scale)
-        elif norm == "linf":
-            dual = float(global_norm(grads, 1.0))
-            for (_, parameter), grad in zip(pairs, grads):
-                parameter.add_(torch.sign(grad), alpha=-scale * dual)
-        else:
-            largest = [g.abs().max() for g in grads]
-            index = int(torch.stack(largest).argmax())
-            grad = grads[index].reshape(-1)
-            position = int(grad.abs().argmax())
-            pairs[index][1].view(-1)[position] -= scale * float(grad[position])  # −η ‖g‖_∞ sign(g_i)
+            if isinstance(factor, float):
+                torch._foreach_add_(parameters, grads, alpha=-factor)
+            else:
+                torch._foreach_sub_(parameters, torch._foreach_mul(grads, factor))
+        elif norm == "linf":  # −η ‖g‖₁ sign(g)
+            signs = torch._foreach_sign(grads)
+            torch._foreach_mul_(signs, global_norm(grads, 1.0) * factor)
+            torch._foreach_sub_(parameters, signs)
+        else:  # −η g_i e_i at the first coordinate i of largest |g_i|, all parameters taken as one vector
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            position = flat.abs().argmax().reshape(1)
+            update = torch.zeros_like(flat).index_copy_(0, position, flat.index_select(0, position) * factor)
+            torch._foreach_sub_(
+                parameters, [u.view_as(p) for u, p in zip(update.split([p.numel() for p in parameters]), parameters)]
+            )

@@ -470,8 +470,16 @@ def _loop(
     epoch_cache: dict[int, torch.Tensor] = {}
     dropped: set[str] = set()
 
+    guard = _Guard(data.X.device)
+
+    def check_guard() -> None:
+        tripped = guard.read(allow_exact_fit=loss == "mse")
+        if tripped is not None:
+            _check_objective(tripped[1], tripped[0], loss, data.X.dtype, optimizer, run_path)
+
     def save(step: int) -> None:
         nonlocal last_save
+        check_guard()  # a checkpoint is never written after a non-finite step
         if run_path is not None:
             save_checkpoint(
                 run_path / CHECKPOINT_FILE,
@@ -491,6 +499,7 @@ def _loop(
         for step in range(start, steps + 1):
             if next_log < len(to_log) and step == to_log[next_log]:
                 next_log += 1
+                check_guard()
                 row = _log_row(model, data, optimizer, loss, step, probes, eval_batch_size, dropped, run_path)
                 row["time"] = time.perf_counter() - clock
                 history.append(row)
@@ -508,20 +517,21 @@ def _loop(
                 X, y = data.X[index], data.y[index]
             outputs = model(X)
             objective = log_loss(outputs, y, loss, reduction=reduction, validate=False)
-            value = float(objective.detach())
-            _check_objective(value, step, loss, outputs.dtype, optimizer, run_path)
             optimizer.zero_grad(set_to_none=True)
-            if value == -math.inf:  # an exact fit (mse): ∇ℒ = 0; only weight decay or momentum can still move θ
-                for parameter in model.parameters():
-                    parameter.grad = torch.zeros_like(parameter)
-                if not on_log_loss:
-                    optimizer.step()
-                elif getattr(optimizer, "steps_at_exact_fit", False):
+            if on_log_loss:  # the one host sync of the step: a log-frame optimizer takes the value
+                value = float(objective.detach())
+                _check_objective(value, step, loss, outputs.dtype, optimizer, run_path)
+                if value == -math.inf:  # an exact fit (mse): ∇ℒ = 0; only weight decay or momentum can still move θ
+                    for parameter in model.parameters():
+                        parameter.grad = torch.zeros_like(parameter)
+                    if getattr(optimizer, "steps_at_exact_fit", False):
+                        optimizer.step(log_loss=value)
+                else:
+                    objective.backward()
                     optimizer.step(log_loss=value)
-            elif on_log_loss:
-                objective.backward()
-                optimizer.step(log_loss=value)
-            else:
+            else:  # no sync: the guard keeps log ℒ on the device; at an exact fit ℒ = 0 and so is its gradient
+                if guard.record(step, objective):
+                    check_guard()
                 torch.exp(objective).backward()
                 optimizer.step()
             done = step + 1
@@ -531,12 +541,40 @@ def _loop(
                 bar.update(
                     task,
                     completed=done,
-                    log_loss=f"{value:.4g}",
+                    log_loss=f"{float(objective.detach()):.4g}",
                     accuracy=f"{_accuracy(outputs.detach(), y):.3f}",
                 )
         save(steps)
     logger.info("finished at step %d", steps)
     return history
+
+
+class _Guard:
+    """The NaN / overflow guard of the steps whose log ℒ stays on the device: each step's value is written to a
+    device buffer (no host sync); :meth:`read`, at log steps, checkpoints and whenever the buffer is full, finds
+    the first non-finite one and its step, so that the error names the step where training first went wrong."""
+
+    def __init__(self, device: torch.device, capacity: int = 4096) -> None:
+        self.values = torch.empty(capacity, dtype=torch.float64, device=device)
+        self.start, self.count = 0, 0
+
+    def record(self, step: int, value: torch.Tensor) -> bool:
+        """Keep log ℒ of ``step`` (consecutive since the last read); True when the buffer is full."""
+        if self.count == 0:
+            self.start = step
+        self.values[self.count] = value.detach()
+        self.count += 1
+        return self.count == len(self.values)
+
+    def read(self, *, allow_exact_fit: bool) -> tuple[int, float] | None:
+        """(step, log ℒ) of the first non-finite value since the last read, or None; −inf passes when
+        ``allow_exact_fit`` (mse). Empties the buffer."""
+        values, self.count = self.values[: self.count], 0
+        bad = values.isnan() | (values.isinf() if not allow_exact_fit else values == math.inf)
+        if not bool(bad.any()):
+            return None
+        index = int(bad.to(torch.uint8).argmax())
+        return self.start + index, float(values[index])
 
 
 def _check_objective(
