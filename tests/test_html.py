@@ -19,7 +19,7 @@ from matplotlib.figure import Figure as MplFigure
 from PIL import Image
 
 from implicit_bias.errors import CorruptFileError, InvalidArgumentError, MissingFileError
-from implicit_bias.experiments import EXPERIMENTS, Experiment, Outcome, reproduce_all
+from implicit_bias.experiments import EXPERIMENTS, Criterion, Experiment, Outcome, reproduce_all
 from implicit_bias.report import plot_series
 from implicit_bias.report.html import (
     Figure,
@@ -282,8 +282,8 @@ def test_experiment_page_renders_result_criteria_notes_and_config(tmp_path):
     assert '<span class="status good">passed</span>' in html
     assert "Passed in 3.2 s (quick preset)." in html and "<strong>twice</strong>" in html
     assert page.cells == [
-        "decays", "slope", "-0.731235", "<", "-0.5", "yes", "gap ∝ t^p, p < −1/2",
-        "ordered", "ratio", "2", ">=", "1", "no", "GD slower than NGD",
+        "decays", "slope = -0.731235", "< -0.5", "yes", "gap ∝ t^p, p < −1/2",
+        "ordered", "ratio = 2", ">= 1", "no", "GD slower than NGD",
         "gap", "0.333333", "steps", "100",
         "seed", "0", "widths", "[4, 8]", "loss", "exponential",
     ]  # fmt: skip
@@ -342,15 +342,19 @@ def test_index_links_each_report_and_embeds_thumbnails(tmp_path):
     assert_self_contained(html)
 
 
+def _above(threshold: float) -> tuple[Criterion, ...]:
+    return (Criterion("value_above", "value", ">", threshold, "a fake claim: the value exceeds the threshold"),)
+
+
 @dataclass(frozen=True)
 class TinyConfig:
-    threshold: float = 0.5
+    criteria: tuple[Criterion, ...] = _above(0.5)
 
 
 def _tiny_runner(config, folder, progress):
     plot_series(folder / "curve.png", {"loss": ([1, 10, 100], [1.0, 0.1, 0.01])}, title="loss", logy=True)
     notes = "Passes when **value** > threshold; the numbers are in [result.json](result.json)."
-    return Outcome(passed=1.0 > config.threshold, numbers={"value": 1.0}, figures=["curve.png"], notes=notes)
+    return Outcome(numbers={"value": 1.0}, figures=["curve.png"], notes=notes)
 
 
 def _raising_runner(config, folder, progress):
@@ -359,7 +363,7 @@ def _raising_runner(config, folder, progress):
 
 TINY = {
     "tiny-passes": Experiment("tiny-passes", "1 > 0.5", TinyConfig(), TinyConfig(), _tiny_runner, "value"),
-    "tiny-fails": Experiment("tiny-fails", "1 > 2", TinyConfig(2.0), TinyConfig(2.0), _tiny_runner, "value"),
+    "tiny-fails": Experiment("tiny-fails", "1 > 2", TinyConfig(_above(2.0)), TinyConfig(_above(2.0)), _tiny_runner, "value"),
     "tiny-raises": Experiment("tiny-raises", "raises", TinyConfig(), TinyConfig(), _raising_runner, "value"),
 }
 
@@ -392,3 +396,6 @@ def test_reproduce_all_writes_a_page_per_reproduction_and_an_index(tmp_path):
         figures = [] if name == "tiny-raises" else [(tmp_path / name / "curve.png").read_bytes()]
         assert embedded_images(page) == figures
         assert ('<a href="result.json">result.json</a>' in page) == (name != "tiny-raises")  # the notes' link
+    for name, condition, verdict in (("tiny-passes", "> 0.5", "yes"), ("tiny-fails", "> 2", "no")):
+        cells = Page((tmp_path / name / "report.html").read_text()).cells
+        assert cells[:5] == ["value_above", "value = 1", condition, verdict, "a fake claim: the value exceeds the threshold"]

@@ -24,7 +24,7 @@ from markupsafe import Markup
 from .. import __version__
 from ..errors import CorruptFileError, InvalidArgumentError, MissingFileError
 from ..train.rundir import atomic_write
-from .markdown import _number
+from .markdown import CRITERIA_HEADER, _number, criterion_cells
 
 Cell = str | int | float | bool | None
 _SCALARS = (str, bool, int, float, type(None))
@@ -291,9 +291,6 @@ def _verdict(result: Mapping[str, Any]) -> str:
     return "passed" if result["passed"] else "failed"
 
 
-CRITERIA_COLUMNS = ("name", "quantity", "measured", "comparison", "threshold", "passed", "stands_for")
-
-
 def experiment_sections(
     result: Mapping[str, Any], config: Mapping[str, Any], notes: str = "", *, folder: str | Path = "."
 ) -> list[Section]:
@@ -309,8 +306,11 @@ def experiment_sections(
         sections.append(Section("How the claim was checked", markdown=notes))
     criteria = result.get("criteria")
     if criteria:
-        rows = [[_display(criterion.get(column)) for column in CRITERIA_COLUMNS] for criterion in criteria]
-        sections.append(Section("Criteria", tables=[Table(CRITERIA_COLUMNS, rows)]))
+        held = sum(bool(criterion["passed"]) for criterion in criteria)
+        rows = [criterion_cells(criterion) for criterion in criteria]
+        sections.append(
+            Section("Criteria", text=f"{held} of {len(criteria)} hold.", tables=[Table(CRITERIA_HEADER, rows)])
+        )
     if result["numbers"]:
         rows = [[key, _display(value)] for key, value in result["numbers"].items()]
         sections.append(Section("Numbers", tables=[Table(("quantity", "value"), rows)]))
@@ -320,7 +320,7 @@ def experiment_sections(
         sections.append(
             Section("Figures", figures=figures, status=f"not shown: {', '.join(unshown)}" if unshown else "")
         )
-    rows = [[key, _display(value)] for key, value in config.items()]
+    rows = [[key, _display(value)] for key, value in config.items() if key != "criteria"]  # they are in the table
     sections.append(Section("Configuration", tables=[Table(("setting", "value"), rows)]))
     return sections
 

@@ -43,22 +43,30 @@ def _condition(criterion: Mapping[str, Any]) -> str:
     return text
 
 
+CRITERIA_HEADER = ("criterion", "measured", "condition", "pass", "stands for")
+
+
+def criterion_cells(c: Mapping[str, Any]) -> tuple[str, str, str, str, str]:
+    """One criterion of ``result.json`` as plain-text cells under :data:`CRITERIA_HEADER` (a per-seed criterion
+    shows the mean and how many seeds meet the condition; a failed one, why)."""
+    verdict = "yes" if c["passed"] else "no"
+    if c.get("seeds"):
+        verdict += f" ({c['seeds_holding']} of {c['seeds']} seeds hold)"
+    if c.get("reason"):
+        verdict += f" ({c['reason']})"
+    measured = f"{c['quantity']} = {_number(c['measured'])}" if c["measured"] is not None else c["quantity"]
+    if c.get("seeds") and c["measured"] is not None:
+        measured += f" (mean over {c['seeds']} seeds)"
+    return c["name"], measured, _condition(c), verdict, c["stands_for"]
+
+
 def criteria_table(criteria: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The markdown lines of the criteria table: criterion · measured · condition · pass · stands for (a per-seed
-    criterion shows the mean and how many seeds meet the condition)."""
-    lines = ["| criterion | measured | condition | pass | stands for |", "|---|---|---|---|---|"]
+    """The markdown lines of the criteria table (:func:`criterion_cells`; a failed criterion's "no" in bold)."""
+    lines = ["| " + " | ".join(CRITERIA_HEADER) + " |", "|---|---|---|---|---|"]
     for c in criteria:
-        verdict = "yes" if c["passed"] else "**no**"
-        if c.get("seeds"):
-            verdict += f" ({c['seeds_holding']} of {c['seeds']} seeds hold)"
-        if c.get("reason"):
-            verdict += f" ({c['reason']})"
-        measured = f"{c['quantity']} = {_number(c['measured'])}" if c["measured"] is not None else c["quantity"]
-        if c.get("seeds") and c["measured"] is not None:
-            measured += f" (mean over {c['seeds']} seeds)"
-        lines.append(
-            f"| {c['name']} | {_cell(measured)} | {_cell(_condition(c))} | {_cell(verdict)} | {_cell(c['stands_for'])} |"
-        )
+        name, measured, condition, verdict, stands_for = (_cell(text) for text in criterion_cells(c))
+        verdict = verdict if c["passed"] else f"**no**{verdict.removeprefix('no')}"
+        lines.append(f"| {name} | {measured} | {condition} | {verdict} | {stands_for} |")
     return lines
 
 
