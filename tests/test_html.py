@@ -292,7 +292,7 @@ def test_experiment_page_renders_result_criteria_notes_and_config(tmp_path):
 
     assert "0 of 0 claims reproduced." in render_index(tmp_path, [], {})
     without = write_experiment_page(tmp_path / "plain.html", _result("demo"), {}, notes="").read_text()
-    assert "Criteria" not in without and "How the claim was checked" not in without
+    assert "Criteria" not in without and "How the claim was checked" not in without and "Configuration" not in without
 
 
 def test_experiment_page_of_a_run_that_raised(tmp_path):

@@ -296,7 +296,7 @@ def experiment_sections(
 ) -> list[Section]:
     """The sections of a reproduction's page, from the same result, config and notes as its ``report.md``: the
     verdict, how it was checked (``notes``, markdown), the criteria (when ``result`` lists them), the numbers, the
-    figures (files in ``folder``) and the configuration."""
+    figures (files in ``folder``) and the configuration (settings other than the criteria, when there are any)."""
     verdict = _verdict(result)
     text = f"{verdict.capitalize()} in {result['seconds']:.1f} s ({'quick' if result.get('quick') else 'full'} preset)."
     if "error" in result:
@@ -321,7 +321,8 @@ def experiment_sections(
             Section("Figures", figures=figures, status=f"not shown: {', '.join(unshown)}" if unshown else "")
         )
     rows = [[key, _display(value)] for key, value in config.items() if key != "criteria"]  # they are in the table
-    sections.append(Section("Configuration", tables=[Table(("setting", "value"), rows)]))
+    if rows:
+        sections.append(Section("Configuration", tables=[Table(("setting", "value"), rows)]))
     return sections
 
 
