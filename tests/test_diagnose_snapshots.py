@@ -7,34 +7,17 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_resume import DATA, Interrupt, Stop  # the resume tests' data and interrupting probe
 from typer.testing import CliRunner
 
 from implicit_bias.cli import app
-from implicit_bias.data import load
 from implicit_bias.dynamics import log_spaced_steps
 from implicit_bias.errors import InvalidArgumentError
 from implicit_bias.models import build
 from implicit_bias.train import fit
 from implicit_bias.train.snapshots import SNAPSHOT_POINTS, list_snapshots
 
-DATA = load("gaussians", num_classes=3, dim=3, n_per_class=30, seed=1)
 runner = CliRunner()
-
-
-class Interrupt(Exception):
-    pass
-
-
-class Stop:
-    """A probe that interrupts the run at its first logged step ≥ ``at``."""
-
-    def __init__(self, at=None):
-        self.at = at
-
-    def __call__(self, context):
-        if self.at is not None and context.step >= self.at:
-            raise Interrupt
-        return {}
 
 
 def train(run_dir, *, stop=None, resume=False, steps=60):
