@@ -212,6 +212,8 @@ def test_reproduce_exit_code_says_whether_the_claim_held(tmp_path, fake_registry
     assert passed.exit_code == 0 and "PASSED" in passed.output, passed.output
     failed = invoke("reproduce", "fake-fails", "--quick", "--out", tmp_path, "--no-progress")
     assert failed.exit_code == 1 and "FAILED" in failed.output, failed.output
+    assert "holds value_above: value = 1 (> 0.5) — yes" in " ".join(passed.output.split())
+    assert "fails value_above: value = 1 (> 2) — no" in " ".join(failed.output.split())
     assert json.loads((tmp_path / "fake-fails" / "result.json").read_text())["passed"] is False
     # the same experiment made to pass by an override exits 0: the code follows the verdict, not the name
     fixed = invoke(

@@ -390,6 +390,8 @@ def test_reproduce_all_writes_a_page_per_reproduction_and_an_index(tmp_path):
     assert all((tmp_path / link).is_file() for link in links)  # relative links resolve next to the index
     assert "1 of 3 claims reproduced; 1 experiment(s) raised an error." in index
     assert "boom &lt;b&gt;from a fake&lt;/b&gt;" in index
+    for text in (index, (tmp_path / "index.md").read_text()):  # a failed claim names the criteria it failed
+        assert "value = 1; fails: value_above" in text and text.count("fails:") == 1
     for name in TINY:
         page = (tmp_path / name / "report.html").read_text()
         assert_self_contained(page)

@@ -136,7 +136,8 @@ def train(
     probe: Annotated[list[str] | None, typer.Option(help="Probe name (repeatable). Default: margins.")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory. Default: runs/train-<time>.")] = None,
     snapshots: Annotated[
-        str | None, typer.Option(help="log: keep weights at ~20 log-spaced steps (for `implicit-bias diagnose RUN_DIR`).")
+        str | None,
+        typer.Option(help="log: keep weights at ~20 log-spaced steps (for `implicit-bias diagnose RUN_DIR`)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -299,7 +300,9 @@ def diagnose(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Report folder: report.html, metrics.csv, figures/. Default with RUN_DIR: RUN_DIR/diagnosis."),
+        typer.Option(
+            help="Report folder: report.html, metrics.csv, figures/. Default with RUN_DIR: RUN_DIR/diagnosis."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 1024,
     device: Annotated[str | None, typer.Option(help="cpu | cuda. Default: cpu.")] = None,
@@ -411,6 +414,7 @@ def reproduce(
     """
     from ..experiments import EXPERIMENTS, ExperimentError, reproduce_all
     from ..experiments import reproduce as run_experiment
+    from ..report.markdown import criterion_cells, headline
 
     if all_ == (name is not None):
         raise InvalidArgumentError("give either an experiment NAME or --all")
@@ -424,12 +428,11 @@ def reproduce(
 
         def add(result: dict[str, Any]) -> None:
             key = EXPERIMENTS[result["name"]].key_number
-            value = result["numbers"].get(key)
             if "error" in result:
                 passed, shown = "[red]error[/]", result["error"]
             else:
                 passed = "[green]yes[/]" if result["passed"] else "[red]no[/]"
-                shown = f"{key} = {value:.4g}" if isinstance(value, (int, float)) else ""
+                shown = headline(result, key)
             table.add_row(result["name"], result["claim"], passed, shown, f"{result['seconds']:.1f}")
 
         results = reproduce_all(folder, quick=quick, progress=progress, force=force, on_result=add)
@@ -449,6 +452,10 @@ def reproduce(
     console.print(f"{name}: {verdict} in {result['seconds']:.1f} s — {result['claim']}")
     for key, value in result["numbers"].items():
         console.print(f"  {key} = {value:.6g}" if isinstance(value, float) else f"  {key} = {value}")
+    for criterion in result["criteria"]:
+        criterion_name, measured, condition, verdict, _ = criterion_cells(criterion)
+        mark = "[green]holds[/]" if criterion["passed"] else "[red]fails[/]"
+        console.print(f"  {mark} {criterion_name}: {measured} ({condition}) — {verdict}", highlight=False)
     console.print(f"report: [bold]{folder / name / 'report.md'}[/]")
     if not result["passed"]:
         raise typer.Exit(1)

@@ -24,7 +24,7 @@ from markupsafe import Markup
 from .. import __version__
 from ..errors import CorruptFileError, InvalidArgumentError, MissingFileError
 from ..train.rundir import atomic_write
-from .markdown import CRITERIA_HEADER, _number, criterion_cells
+from .markdown import CRITERIA_HEADER, _number, criterion_cells, headline
 
 Cell = str | int | float | bool | None
 _SCALARS = (str, bool, int, float, type(None))
@@ -351,7 +351,7 @@ def render_index(
         if "error" in result:
             value = f"raised {result['error']}"
         else:
-            value = f"{key} = {_number(result['numbers'][key])}" if key in result["numbers"] else ""
+            value = headline(result, key)
         rows.append(
             {
                 "name": name,

@@ -70,6 +70,14 @@ def criteria_table(criteria: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def headline(result: Mapping[str, Any], key: str) -> str:
+    """An index's cell for a result that ran: its key number, and the criteria it failed by name
+    (``"rank_drop = 3; fails: rank_drop_large"``)."""
+    text = f"{key} = {_number(result['numbers'][key])}" if key in result["numbers"] else ""
+    failed = [c["name"] for c in result.get("criteria", []) if not c["passed"]]
+    return "; ".join(part for part in (text, f"fails: {', '.join(failed)}" if failed else "") if part)
+
+
 def experiment_report(result: Mapping[str, Any], config: Mapping[str, Any], notes: str = "") -> str:
     """A short report: the claim, the verdict (or the error it raised), the criteria table, the numbers, the
     figures, the configuration (its criteria are in the table)."""
@@ -116,7 +124,7 @@ def index_report(
             passed, value = "error", f"raised `{_cell(result['error'])}` ([traceback]({name}/{result['traceback']}))"
         else:
             passed = _number(result["passed"])
-            value = f"{key} = {_number(result['numbers'][key])}" if key in result["numbers"] else ""
+            value = _cell(headline(result, key))
         lines.append(
             f"| [{name}]({name}/report.md) | {_cell(result['claim'])} | {passed} | {value} | {result['seconds']:.1f} |"
         )
