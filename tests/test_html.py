@@ -8,7 +8,6 @@ import io
 import math
 import os
 import re
-from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -17,9 +16,10 @@ import pytest
 import torch
 from matplotlib.figure import Figure as MplFigure
 from PIL import Image
+from test_cli import TinyConfig, _above  # the CLI tests' throwaway config with one criterion
 
 from implicit_bias.errors import CorruptFileError, InvalidArgumentError, MissingFileError
-from implicit_bias.experiments import EXPERIMENTS, Criterion, Experiment, Outcome, reproduce_all
+from implicit_bias.experiments import EXPERIMENTS, Experiment, Outcome, reproduce_all
 from implicit_bias.report import plot_series
 from implicit_bias.report.html import (
     Figure,
@@ -342,15 +342,6 @@ def test_index_links_each_report_and_embeds_thumbnails(tmp_path):
     assert_self_contained(html)
 
 
-def _above(threshold: float) -> tuple[Criterion, ...]:
-    return (Criterion("value_above", "value", ">", threshold, "a fake claim: the value exceeds the threshold"),)
-
-
-@dataclass(frozen=True)
-class TinyConfig:
-    criteria: tuple[Criterion, ...] = _above(0.5)
-
-
 def _tiny_runner(config, folder, progress):
     plot_series(folder / "curve.png", {"loss": ([1, 10, 100], [1.0, 0.1, 0.01])}, title="loss", logy=True)
     notes = "Passes when **value** > threshold; the numbers are in [result.json](result.json)."
@@ -363,7 +354,9 @@ def _raising_runner(config, folder, progress):
 
 TINY = {
     "tiny-passes": Experiment("tiny-passes", "1 > 0.5", TinyConfig(), TinyConfig(), _tiny_runner, "value"),
-    "tiny-fails": Experiment("tiny-fails", "1 > 2", TinyConfig(_above(2.0)), TinyConfig(_above(2.0)), _tiny_runner, "value"),
+    "tiny-fails": Experiment(
+        "tiny-fails", "1 > 2", TinyConfig(_above(2.0)), TinyConfig(_above(2.0)), _tiny_runner, "value"
+    ),
     "tiny-raises": Experiment("tiny-raises", "raises", TinyConfig(), TinyConfig(), _raising_runner, "value"),
 }
 
@@ -400,4 +393,4 @@ def test_reproduce_all_writes_a_page_per_reproduction_and_an_index(tmp_path):
         assert ('<a href="result.json">result.json</a>' in page) == (name != "tiny-raises")  # the notes' link
     for name, condition, verdict in (("tiny-passes", "> 0.5", "yes"), ("tiny-fails", "> 2", "no")):
         cells = Page((tmp_path / name / "report.html").read_text()).cells
-        assert cells[:5] == ["value_above", "value = 1", condition, verdict, "a fake claim: the value exceeds the threshold"]
+        assert cells[:5] == ["value_above", "value = 1", condition, verdict, "the fake claim: 1 > threshold"]

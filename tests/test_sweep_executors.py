@@ -10,6 +10,7 @@ import time
 
 import pytest
 import yaml
+from test_sweep import TINY  # the sweep tests' tiny training config
 from typer.testing import CliRunner
 
 from implicit_bias.cli import app
@@ -24,14 +25,6 @@ from implicit_bias.sweep import (
 )
 from implicit_bias.sweep.executors import assign_gpus, visible_gpus
 
-TINY = {
-    "dataset": "gaussians",
-    "data_options": {"num_classes": 2, "dim": 2, "n_per_class": 10},
-    "model": "linear",
-    "steps": 5,
-    "log_points": 3,
-    "probes": [],
-}
 LONGER = {**TINY, "steps": 400, "checkpoint_seconds": 0.02, "log_points": 20}  # checkpoints along the way
 QUICK = {"steps": 60, "log_points": 5, "n_per_class": 5}  # homogeneous-margin --quick, made small
 GRID = ["width=4,5", "seed=0,1"]  # 2 values × 2 seeds (each submitit-local job is a fresh interpreter: ~5–10 s)
