@@ -135,6 +135,13 @@ def test_sweep_results_equal_plain_runs_and_a_rerun_skips_them(tiny_yaml, tmp_pa
     resumed = run_sweep(jobs, tmp_path / "sweep", SerialExecutor())
     assert resumed[0]["attempt"] == 2 and resumed[0]["numbers"] == results[0]["numbers"]
     assert resumed[1]["skipped"]
+    cut = job_folder(tmp_path / "sweep", jobs[1].key)  # as if killed after DONE, before its log line
+    log = cut / "job.log"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))
+    assert finished_attempts(tmp_path / "sweep", jobs[1].key) == 0
+    run_sweep(jobs, tmp_path / "sweep", SerialExecutor())
+    assert log.read_text().splitlines()[-1].endswith(" attempt 1 finished")  # the skip restores the line, once
+    assert [finished_attempts(tmp_path / "sweep", job.key) for job in jobs] == [2, 1]  # job 0 ran twice above
 
 
 def test_a_failing_job_is_recorded_retried_and_the_sweep_goes_on(tiny_yaml, tmp_path):

@@ -9,13 +9,14 @@ same time: the second waits, then finds ``DONE`` and skips.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,29 @@ def job_status(folder: Path) -> str:
     return "unfinished" if (folder / JOB_LOG).exists() else "pending"
 
 
-def _log(folder: Path, line: str) -> None:
+def _log(folder: Path, line: str, *, when: datetime.datetime | None = None) -> None:
+    when = when or datetime.datetime.now()
     with open(folder / JOB_LOG, "a") as log:
-        log.write(f"{datetime.datetime.now().isoformat(timespec='seconds')} {line}\n")
+        log.write(f"{when.isoformat(timespec='seconds')} {line}\n")
         log.flush()
         os.fsync(log.fileno())
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the job folder's exclusive lock (released when the process ends, however it ends)."""
+    with open(folder / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _complete_log(folder: Path) -> None:
+    """A worker killed between writing ``DONE`` and logging its attempt finished leaves ``job.log`` one line
+    short: add that line, stamped with ``DONE``'s time, so the log agrees with the marker (under the lock)."""
+    done = folder / DONE_FILE
+    finished = f"{done.read_text().strip()} finished"  # DONE holds "attempt N"
+    if not any(line.endswith(f" {finished}") for line in _read_log(folder)):
+        _log(folder, finished, when=datetime.datetime.fromtimestamp(done.stat().st_mtime))
 
 
 def _execute(job: Job, folder: Path) -> dict[str, Any]:
@@ -99,11 +118,11 @@ def run_job(record: Mapping[str, Any], root: str) -> dict[str, Any]:
     job = job_from_record(record)
     folder = job_folder(root, job.key)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when this process ends, however it ends
+    with _locked(folder):
         if (folder / DONE_FILE).exists():
             result = read_result(folder)
             assert result is not None  # result.json is written before DONE
+            _complete_log(folder)
             return result
         attempt = 1 + _attempts(folder)
         _log(folder, f"attempt {attempt} started (pid {os.getpid()})")
@@ -167,6 +186,8 @@ def run_sweep(
     for job in jobs:
         folder = job_folder(root, job.key)
         if job_status(folder) == "done":
+            with _locked(folder):
+                _complete_log(folder)
             results[job.key] = read_result(folder) | {"skipped": True}  # type: ignore[operator]
             if on_result is not None:
                 on_result(results[job.key])
