@@ -166,24 +166,56 @@ def test_biases_make_the_model_quasi_homogeneous_with_the_asymmetric_margin_by_h
     assert any("smoothed margin and KKT residual: defined for homogeneous models" in r for r in d.skipped)
 
 
-class NoLinearHead(nn.Module):
+class ScaledLogits(nn.Module):
+    """A temperature after the last linear layer: the logits are not an nn.Linear's output, so there is no W."""
+
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
-        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(8, 3))
+        self.classifier = nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.body(x))
+        return self.classifier(self.body(x)) / 0.5
 
 
 def test_a_model_without_a_linear_classifier_skips_nc3_nc4_and_reports_the_rest():
     data = ib.data.load("gaussians", num_classes=3, dim=4, per_class=10, seed=0)
-    model = NoLinearHead().double()
-    d = diagnose(model, data, kkt=False)
+    d = diagnose(ScaledLogits().double(), data, kkt=False)
     reasons = [r for r in d.skipped if r.startswith("collapse: NC3")]
-    assert reasons and "last top-level module is Sequential, not nn.Linear" in reasons[0], d.skipped
+    assert reasons and "the model's output is not the output of an nn.Linear" in reasons[0], d.skipped
     assert list(d.rows("collapse", metric="nc1"))
     assert not list(d.rows("collapse", metric="self_duality"))
+
+
+class HeadFirst(nn.Module):
+    """Ordinary PyTorch style: the classifier declared first, functional ReLUs, float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc3 = nn.Linear(16, 3)
+        self.fc1 = nn.Linear(4, 16)
+        self.fc2 = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(nn.functional.relu(self.fc2(nn.functional.relu(self.fc1(x)))))
+
+
+def test_a_head_declared_first_behind_functional_relus_is_found_by_call_order():
+    data = ib.data.load("gaussians", num_classes=3, dim=4, per_class=20, seed=1)
+    torch.manual_seed(0)
+    model = HeadFirst()  # float32
+    d = diagnose(model, data, kkt=False)
+    # The features the classifier reads are fc3's input (post-ReLU): no module outputs them.
+    assert [r.layer for r in d.rows("architecture", metric="feature_layer")] == ["fc1", "fc2", "fc3:input"]
+    assert d.value("architecture", "classifier_outputs", layer="fc3") == 3
+    assert not [r for r in d.skipped if "NC3" in r], d.skipped
+    with torch.no_grad():  # NC3 by hand, in float64, from the definition (Papyan, Han & Donoho 2020)
+        H = nn.functional.relu(model.fc2(nn.functional.relu(model.fc1(data.X.float())))).double()
+        means = torch.stack([H[data.y == c].mean(0) for c in range(3)])
+        centred = means - means.mean(0)
+        W = model.fc3.weight.double()
+        expected = float((W / W.norm() - centred / centred.norm()).square().sum())
+    assert d.value("collapse", "self_duality", layer="fc3:input", variant="train") == pytest.approx(expected, rel=1e-5)
 
 
 def test_table_round_trips_through_csv_dictreader(tmp_path):
@@ -227,7 +259,7 @@ def test_bad_inputs_are_one_line_errors():
     assert "\n" not in str(error.value)
     with pytest.raises(InvalidArgumentError, match="read more than once"):
         diagnose(model, ((X[i : i + 1], y[i : i + 1]) for i in range(3)))
-    with pytest.raises(InvalidArgumentError, match=r"layers \['nope'\] are not modules of the model"):
+    with pytest.raises(InvalidArgumentError, match=r"model has no layer\(s\) \['nope'\]; available: "):
         diagnose(model, (X, y), layers=["nope"])
     with pytest.raises(InvalidArgumentError, match="model must be a torch.nn.Module"):
         diagnose("mlp", (X, y))

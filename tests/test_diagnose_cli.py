@@ -164,7 +164,7 @@ def test_a_model_without_a_linear_classifier_reports_the_collapse_section_skippe
         tmp_path,
         "from torch import nn\n"
         "def make_model(input_shape, num_classes):\n"
-        "    head = nn.Sequential(nn.Dropout(0.1), nn.Linear(32, num_classes))\n"
+        "    head = nn.Sequential(nn.Dropout(0.1), nn.Linear(32, num_classes), nn.Tanh())\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), head)\n",
     )
     out = tmp_path / "out"

@@ -65,7 +65,7 @@ class Snapshot(L.Callback):
 
 
 def hook_count(module):
-    return sum(len(m._forward_hooks) for m in module.modules())
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
 def loaders():
@@ -225,3 +225,42 @@ def test_conv_maps_are_average_pooled(tmp_path):
     assert callback._collapse["2"].dim == 5
     logged = float(logged_rows(trainer, "nc1/2")[0]["nc1/2"])
     assert logged == pytest.approx(nc1_numpy(H, test.y.numpy()), rel=1e-8, abs=0)
+
+
+class HeadFirstNet(torch.nn.Module):
+    """Ordinary PyTorch style: the classifier declared first, a functional ReLU before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc2 = torch.nn.Linear(12, K)
+        self.fc1 = torch.nn.Linear(DIM, 12)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class HeadFirst(Tiny):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.model = HeadFirstNet().double()
+
+
+def test_a_user_network_is_traced_on_the_first_batch_and_its_classifier_input_measured(tmp_path):
+    train, val, test = loaders()
+    module, callback, snapshot = HeadFirst(), ImplicitBiasCallback(measures=("collapse",)), Snapshot()
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "enable_checkpointing": False}
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", logger=CSVLogger(tmp_path), callbacks=[callback, snapshot], **quiet
+    )
+    trainer.fit(module, train, val)
+    assert callback._layers == ("fc1", "fc2:input")  # call order; fc2's input is F.relu's output, no module's
+    net = HeadFirstNet().double()
+    for row, state in zip(logged_rows(trainer, "nc1/fc2:input"), snapshot.states, strict=True):
+        net.load_state_dict(state)
+        with torch.no_grad():
+            pre = net.fc1(test.X)
+        assert float(row["nc1/fc1"]) == pytest.approx(nc1_numpy(pre.numpy(), test.y.numpy()), rel=1e-8, abs=0)
+        relu = F.relu(pre).numpy()
+        assert float(row["nc1/fc2:input"]) == pytest.approx(nc1_numpy(relu, test.y.numpy()), rel=1e-8, abs=0)
+    assert hook_count(module) == 0

@@ -13,8 +13,8 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import ImplicitBiasError, InvalidArgumentError
-from ..metrics.layerwise import Batches, _batches
-from ..models.features import feature_names
+from ..metrics.layerwise import Batches, _batches, first_inputs
+from ..models.features import check_layer_names, feature_names
 from ..models.inference import evaluation, model_device
 from ..validation import check_features_labels, check_model_input, check_scalar
 from . import sections
@@ -37,21 +37,6 @@ class _Tracked:
             yield batch
             self.progress.advance(task)
         self.progress.update(task, visible=False)
-
-
-def _first_samples(batches: Iterable, count: int) -> torch.Tensor:
-    """The inputs of the first ``count`` samples of the stream (fewer when it has fewer)."""
-    inputs, seen = [], 0
-    for batch in batches:
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor)):
-            raise InvalidArgumentError(f"data must yield (X, y) batches of tensors, got a {type(batch).__name__}")
-        inputs.append(batch[0][: count - seen])
-        seen += len(inputs[-1])
-        if seen >= count:
-            break
-    if not seen:
-        raise InvalidArgumentError("data yielded no samples")
-    return torch.cat(inputs)
 
 
 def _num_classes(data: Batches, outputs: torch.Tensor, given: int | None) -> int:
@@ -111,7 +96,8 @@ def diagnose(
         The training data, and optionally held-out data (default: ``data.test`` for a :class:`Dataset`). Read in
         batches of ``batch_size`` (a DataLoader in its own), several passes, memory independent of N apart from
         one float per sample for the margins.
-    layers : names from ``model.named_modules()``, default :func:`~implicit_bias.models.feature_names`.
+    layers : names from ``model.named_modules()`` (or ``NAME:input``), default
+        :func:`~implicit_bias.models.feature_names` — for a model not built here, the layers its forward runs, in that order.
     num_classes : K when ``data`` is not a Dataset (default: the model's number of outputs, 2 for one output).
     kkt : bool
         Compute the KKT residual (per-sample gradients of up to 512 support samples).
@@ -137,16 +123,13 @@ def diagnose(
         elif isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
             example = check_features_labels(*data, names=("X", "y"))[0][:EXAMPLE_SAMPLES]
         else:
-            example = _first_samples(_batches(data, batch_size, 2), EXAMPLE_SAMPLES)
+            example = first_inputs(_batches(data, batch_size, 2), EXAMPLE_SAMPLES)
         outputs = check_model_input(model, example, name="model")
         K = _num_classes(data, outputs, num_classes)
         train_batches = _batches(data, batch_size, K)
         test_batches = _batches(test, batch_size, K, "test") if test is not None else None
-        layers = tuple(feature_names(model) if layers is None else layers)
-        missing = sorted(set(layers) - {name for name, _ in model.named_modules()})
-        if missing:
-            available = ", ".join(name for name, _ in model.named_modules() if name)
-            raise InvalidArgumentError(f"layers {missing} are not modules of the model; available: {available}")
+        layers = tuple(feature_names(model, example) if layers is None else layers)
+        check_layer_names(model, layers)
         return _measure(model, train_batches, test_batches, example, layers, K, batch_size, kkt, progress, data)
 
 
@@ -194,7 +177,10 @@ def _measure(
             summary.update(found[1])
         measured = None
         if layers:
-            found = attempt("collapse", lambda: sections.collapse(model, train, test, layers, num_classes, batch_size))
+            found = attempt(
+                "collapse",
+                lambda: sections.collapse(model, train, test, layers, num_classes, batch_size, example=example),
+            )
             if found is not None:
                 results.append(found[0])
                 measured = found[1]

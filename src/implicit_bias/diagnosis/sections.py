@@ -19,9 +19,10 @@ from ..metrics.asymmetric import lambda_seminorm
 from ..metrics.collapse import CollapseReport
 from ..metrics.effective_depth import depth_of
 from ..metrics.kkt import kkt_residual, support_size
-from ..metrics.layerwise import LayerCollapse, classifier_of, collapse_by_layer
+from ..metrics.layerwise import LayerCollapse, collapse_by_layer
 from ..metrics.margins import homogeneity_degree, normalize_by_norm, parameter_norm, require_fit_loss
 from ..metrics.spectra import Spectrum, feature_spectra, layer_spectra
+from ..models.features import trace_layers
 from ..models.inference import predict
 from ..symmetry import Rates, check_rates, infer_rates
 from .result import Row
@@ -84,12 +85,14 @@ def architecture(model: nn.Module, layers: Sequence[str], example: torch.Tensor)
     section.add("parameter_tensors", len(parameters))
     for index, name in enumerate(layers, start=1):
         section.add("feature_layer", index, layer=name, variant="forward order")
-    penultimate, head = classifier_of(model)
-    if head is not None:
-        head_name = list(model.named_children())[-1][0]
+    trace = trace_layers(model, example)
+    if trace.head is not None:
+        head = model.get_submodule(trace.head)
         section.add(
-            "classifier_outputs", head.out_features, layer=head_name, variant=f"nn.Linear reading {penultimate}"
+            "classifier_outputs", head.out_features, layer=trace.head, variant=f"nn.Linear reading {trace.head_input}"
         )
+    else:
+        section.skip(f"classifier: {trace.reason}")
     degree = None
     try:
         degree = homogeneity_degree(model, example)
@@ -233,18 +236,21 @@ def collapse(
     layers: Sequence[str],
     num_classes: int,
     batch_size: int,
+    *,
+    example: torch.Tensor,
 ) -> tuple[Section, dict[str, LayerCollapse]]:
     """Neural collapse at every feature layer (Papyan, Han & Donoho 2020: NC1–NC4; Galanti et al. 2022: CDNV;
     nearest-class-centre accuracies), streamed by :func:`~implicit_bias.metrics.collapse_by_layer`. NC3/NC4 need
     the model's linear classifier W; without one they are skipped with the reason and the rest is reported."""
     section = Section("collapse")
     measured = collapse_by_layer(model, train, layers, test=test, num_classes=num_classes, batch_size=batch_size)
-    penultimate, head = classifier_of(model)
+    trace = trace_layers(model, example)
+    head = model.get_submodule(trace.head) if trace.head is not None else None
+    penultimate = trace.head_input
     if head is None:
-        last = next(reversed(list(model.named_children())), ("", model))
         section.skip(
             "NC3 (self-duality), NC4 (classifier vs nearest class mean) and W's equinorm: the model has no linear "
-            f"classifier (its last top-level module is {type(last[1]).__name__}, not nn.Linear)"
+            f"classifier ({trace.reason})"
         )
     elif head.out_features != num_classes:
         section.skip(

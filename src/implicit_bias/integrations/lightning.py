@@ -32,7 +32,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from ..errors import InvalidArgumentError
 from ..metrics.layerwise import FeatureReducer
-from ..models.features import feature_names
+from ..models.features import capture_features, check_layer_names, feature_names, hook_layer
 from ..validation import check_scalar
 from .torchmetrics import SCALAR_FIELDS, NeuralCollapse, NormalizedMargin
 
@@ -87,8 +87,9 @@ class ImplicitBiasCallback(Callback):
     Parameters
     ----------
     layers : sequence of str or None
-        Module names inside the network (``network.named_modules()``); None: ``feature_names(network)``, e.g. the
-        hidden layers of the :class:`~implicit_bias.models.MLP`.
+        Module names inside the network (``network.named_modules()``, or ``NAME:input``); None:
+        ``feature_names(network)`` — the hidden layers of an :class:`~implicit_bias.models.MLP`, or for a network not
+        built here the layers its forward runs, in call order, traced on the first measured batch.
     measures : subset of {"collapse", "margin"}
     every_n_epochs : int
         Measure the validation epochs of training epochs n − 1, 2n − 1, … (0-based; 1: every epoch).
@@ -163,23 +164,22 @@ class ImplicitBiasCallback(Callback):
                 f"available: {', '.join(n for n in modules if n) or '(none)'}"
             )
         self._network = default_network(pl_module) if self.network is None else modules[self.network]
-        inside = dict(self._network.named_modules())
-        available = ", ".join(n for n in inside if n) or "(none)"
-        self._layers = ()  # the margin alone reads the network's output only
+        available = ", ".join(n for n, _ in self._network.named_modules() if n) or "(none)"
+        self._layers: tuple[str, ...] | None = ()  # the margin alone reads the network's output only
         if "collapse" in self.measures:
+            if self.layers is None and getattr(self._network, "feature_names", None) is None:
+                self._layers = None  # a user's network: traced on the first measured batch (feature_names)
+                return
             self._layers = tuple(feature_names(self._network) if self.layers is None else self.layers)
-            missing = [name for name in self._layers if name not in inside or not name]
-            if missing:
-                raise InvalidArgumentError(
-                    f"ImplicitBiasCallback: {type(self._network).__name__} has no layer(s) {missing}; available: "
-                    f"{available}"
-                )
+            try:
+                check_layer_names(self._network, self._layers)
+            except InvalidArgumentError as error:
+                raise InvalidArgumentError(f"ImplicitBiasCallback: {type(self._network).__name__}: {error}") from None
             if not self._layers:
                 raise InvalidArgumentError(
                     f"ImplicitBiasCallback: {type(self._network).__name__} has no feature layers to measure; pass "
                     f"layers=[...] from: {available}"
                 )
-        self._modules = {name: inside[name] for name in self._layers}
 
     # --- hooks: registered for a measured validation epoch only --------------------------------------------------
     def _due(self, trainer: Trainer) -> bool:
@@ -192,18 +192,39 @@ class ImplicitBiasCallback(Callback):
         for metric in (*self._collapse.values(), *([self._margin] if self._margin is not None else [])):
             metric.reset()  # drop what an interrupted epoch left (a collapse metric keeps its shift)
         self._batches = 0
-        for name, module in self._modules.items():
-            self._handles.append(module.register_forward_hook(self._recorder(name)))
-        self._handles.append(self._network.register_forward_hook(self._recorder("", inputs=True)))
+        self._hook_layers()
+        self._handles.append(self._network.register_forward_hook(self._network_recorder))
 
-    def _recorder(self, name: str, inputs: bool = False) -> Callable:
-        def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    def _hook_layers(self) -> None:
+        for name in self._layers or ():
+            self._handles.append(hook_layer(self._network, name, self._recorder(name)))
+
+    def _recorder(self, name: str) -> Callable[[torch.Tensor], None]:
+        def record(tensor: torch.Tensor) -> None:
             if self._recording:
-                self._captured.setdefault(name, []).append(output.detach())
-                if inputs:
-                    self._captured.setdefault("inputs", []).append(args[0].detach())
+                self._captured.setdefault(name, []).append(tensor.detach())
 
-        return hook
+        return record
+
+    def _network_recorder(self, _module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if self._recording:
+            self._captured.setdefault("", []).append(output.detach())
+            self._captured.setdefault("inputs", []).append(args[0].detach())
+
+    def _trace_layers(self) -> None:
+        """Find a user network's feature layers on this batch's inputs (trace_layers: call order, the classifier's
+        input), measure this batch by running it once more, and hook the layers for the batches that follow."""
+        inputs = self._captured["inputs"][0]
+        with torch.no_grad():
+            self._layers = feature_names(self._network, inputs)
+            if not self._layers:
+                raise InvalidArgumentError(
+                    f"ImplicitBiasCallback: {type(self._network).__name__} has no feature layers to measure; pass "
+                    "layers=[...]"
+                )
+            _, features = capture_features(self._network, inputs, self._layers)
+        self._captured.update({name: [tensor.detach()] for name, tensor in features.items()})
+        self._hook_layers()
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -230,6 +251,8 @@ class ImplicitBiasCallback(Callback):
             return
         self._recording = False  # nothing below (e.g. the degree detection) is recorded
         self._batches += 1
+        if self._layers is None:
+            self._trace_layers()
         captured = {name: self._once(name, batch_idx) for name in ("", *self._layers)}
         labels = self.batch_to_labels(batch)
         outputs = captured[""]

@@ -11,9 +11,8 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import InvalidArgumentError
-from ..models.features import feature_names
 from ..validation import check_scalar
-from .layerwise import LayerCollapse, collapse_by_layer
+from .layerwise import LayerCollapse, _batches, collapse_by_layer, first_batch, resolve_layers
 
 
 @dataclass(frozen=True)
@@ -103,9 +102,10 @@ def minimal_ncc_depth(
     errors: dict[int, float] = {}
     for depth in sorted(depths):
         model = train(depth)
-        layers = feature_names(model)
-        if not layers:
-            raise InvalidArgumentError(f"the depth-{depth} network has no feature layer to classify from")
+        try:
+            layers = resolve_layers(model, first_batch(_batches(data, batch_size, num_classes))[0], None)
+        except InvalidArgumentError as error:
+            raise InvalidArgumentError(f"the depth-{depth} network: {error}") from None
         measured = collapse_by_layer(model, data, [layers[-1]], num_classes=num_classes, batch_size=batch_size)
         errors[depth] = 1.0 - measured[layers[-1]].ncc_train_accuracy
         if errors[depth] <= eps:

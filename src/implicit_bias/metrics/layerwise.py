@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -12,12 +13,13 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import InvalidArgumentError
-from ..models.features import capture_features, feature_names
+from ..models.features import capture_features, check_layer_names, feature_names, trace_layers
 from ..models.inference import evaluation, model_device, model_dtype, sample_slices
 from ..validation import check_choice, check_features_labels, check_labels, check_scalar
 from .collapse import CollapseAccumulator, CollapseReport
 
 REDUCTIONS = ("avgpool", "flatten", "projection")
+TRACE_SAMPLES = 8  # inputs of the forward pass that finds the layers and the classifier (trace_layers)
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,6 @@ class FeatureReducer:
         return flat @ self.projections[name]
 
 
-def classifier_of(model: nn.Module) -> tuple[str | None, nn.Linear | None]:
-    """The last ``nn.Linear`` of the model and the name of the module whose output it reads (its feature
-    layer), when the model's top-level children end in it."""
-    children = list(model.named_children())
-    if not children or not isinstance(children[-1][1], nn.Linear):
-        return None, None
-    head = children[-1][1]
-    before = [name for name, _ in children[:-1]]
-    return (before[-1] if before else None), head
-
-
 Batches = Dataset | tuple[torch.Tensor, torch.Tensor] | Iterable
 
 
@@ -92,6 +83,44 @@ def _batches(data: Batches, batch_size: int, num_classes: int, name: str = "data
     else:
         return data
     return [(X[s], y[s]) for s in sample_slices(len(X), batch_size)]
+
+
+def first_inputs(batches: Iterable, count: int) -> torch.Tensor:
+    """The inputs of the first ``count`` samples of the stream (fewer when it has fewer)."""
+    inputs, seen = [], 0
+    for batch in batches:
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], torch.Tensor)):
+            raise InvalidArgumentError(f"data must yield (X, y) batches of tensors, got a {type(batch).__name__}")
+        inputs.append(batch[0][: count - seen])
+        seen += len(inputs[-1])
+        if seen >= count:
+            break
+    if not seen:
+        raise InvalidArgumentError("data yielded no samples")
+    return torch.cat(inputs)
+
+
+def first_batch(batches: Iterable, name: str = "data") -> tuple[torch.Tensor, Iterable]:
+    """The inputs of the first batch, and an iterable that replays this pass over ``batches`` from its start
+    (the peek costs no extra pass: data that can be read only so many times is not read once more)."""
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        raise InvalidArgumentError(f"{name} yielded no samples")
+    return first[0], itertools.chain([first], iterator)
+
+
+def resolve_layers(model: nn.Module, example: torch.Tensor, layers: Sequence[str] | None) -> tuple[str, ...]:
+    """``layers`` checked against the model, or by default its feature layers
+    (:func:`~implicit_bias.models.feature_names`, traced on ``example``)."""
+    if layers is None:
+        with evaluation(model):
+            layers = feature_names(model, example[:TRACE_SAMPLES])
+    layers = tuple(layers)
+    if not layers:
+        raise InvalidArgumentError("the model has no feature layers to measure; pass layers=[...] by module name")
+    check_layer_names(model, layers)
+    return layers
 
 
 def _no_samples(name: str, count: int, expected: int | None = None) -> None:
@@ -127,9 +156,6 @@ def collapse_by_layer(
     a Dataset, an (X, y) pair, or a re-iterable of (X, y) batches such as a ``DataLoader``.
     """
     check_scalar("batch_size", batch_size, int, low=1)
-    layers = tuple(feature_names(model) if layers is None else layers)
-    if not layers:
-        raise InvalidArgumentError("the model has no feature layers to measure; pass layers=[...] by module name")
     if test is None and isinstance(data, Dataset):
         test = data.test
     if num_classes is None:
@@ -137,9 +163,15 @@ def collapse_by_layer(
             raise InvalidArgumentError("pass num_classes= when data is not a Dataset")
         num_classes = data.num_classes
     reducer = FeatureReducer(reduction, projection_dim, seed)
-    penultimate, head = classifier_of(model)
-    classifier = (head.weight, head.bias) if head is not None and head.out_features == num_classes else (None, None)
     device, model_type = model_device(model), model_dtype(model)
+    train_split = _batches(data, batch_size, num_classes)
+    example, first_pass = first_batch(train_split)
+    layers = resolve_layers(model, example, layers)
+    with evaluation(model):
+        trace = trace_layers(model, example[:TRACE_SAMPLES])
+    head = model.get_submodule(trace.head) if trace.head is not None else None
+    penultimate = trace.head_input
+    classifier = (head.weight, head.bias) if head is not None and head.out_features == num_classes else (None, None)
 
     def features_of(X: torch.Tensor) -> dict[str, torch.Tensor]:
         _, captured = capture_features(model, X.to(device=device, dtype=model_type), layers)
@@ -182,8 +214,7 @@ def collapse_by_layer(
         return {name: correct[name] / total for name in layers}
 
     with evaluation(model):
-        train_split = _batches(data, batch_size, num_classes)
-        train_stats, samples = statistics(train_split, "data")
+        train_stats, samples = statistics(first_pass, "data")
         train_ncc = ncc_accuracy(train_split, "data", samples, train_stats, train_stats)
         test_stats, test_ncc = None, None
         if test is not None:

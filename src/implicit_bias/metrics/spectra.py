@@ -20,10 +20,10 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import InvalidArgumentError
-from ..models.features import capture_features, feature_names
+from ..models.features import capture_features
 from ..models.inference import evaluation, model_device, model_dtype
 from ..validation import check_finite, check_labels
-from .layerwise import Batches, FeatureReducer, _batches, _no_samples
+from .layerwise import Batches, FeatureReducer, _batches, _no_samples, first_batch, resolve_layers
 
 
 def _matrix(A: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -174,13 +174,12 @@ def feature_spectra(
     in one pass: the feature spectrum comes from the D×D Gram HᵀH accumulated in float64 (σ_i = λ_i(HᵀH)^{1/2},
     resolving σ_i down to ~1e−8 σ_1), the class means from per-class sums. Conv maps are reduced as in
     :func:`~implicit_bias.metrics.collapse_by_layer` (global average pooling by default)."""
-    layers = tuple(feature_names(model) if layers is None else layers)
-    if not layers:
-        raise InvalidArgumentError("the model has no feature layers to measure; pass layers=[...] by module name")
     if num_classes is None:
         if not isinstance(data, Dataset):
             raise InvalidArgumentError("pass num_classes= when data is not a Dataset")
         num_classes = data.num_classes
+    example, batches = first_batch(_batches(data, batch_size, num_classes))
+    layers = resolve_layers(model, example, layers)
     reducer = FeatureReducer(reduction)
     device, dtype = model_device(model), model_dtype(model)
     grams: dict[str, torch.Tensor] = {}
@@ -188,7 +187,7 @@ def feature_spectra(
     counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
     offset = 0
     with evaluation(model):
-        for X, y in _batches(data, batch_size, num_classes):
+        for X, y in batches:
             check_labels(y, num_classes=num_classes, name=f"labels of samples {offset}..{offset + len(y) - 1}")
             offset += len(y)
             y = y.to(device)
