@@ -70,9 +70,7 @@ def _producers(tensor: object, calls: dict[str, tuple[object, object]]) -> list[
     return [name for name, (_, output) in calls.items() if output is tensor]
 
 
-def _find_head(
-    model: nn.Module, output: object, calls: dict[str, tuple[object, object]]
-) -> tuple[str | None, str]:
+def _find_head(model: nn.Module, output: object, calls: dict[str, tuple[object, object]]) -> tuple[str | None, str]:
     modules = dict(model.named_modules())
     tensor, seen = output, set()
     while id(tensor) not in seen:
@@ -83,13 +81,17 @@ def _find_head(
             return linear[0], ""
         passing = [name for name in producers if calls[name][0] is tensor]  # returns its input (nn.Identity)
         if not passing:
-            made_by = f" (it comes from {producers[-1]!r}, a {type(modules[producers[-1]]).__name__})" if producers else ""
+            made_by = (
+                f" (it comes from {producers[-1]!r}, a {type(modules[producers[-1]]).__name__})" if producers else ""
+            )
             return None, f"the model's output is not the output of an nn.Linear{made_by}"
         tensor = calls[passing[0]][0]
     return None, "the model's output is not the output of an nn.Linear"
 
 
-def _top_level(model: nn.Module, output: object, calls: dict[str, tuple[object, object]], head: str | None) -> list[str]:
+def _top_level(
+    model: nn.Module, output: object, calls: dict[str, tuple[object, object]], head: str | None
+) -> list[str]:
     """The children of ``model`` that ran, in call order, without the head and those returning the output;
     a lone child holding the whole network is entered."""
     prefix = ""
