@@ -26,7 +26,7 @@ from torch import nn
 
 from ..validation import check_choice, check_options, check_scalar
 from .cnn import CNN
-from .features import capture_features, feature_names
+from .features import LayerTrace, capture_features, feature_names, trace_layers
 from .mlp import MLP, linear
 from .quasi import SplitLinear, WithOutputBias
 from .resnet import ResNet
@@ -38,6 +38,7 @@ COMMON_OPTIONS: dict[str, type] = {"outputs": int, "init_scale": float}
 __all__ = [
     "BUILDERS",
     "CNN",
+    "LayerTrace",
     "MLP",
     "ResNet",
     "SplitLinear",
@@ -48,6 +49,7 @@ __all__ = [
     "feature_names",
     "format_spec",
     "parse_spec",
+    "trace_layers",
 ]
 
 
