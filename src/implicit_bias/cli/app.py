@@ -406,22 +406,36 @@ def reproduce(
         typer.Option(help="Replace an earlier reproduction of the same experiment in the output folder."),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            help="Run the experiment once per seed 0..N-1 as sweep jobs in OUT/NAME/jobs/ (resumable) and check the "
+            "claim on the aggregate (OUT/NAME/report.md).",
+        ),
+    ] = None,
+    executor: Annotated[str, typer.Option(help="With --seeds: where the jobs run: local, submitit or ray.")] = "local",
+    jobs: Annotated[int | None, typer.Option(help="With --seeds: workers (local), array cap (submitit).")] = None,
+    cluster: Annotated[str, typer.Option(help="With --seeds --executor submitit: slurm or local.")] = "slurm",
+    address: Annotated[str, typer.Option(help="With --seeds --executor ray: auto, host:port or local.")] = "auto",
 ) -> None:
     """Run a registered experiment (or --all): it checks its claim and writes result.json, figures and a report.
 
-    Exit code 0: every claim reproduced; 1: a claim failed or an experiment raised (its traceback is in its
-    folder); 2: a usage error (unknown name, bad --set, a non-empty output folder without --force).
+    With --seeds N the experiment runs once per seed through the sweep machinery (`implicit-bias sweep`; other
+    executor settings there) and its criteria are checked on the aggregate: a criterion on one run's value on
+    the mean over the seeds, a per-seed criterion on every seed's values. Exit code 0: every claim reproduced;
+    1: a claim failed or an experiment (or a seed job) raised (its traceback is in its folder); 2: a usage error
+    (unknown name, bad --set, a non-empty output folder without --force, --seeds with --all).
     """
     from ..experiments import EXPERIMENTS, ExperimentError, reproduce_all
     from ..experiments import reproduce as run_experiment
-    from ..report.markdown import criterion_cells, headline
+    from ..report.markdown import headline
 
     if all_ == (name is not None):
         raise InvalidArgumentError("give either an experiment NAME or --all")
     folder = out or timestamped("reproduce-quick" if quick else "reproduce")
     if all_:
-        if set_:
-            raise InvalidArgumentError("--set applies to one experiment; it cannot be combined with --all")
+        if set_ or seeds is not None:
+            raise InvalidArgumentError("--set and --seeds apply to one experiment; they cannot be combined with --all")
         table = Table(title=f"reproductions ({'quick' if quick else 'full'})")
         for column in ("experiment", "claim", "passed", "key number", "seconds"):
             table.add_column(column, no_wrap=column != "claim", max_width=60 if column == "claim" else None)
@@ -443,6 +457,11 @@ def reproduce(
         return
     assert name is not None
     overrides = parse_assignments(set_ or [], "--set")
+    if seeds is not None:
+        _reproduce_seeds(name, folder / name, seeds, quick, overrides, executor, jobs, cluster, address)
+        return
+    if (executor, jobs, cluster, address) != ("local", None, "slurm", "auto"):
+        raise InvalidArgumentError("--executor, --jobs, --cluster and --address apply with --seeds N")
     try:
         result = run_experiment(name, folder / name, quick=quick, overrides=overrides, progress=progress, force=force)
     except ExperimentError as error:
@@ -452,12 +471,52 @@ def reproduce(
     console.print(f"{name}: {verdict} in {result['seconds']:.1f} s — {result['claim']}")
     for key, value in result["numbers"].items():
         console.print(f"  {key} = {value:.6g}" if isinstance(value, float) else f"  {key} = {value}")
-    for criterion in result["criteria"]:
+    _print_criteria(result["criteria"])
+    console.print(f"report: [bold]{folder / name / 'report.md'}[/]")
+    if not result["passed"]:
+        raise typer.Exit(1)
+
+
+def _print_criteria(criteria: list[dict[str, Any]]) -> None:
+    from ..report.markdown import criterion_cells
+
+    for criterion in criteria:
         criterion_name, measured, condition, verdict, _ = criterion_cells(criterion)
         mark = "[green]holds[/]" if criterion["passed"] else "[red]fails[/]"
         console.print(f"  {mark} {criterion_name}: {measured} ({condition}) — {verdict}", highlight=False)
-    console.print(f"report: [bold]{folder / name / 'report.md'}[/]")
-    if not result["passed"]:
+
+
+def _reproduce_seeds(
+    name: str,
+    folder: Path,
+    seeds: int,
+    quick: bool,
+    overrides: dict[str, Any],
+    executor: str,
+    jobs: int | None,
+    cluster: str,
+    address: str,
+) -> None:
+    """``reproduce NAME --seeds N``: the seed jobs, then the aggregate's verdict and criteria."""
+    from ..experiments import EXPERIMENTS
+    from ..sweep.seeds import reproduce_seeds
+
+    options = {"cluster": cluster} if executor == "submitit" else {"address": address} if executor == "ray" else {}
+    summary = reproduce_seeds(
+        name, folder, seeds, quick=quick, overrides=overrides, executor=executor, jobs=jobs, **options
+    )
+    if "error" in summary:
+        errors.print(f"[bold red]{name}: ERROR[/] {summary['error']} (see {folder / 'jobs'})", markup=True)
+        raise typer.Exit(1)
+    verdict = "[green]PASSED[/]" if summary["passed"] else "[red]FAILED[/]"
+    console.print(f"{name} over {seeds} seeds: {verdict} — {summary['claim']}")
+    key = EXPERIMENTS[name].key_number
+    for suffix in ("_mean", "_std"):
+        if key + suffix in summary["numbers"]:
+            console.print(f"  {key}{suffix} = {summary['numbers'][key + suffix]:.6g}")
+    _print_criteria(summary["criteria"])
+    console.print(f"report: [bold]{folder / 'report.md'}[/] (each seed: {folder / 'jobs'}/<key>/reproduction/)")
+    if not summary["passed"]:
         raise typer.Exit(1)
 
 

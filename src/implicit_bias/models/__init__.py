@@ -38,8 +38,8 @@ COMMON_OPTIONS: dict[str, type] = {"outputs": int, "init_scale": float}
 __all__ = [
     "BUILDERS",
     "CNN",
-    "LayerTrace",
     "MLP",
+    "LayerTrace",
     "ResNet",
     "SplitLinear",
     "WithOutputBias",

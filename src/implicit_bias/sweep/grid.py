@@ -110,6 +110,12 @@ def job_key(kind: str, target: str, quick: bool, config: Mapping[str, Any]) -> s
     return hashlib.sha256(canonical.encode()).hexdigest()[:KEY_LENGTH]
 
 
+def _threshold(key: str) -> bool:
+    from ..experiments.criteria import THRESHOLD_PREFIX
+
+    return key.startswith(THRESHOLD_PREFIX)
+
+
 def expand(
     target: str | Path,
     grid: Mapping[str, Sequence[Any]] | Iterable[str],
@@ -162,7 +168,8 @@ def expand(
             "YAML file (*.yaml)"
         )
     for what, given in (("grid", grid), ("--set", overrides)):
-        unknown = [key for key in given if key not in allowed]
+        # an experiment's threshold.NAME keys are checked by resolve_config (criterion names)
+        unknown = [key for key in given if key not in allowed and not (kind == "experiment" and _threshold(key))]
         if unknown:
             raise UnknownNameError(
                 f"unknown {what} key(s) {', '.join(map(repr, unknown))} for {name!r}; allowed: {', '.join(allowed)}"
