@@ -61,7 +61,9 @@ def test_seed_grid_follows_the_config_and_refuses_what_it_cannot_fan_out():
 
 
 def test_a_sweep_of_an_experiment_takes_its_thresholds():
-    (changed,) = expand("homogeneous-margin", ["seed=0"], quick=True, overrides={"threshold.normalized_margin_grows": 5})
+    (changed,) = expand(
+        "homogeneous-margin", ["seed=0"], quick=True, overrides={"threshold.normalized_margin_grows": 5}
+    )
     criterion = next(c for c in changed.config["criteria"] if c["name"] == "normalized_margin_grows")
     assert criterion["threshold"] == 5.0 and criterion["changed_from"] == 1.0
     (plain,) = expand("homogeneous-margin", ["seed=0"], quick=True)

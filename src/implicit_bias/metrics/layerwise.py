@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -173,29 +173,63 @@ def collapse_by_layer(
     penultimate = trace.head_input
     classifier = (head.weight, head.bias) if head is not None and head.out_features == num_classes else (None, None)
 
-    def features_of(X: torch.Tensor) -> dict[str, torch.Tensor]:
-        _, captured = capture_features(model, X.to(device=device, dtype=model_type), layers)
-        return {name: reducer(name, output) for name, output in captured.items()}
+    def features_of(split: Iterable) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        for X, y in split:
+            _, captured = capture_features(model, X.to(device=device, dtype=model_type), layers)
+            yield {name: reducer(name, output) for name, output in captured.items()}, y
 
-    def statistics(split: Iterable, split_name: str) -> tuple[dict[str, CollapseAccumulator], int]:
+    test_split = _batches(test, batch_size, num_classes, "test") if test is not None else None
+    with evaluation(model):
+        return _collapse_passes(
+            features_of(first_pass),
+            lambda: features_of(train_split),
+            (lambda: features_of(test_split)) if test_split is not None else None,
+            layers,
+            num_classes,
+            penultimate,
+            classifier,
+            dtype=dtype,
+            device=device,
+        )
+
+
+FeatureBatches = Iterable[tuple[dict[str, torch.Tensor], torch.Tensor]]
+
+
+def _collapse_passes(
+    first_pass: FeatureBatches,
+    train_pass: Callable[[], FeatureBatches],
+    test_pass: Callable[[], FeatureBatches] | None,
+    layers: Sequence[str],
+    num_classes: int,
+    penultimate: str | None,
+    classifier: tuple[torch.Tensor | None, torch.Tensor | None],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict[str, LayerCollapse]:
+    """The passes of :func:`collapse_by_layer` over (features by layer, labels) batches: statistics (``first_pass``),
+    NCC decisions against the final class means (``train_pass()``), and both over ``test_pass()``."""
+
+    def statistics(split: FeatureBatches, split_name: str) -> tuple[dict[str, CollapseAccumulator], int]:
         accumulators: dict[str, CollapseAccumulator] = {}
         offset = 0
-        for X, y in split:
-            for name, features in features_of(X).items():
+        for features_by_layer, y in split:
+            for name, features in features_by_layer.items():
                 if name not in accumulators:
                     accumulators[name] = CollapseAccumulator(num_classes, features.shape[1], dtype=dtype, device=device)
                 try:
                     accumulators[name].update(features, y)
                 except InvalidArgumentError as error:  # e.g. the model made NaN features: say where
                     raise InvalidArgumentError(
-                        f"layer {name!r}, batch of samples {offset}..{offset + len(X) - 1}: {error}"
+                        f"layer {name!r}, batch of samples {offset}..{offset + len(y) - 1}: {error}"
                     ) from None
-            offset += len(X)
+            offset += len(y)
         _no_samples(split_name, offset)
         return accumulators, offset
 
     def ncc_accuracy(
-        split: Iterable,
+        split: FeatureBatches,
         split_name: str,
         samples: int,
         means_from: dict[str, CollapseAccumulator],
@@ -203,9 +237,9 @@ def collapse_by_layer(
     ) -> dict[str, float]:
         correct = dict.fromkeys(layers, 0)
         total = 0
-        for X, y in split:
+        for features_by_layer, y in split:
             y = y.to(device)
-            for name, features in features_of(X).items():
+            for name, features in features_by_layer.items():
                 correct[name] += int((means_from[name].nearest_class_mean(features) == y).sum())
                 if nc4 is not None and name == penultimate and classifier[0] is not None:
                     nc4[name].ncc_update(features, y, *classifier)
@@ -213,15 +247,12 @@ def collapse_by_layer(
         _no_samples(split_name, total, samples)
         return {name: correct[name] / total for name in layers}
 
-    with evaluation(model):
-        train_stats, samples = statistics(first_pass, "data")
-        train_ncc = ncc_accuracy(train_split, "data", samples, train_stats, train_stats)
-        test_stats, test_ncc = None, None
-        if test is not None:
-            test_split = _batches(test, batch_size, num_classes, "test")
-            test_stats, samples = statistics(test_split, "test")
-            test_ncc = ncc_accuracy(test_split, "test", samples, train_stats, None)
-
+    train_stats, samples = statistics(first_pass, "data")
+    train_ncc = ncc_accuracy(train_pass(), "data", samples, train_stats, train_stats)
+    test_stats, test_ncc = None, None
+    if test_pass is not None:
+        test_stats, samples = statistics(test_pass(), "test")
+        test_ncc = ncc_accuracy(test_pass(), "test", samples, train_stats, None)
     result = {}
     for name in layers:
         weight, bias = classifier if name == penultimate else (None, None)
@@ -232,3 +263,36 @@ def collapse_by_layer(
             ncc_test_accuracy=test_ncc[name] if test_ncc is not None else None,
         )
     return result
+
+
+def collapse_of_features(
+    features: Mapping[str, torch.Tensor],
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    classifier_layer: str | None = None,
+    classifier: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    batch_size: int = 1024,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, LayerCollapse]:
+    """:func:`collapse_by_layer` on features already computed — ``features[layer]`` is (N, D_layer), sample n
+    labelled ``y[n]`` — with no forward pass (how a training run's collapse probe reuses its evaluation pass).
+    ``classifier`` = (W, b) of the linear classifier reading ``classifier_layer`` enters that layer's NC3 / NC4."""
+    check_scalar("batch_size", batch_size, int, low=1)
+    check_labels(y, num_classes=num_classes, name="y")
+    for name, values in features.items():
+        if values.ndim != 2 or len(values) != len(y):
+            raise InvalidArgumentError(
+                f"features[{name!r}] must be (N, D) with N = {len(y)} labels, got shape {tuple(values.shape)}"
+            )
+    slices = sample_slices(len(y), batch_size)
+
+    def batches() -> FeatureBatches:
+        return (({name: values[s] for name, values in features.items()}, y[s]) for s in slices)
+
+    device = next(iter(features.values())).device if features else y.device
+    weight, bias = classifier if classifier is not None else (None, None)
+    return _collapse_passes(
+        batches(), batches, None, tuple(features), num_classes, classifier_layer, (weight, bias),
+        dtype=dtype, device=device,
+    )  # fmt: skip

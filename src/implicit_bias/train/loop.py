@@ -28,7 +28,9 @@ from ..data import Dataset
 from ..dynamics import LossBasedLR, log_spaced_steps, make_optimizer, steps_on_log_loss
 from ..errors import ImplicitBiasError, InvalidArgumentError, NumericalError
 from ..losses import LOSSES, canonical_labels, log_loss, output_margins
-from ..models.inference import predict
+from ..metrics.layerwise import FeatureReducer
+from ..models.features import capture_features
+from ..models.inference import evaluation, predict, to_model
 from ..validation import check_choice, check_features_labels, check_float_dtype, check_model_input, check_scalar
 from .checkpoint import latest_checkpoint, restore, save_checkpoint
 from .history import History
@@ -117,7 +119,23 @@ def _evaluate(
     model: nn.Module, data: Dataset, loss: str, eval_batch_size: int | None
 ) -> tuple[torch.Tensor, float, float]:
     outputs = predict(model, data.X, batch_size=eval_batch_size).to(torch.float64)
-    return outputs, float(log_loss(outputs, data.y, loss, reduction="sum", validate=False)), _accuracy(outputs, data.y)
+    return outputs, *_loss_and_accuracy(outputs, data, loss)
+
+
+def _loss_and_accuracy(outputs: torch.Tensor, data: Dataset, loss: str) -> tuple[float, float]:
+    return float(log_loss(outputs, data.y, loss, reduction="sum", validate=False)), _accuracy(outputs, data.y)
+
+
+def _evaluate_with_features(
+    model: nn.Module, data: Dataset, loss: str, layers: Sequence[str]
+) -> tuple[torch.Tensor, float, float, dict[str, torch.Tensor]]:
+    """:func:`_evaluate` in one pass that also keeps the average-pooled features of ``layers`` (for probes)."""
+    reducer = FeatureReducer("avgpool")
+    with evaluation(model), torch.no_grad():
+        outputs, captured = capture_features(model, to_model(model, data.X), layers)
+    outputs = outputs.to(torch.float64)
+    features = {name: reducer(name, output) for name, output in captured.items()}
+    return outputs, *_loss_and_accuracy(outputs, data, loss), features
 
 
 def _progress(enabled: bool) -> Progress:
@@ -601,6 +619,10 @@ def _check_objective(
         )
 
 
+def _none(_model: nn.Module, _X: torch.Tensor) -> tuple[str, ...]:
+    return ()
+
+
 def _log_row(
     model: nn.Module,
     data: Dataset,
@@ -612,14 +634,21 @@ def _log_row(
     dropped: set[str],
     run_path: Path | None,
 ) -> dict[str, float]:
-    outputs, log_value, accuracy = _evaluate(model, data, loss, eval_batch_size)
+    wanted = tuple(  # layers whose features a probe reads; kept only when the whole set is evaluated at once
+        dict.fromkeys(name for probe in probes for name in getattr(probe, "feature_layers", _none)(model, data.X))
+    )
+    features: dict[str, torch.Tensor] = {}
+    if wanted and eval_batch_size is None:
+        outputs, log_value, accuracy, features = _evaluate_with_features(model, data, loss, wanted)
+    else:
+        outputs, log_value, accuracy = _evaluate(model, data, loss, eval_batch_size)
     _check_objective(log_value, step, loss, outputs.dtype, optimizer, run_path)
     row: dict[str, float] = {"step": step, "log_loss": log_value, "accuracy": accuracy}
     if data.test is not None:
         _, row["test_log_loss"], row["test_accuracy"] = _evaluate(model, data.test, loss, eval_batch_size)
     row["lr"] = float(optimizer.param_groups[0]["lr"])
     context = ProbeContext(
-        step, model, data.X, data.y, outputs, log_value, loss, optimizer, data.num_classes, eval_batch_size
+        step, model, data.X, data.y, outputs, log_value, loss, optimizer, data.num_classes, eval_batch_size, features
     )
     for probe in probes:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from ..losses import MARGIN_LOSSES, output_margins
 from ..metrics.asymmetric import lambda_seminorm, rate_group_norms, rate_shares
 from ..metrics.direction import alignment, direction_cosine, flat_parameters, layer_norms
 from ..metrics.kkt import KKT_MEMORY, kkt_residual, support_size
-from ..metrics.layerwise import collapse_by_layer
+from ..metrics.layerwise import TRACE_SAMPLES, collapse_by_layer, collapse_of_features, resolve_layers
 from ..metrics.margins import (
     homogeneity_degree,
     normalize_by_norm,
@@ -36,6 +36,7 @@ from ..metrics.margins import (
     require_separated,
 )
 from ..metrics.spectra import layer_spectra
+from ..models.features import LayerTrace, trace_layers
 from ..models.inference import evaluation
 from ..symmetry.rates import Rates, infer_rates
 from ..validation import check_choice
@@ -64,6 +65,10 @@ class ProbeContext:
     eval_batch_size : int or None
         Samples per forward pass for a probe's own passes over ``X`` (fit's ``eval_batch_size``; None: all at
         once); a probe given its own ``batch_size`` uses that instead.
+    features : dict of str to Tensor
+        (N, D) features of ``X`` captured by the evaluation pass that made ``outputs`` (conv maps average-pooled),
+        for the layers a probe's ``feature_layers(model, X)`` asked for; empty when ``eval_batch_size`` is set
+        (features of all N samples are then not kept).
     """
 
     step: int
@@ -76,6 +81,7 @@ class ProbeContext:
     optimizer: torch.optim.Optimizer
     num_classes: int = 2
     eval_batch_size: int | None = None
+    features: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def batch_size(self, own: int | None) -> int | None:
         """A probe's own ``batch_size`` if it has one, else the run's ``eval_batch_size``."""
@@ -329,16 +335,42 @@ class CollapseProbe:
 
     def __init__(self, layers: list[str] | None = None, reduction: str = "avgpool") -> None:
         self.layers, self.reduction = layers, reduction
+        self._resolved: tuple[int, tuple[str, ...], LayerTrace] | None = None  # (id of the model, layers, trace)
+
+    def _structure(self, model: nn.Module, X: torch.Tensor) -> tuple[tuple[str, ...], LayerTrace]:
+        if self._resolved is None or self._resolved[0] != id(model):
+            layers = resolve_layers(model, X, self.layers)
+            with evaluation(model):
+                self._resolved = (id(model), layers, trace_layers(model, X[:TRACE_SAMPLES]))
+        return self._resolved[1], self._resolved[2]
+
+    def feature_layers(self, model: nn.Module, X: torch.Tensor) -> tuple[str, ...]:
+        """The layers whose average-pooled features the evaluation pass should keep for this probe."""
+        return self._structure(model, X)[0] if self.reduction == "avgpool" else ()
 
     def __call__(self, context: ProbeContext) -> dict[str, float]:
-        result = collapse_by_layer(
-            context.model,
-            (context.X, context.y),
-            self.layers,
-            num_classes=context.num_classes,
-            reduction=self.reduction,
-            **({"batch_size": context.eval_batch_size} if context.eval_batch_size is not None else {}),
-        )
+        layers, trace = self._structure(context.model, context.X)
+        batch = {"batch_size": context.eval_batch_size} if context.eval_batch_size is not None else {}
+        if self.reduction == "avgpool" and all(name in context.features for name in layers):
+            head = context.model.get_submodule(trace.head) if trace.head is not None else None
+            fits = isinstance(head, nn.Linear) and head.out_features == context.num_classes
+            result = collapse_of_features(
+                {name: context.features[name] for name in layers},
+                context.y,
+                context.num_classes,
+                classifier_layer=trace.head_input,
+                classifier=(head.weight, head.bias) if fits else None,
+                **batch,
+            )  # no forward pass: the evaluation's features
+        else:
+            result = collapse_by_layer(
+                context.model,
+                (context.X, context.y),
+                layers,
+                num_classes=context.num_classes,
+                reduction=self.reduction,
+                **batch,
+            )
         row = {}
         for layer, measured in result.items():
             for key in self.KEYS:
