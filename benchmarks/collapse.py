@@ -15,20 +15,33 @@ the same features (the floor computes no NC1). Targets: (i) within 1.2× of (iv)
 of (iii), NC1 within 1e−6 in float64.
 
     python benchmarks/collapse.py [--repeats 3] [--quick]
+
+``--scale``: features larger than memory — (D, K, N) = (4 096, 1 000, 200 000) float32 (3.3 GB of features) made
+batch by batch by a generator and never stored, through (i) and (iv) each in its own process: the time inside the
+update calls (generation excluded, the same for both) over the floor's, and each process's peak resident memory
+above its baseline over the accumulator's state. Targets: time ≤ 1.2× the floor, peak ≤ 1.5× the state.
+
+    python benchmarks/collapse.py --scale [--samples 200000]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
+import multiprocessing
+import os
+import resource
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from implicit_bias.metrics import CollapseAccumulator
+from implicit_bias.metrics.collapse import STATE
 
 BATCH = 1024
 
@@ -135,11 +148,97 @@ METHODS = {
 }
 
 
+SCALE = (4096, 1000, 200_000)
+
+
+def generated(D: int, K: int, N: int, dtype: torch.dtype, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`make_batches`'s clusters made one batch at a time (nothing kept): the same stream on every call."""
+    g = torch.Generator().manual_seed(seed)
+    means = (10 * torch.randn(K, D, generator=g) / D**0.5).to(dtype)
+    for start in range(0, N, BATCH):
+        y = torch.randint(K, (min(BATCH, N - start),), generator=g)
+        yield means[y] + torch.randn(len(y), D, generator=g, dtype=dtype), y
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set size so far, bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def _scale_run(method: str, D: int, K: int, N: int, queue: multiprocessing.Queue) -> None:
+    """One method over the generated stream, in a fresh process: (seconds in the updates, NC1, state, peak above
+    the baseline taken before the state was allocated)."""
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    stream = generated(D, K, N, torch.float32)
+    first = next(stream)  # the generator's own buffers are part of the baseline
+    baseline = _current_rss()
+    if method == "ours":
+        acc = CollapseAccumulator(K, D, dtype=torch.float32)
+        update = acc.update
+        state = sum(getattr(acc, name).nbytes for name in STATE)  # the running totals (no state_dict copy)
+    else:
+        scatter = torch.zeros(D, D, dtype=torch.float32)
+        state = scatter.numel() * scatter.element_size()
+
+        def update(H: torch.Tensor, _y: torch.Tensor) -> None:
+            scatter.addmm_(H.T, H)
+
+    seconds = 0.0
+    for H, y in itertools.chain([first], stream):
+        start = time.perf_counter()
+        update(H, y)
+        seconds += time.perf_counter() - start
+    streaming_peak = max(_peak_rss(), _current_rss()) - baseline
+    start = time.perf_counter()
+    nc1 = acc.compute().nc1 if method == "ours" else math.nan
+    seconds += time.perf_counter() - start
+    queue.put((seconds, nc1, state, streaming_peak, max(_peak_rss(), _current_rss()) - baseline))
+
+
+def scale(N: int) -> None:
+    D, K, _ = SCALE
+    context = multiprocessing.get_context("spawn")
+    measured = {}
+    for method in ("floor", "ours"):
+        queue = context.Queue()
+        process = context.Process(target=_scale_run, args=(method, D, K, N, queue))
+        process.start()
+        measured[method] = queue.get()
+        process.join()
+    table = Table(title=f"Streamed from a generator: D = {D}, K = {K}, N = {N:,} float32, batches of {BATCH}")
+    columns = ("method", "seconds", "time / floor", "state MB", "peak streaming MB", "peak with compute MB")
+    for column in (*columns, "peak / state", "NC1"):
+        table.add_column(column, justify="right")
+    floor_seconds = measured["floor"][0]
+    for method, (seconds, nc1, state, streaming, peak) in measured.items():
+        table.add_row(
+            "(i) ours" if method == "ours" else "(iv) floor",
+            f"{seconds:.1f}",
+            f"{seconds / floor_seconds:.2f}",
+            f"{state / 2**20:.0f}",
+            f"{streaming / 2**20:.0f}",
+            f"{peak / 2**20:.0f}",
+            f"{peak / state:.2f}",
+            "—" if math.isnan(nc1) else f"{nc1:.6g}",
+        )
+    Console(width=200).print(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a tenth of the samples (for a smoke run)")
+    parser.add_argument("--scale", action="store_true", help="features larger than memory, from a generator")
+    parser.add_argument("--samples", type=int, default=SCALE[2], help="N of --scale")
     args = parser.parse_args()
+    if args.scale:
+        scale(args.samples)
+        return
     settings = [(512, 100, 100_000), (2048, 1000, 20_000)]
     table = Table(
         title=f"Neural-collapse accumulation, batches of {BATCH}, {torch.get_num_threads()} threads, "

@@ -473,32 +473,38 @@ class CollapseAccumulator:
             )
         f64 = torch.float64
 
-        def rows(tensor: torch.Tensor) -> torch.Tensor:  # the present classes' rows, in float64
-            return (tensor if k == self.num_classes else tensor[present]).to(f64)
+        def rows(tensor: torch.Tensor, *, own: bool = False) -> torch.Tensor:
+            """The present classes' rows in float64 (``own``: a new tensor, free to update in place)."""
+            chosen = tensor if k == self.num_classes else tensor[present]
+            return chosen.to(f64, copy=own and chosen is tensor)
 
         counts = rows(self.counts)
         total = float(counts.sum())
-        sums = rows(self.shifted_sums)
-        offsets = sums / counts[:, None]
-        means = rows(self.shifts) + offsets
-        lower = torch.tril(self.shifted_scatter)  # T's valid lower triangle; S_W = T − Oᵀ diag(n) O is never formed
-        diagonal = lower.diagonal()
-        variances = (rows(self.shifted_squares) - counts * offsets.square().sum(dim=1)) / counts
-        variances = variances.clamp(min=0)
-        within_trace = (float(diagonal.sum(dtype=f64)) - float((counts * offsets.square().sum(dim=1)).sum())) / total
+        # K×D temporaries in float64, each made once and then updated in place (memory: two of them at a time)
+        offsets = rows(self.shifted_sums, own=True).div_(counts[:, None])
+        diagonal = self.shifted_scatter.diagonal()  # T's diagonal; S_W = T − Oᵀ diag(n) O is never formed
+        offset_squares = offsets.square().sum(dim=1)
+        variances = ((rows(self.shifted_squares) - counts * offset_squares) / counts).clamp(min=0)
+        within_trace = (float(diagonal.sum(dtype=f64)) - float((counts * offset_squares).sum())) / total
+        centred = rows(self.shifts, own=True).add_(offsets)  # the class means μ_c …
         centre_weights = torch.ones_like(counts) if self.global_mean == "unweighted" else counts
-        centre = (centre_weights[:, None] * means).sum(0) / centre_weights.sum()
-        centred = means - centre  # (k, D): rows μ_c − μ_G; M̃ = centredᵀ
+        centred -= (centre_weights @ centred) / centre_weights.sum()  # … less μ_G: (k, D) rows μ_c − μ_G, M̃ = centredᵀ
         gram = centred @ centred.T  # M̃ᵀM̃ (k × k)
         squared_norms = gram.diagonal()
         sigma_b_trace = float(squared_norms.sum()) / k
 
         scaled = self._pseudo_inverse_factor(centred, gram, centre_weights).to(self.dtype)  # A: Σ_B^† = K·AAᵀ
-        # tr(Σ_W Σ_B^†)/K = tr(Aᵀ S_W A)/N = (tr(AᵀTA) − ‖diag(√n)·O·A‖²_F)/N, and with T = L + Lᵀ − diag(T) for
-        # its lower triangle L, tr(AᵀTA) = 2 tr(AᵀLA) − Σ_i T_ii ‖A_i‖² (T is never mirrored). The products run in
-        # the accumulator's dtype (T and O carry that precision already; float32 halves the D×D×K product's time)
-        within = 2 * ((lower @ scaled) * scaled).sum(dtype=f64) - (diagonal * scaled.square().sum(dim=1)).sum(dtype=f64)
-        correction = (counts.sqrt()[:, None] * (offsets.to(self.dtype) @ scaled)).square().sum(dtype=f64)
+        # tr(Σ_W Σ_B^†)/K = tr(Aᵀ S_W A)/N = (tr(AᵀTA) − ‖diag(√n)·O·A‖²_F)/N. T is valid on its lower block
+        # triangle (add_lower_gram's strips): tr(AᵀTA) = Σ_i [2 tr(A_iᵀ T_{i,<i} A_{<i}) + tr(A_iᵀ T_ii A_i)], read
+        # strip by strip from views of T (never copied or mirrored). The products run in the accumulator's dtype
+        # (T and O carry that precision already; float32 halves the D×D×K product's time)
+        within = torch.zeros((), dtype=f64, device=scaled.device)
+        for start, stop in itertools.pairwise(self._edges):
+            strip = scaled[start:stop]
+            if start:
+                within += 2 * ((self.shifted_scatter[start:stop, :start] @ scaled[:start]) * strip).sum(dtype=f64)
+            within += ((self.shifted_scatter[start:stop, start:stop] @ strip) * strip).sum(dtype=f64)
+        correction = (counts.sqrt()[:, None] * (offsets @ scaled.to(f64))).square().sum(dtype=f64)
         nc1 = float(within - correction) / total if scaled.shape[1] else math.inf
 
         norms = squared_norms.sqrt()
