@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..data import Dataset, load
+from ..errors import NumericalError
 from ..dynamics.schedule import log_spaced_steps
 from ..losses import log_loss, log_loss_terms
 from ..metrics import margins, normalized_margin, parameter_norm
@@ -173,6 +174,12 @@ def run_sgd(
     u = networks.flat() / networks.flat().norm(dim=1, keepdim=True)
     for epoch in range(epochs + 1):
         if epoch in log_epochs:
+            finite = networks.flat().isfinite().all(dim=1)
+            if not finite.all():
+                raise NumericalError(
+                    f"SGD with batch size {batch_size} and lr {lr} diverged before epoch {epoch}: θ is not finite "
+                    f"for seed(s) {[seeds[s] for s in torch.nonzero(~finite).flatten().tolist()]}; lower lr"
+                )
             _log(networks, datasets, loss, columns, step_sum / per_epoch if epoch else None)
         if epoch == epochs:
             break
