@@ -163,8 +163,8 @@ def run_sgd(
     """Constant-step SGD θ ← θ − η Σ_{n∈batch} ∇ℓ_n on every seed at once (``networks`` trained in place).
 
     Seed s trains on ``datasets[s]`` (all of one size) and draws its own minibatches (:func:`sgd_order`, seeded
-    by the seed). At each epoch of ``log_epochs`` it records, per seed (arrays of shape (len(log_epochs), S)): ``theta_norm`` ‖θ‖, ``margin`` γ̄ = q_min/‖θ‖²,
-    ``log_loss`` log Σ_n ℓ_n, ``kkt_epsilon`` (metrics.kkt_residual, NaN where q_min ≤ 0) and ``step`` the mean
+    by the seed). At each epoch of ``log_epochs`` it records, per seed (arrays of shape (len(log_epochs), S)):
+    ``theta_norm`` ‖θ‖, ``margin`` γ̄ = q_min/‖θ‖², ``log_loss`` log Σ_n ℓ_n, ``kkt_epsilon`` (metrics.kkt_residual, NaN where q_min ≤ 0) and ``step`` the mean
     ‖u_(k+1) − u_k‖ over the epoch's iterations (NaN at epoch 0).
     """
     X = torch.stack([data.X for data in datasets])  # (S, N, d)
@@ -317,19 +317,18 @@ def run_schechtman_2025(config: Schechtman2025Config, folder: Path, progress: bo
             per_seed.setdefault(key, []).append(value)
     _plot(config, folder, log_epochs, runs)
     notes = (
-        f"Warm start (the pilot found constant-step SGD from a random initialization reaches the late stage very "
-        f"slowly): each seed is fit by full-batch GD ({config.warmup_steps} steps, lr {config.warmup_lr}, mean "
-        f"exponential loss, float64), then rescaled along its ray to q_min = {config.start_margin} (u and γ̄ "
-        "unchanged). From that point SGD runs with batch sizes "
-        f"{', '.join(runs)} for {config.epochs} epochs each, step θ ← θ − {config.lr}·Σ_(n∈batch) ∇ℓ_n (a "
-        "batch sum, so an epoch is the same gradient-flow time for every batch size; minibatches are fit's "
-        "seeded permutations, one per epoch). The seeds (data noise and initialization) run together as a "
-        "leading batch dimension of the weight tensors (batched matmuls): per-op overhead dominates a loop of "
-        "single-seed steps. Each criterion reads the worst batch size of each seed; the per-batch-size values "
-        "are in per_seed (suffix _b1, _b8, _full). The late window is epochs ≥ "
-        f"{config.late_fraction}·epochs; early_margin_max_drop_* is the largest relative drop of γ̄ before it (the "
-        "first steps after the rescaling are the largest; the theorem says nothing about them). direction_gap_* "
-        "is ‖u − u_full‖ at the end: the batch sizes follow one flow. "
+        "Warm start (constant-step SGD from a random initialization reaches the late stage very slowly): each seed "
+        f"is fit by full-batch GD ({config.warmup_steps} steps, lr {config.warmup_lr}, mean exponential loss, "
+        f"float64), then rescaled along its ray to q_min = {config.start_margin} (u and γ̄ unchanged). From that "
+        f"point SGD runs with batch sizes {', '.join(runs)} for {config.epochs} epochs each, step θ ← θ − "
+        f"{config.lr}·Σ_(n∈batch) ∇ℓ_n (a batch sum, so an epoch is the same gradient-flow time for every batch "
+        "size; minibatches are fit's seeded permutations, one per epoch). The seeds (data noise and "
+        "initialization) run together as a leading batch dimension of the weight tensors (batched matmuls): "
+        "per-op overhead dominates a loop of single-seed steps. Each criterion reads the worst batch size of each "
+        "seed; the per-batch-size values are in per_seed (suffix _b1, _b8, _full). The late window is epochs ≥ "
+        f"{config.late_fraction}·{config.epochs}; early_margin_max_drop_* is the largest relative drop of γ̄ "
+        "before it (the first steps after the rescaling are the largest; the theorem says nothing about them). "
+        "direction_gap_* is ‖u − u_full‖ at the end: the batch sizes follow one flow. "
         f"{PILOT} Figures show seed {config.seeds[0]}."
     )
     return Outcome(
@@ -351,6 +350,10 @@ PILOT = (
 )
 
 
+def _legend(label: str) -> str:
+    return "full batch" if label == "full" else f"batch size {label[1:]}"
+
+
 def _plot(config: Schechtman2025Config, folder: Path, log_epochs: list[int], runs: dict) -> None:
     seed = config.seeds[0]
     figures = {
@@ -362,7 +365,7 @@ def _plot(config: Schechtman2025Config, folder: Path, log_epochs: list[int], run
     for name, (key, ylabel, logy) in figures.items():
         plot_series(
             folder / name,
-            {f"batch {label}": (log_epochs, list(run[key][:, 0])) for label, run in runs.items()},
+            {_legend(label): (log_epochs, list(run[key][:, 0])) for label, run in runs.items()},
             title=f"Constant-step SGD, two-layer ReLU (m = {config.width}) on XOR, seed {seed}",
             xlabel="epoch",
             ylabel=ylabel,
