@@ -164,8 +164,8 @@ def run_sgd(
 
     Seed s trains on ``datasets[s]`` (all of one size) and draws its own minibatches (:func:`sgd_order`, seeded
     by the seed). At each epoch of ``log_epochs`` it records, per seed (arrays of shape (len(log_epochs), S)):
-    ``theta_norm`` ‖θ‖, ``margin`` γ̄ = q_min/‖θ‖², ``log_loss`` log Σ_n ℓ_n, ``kkt_epsilon`` (metrics.kkt_residual, NaN where q_min ≤ 0) and ``step`` the mean
-    ‖u_(k+1) − u_k‖ over the epoch's iterations (NaN at epoch 0).
+    ``theta_norm`` ‖θ‖, ``margin`` γ̄ = q_min/‖θ‖², ``log_loss`` log Σ_n ℓ_n, ``kkt_epsilon`` (metrics.kkt_residual,
+    NaN where q_min ≤ 0) and ``step`` the mean ‖u_(k+1) − u_k‖ over the epoch's iterations (NaN at epoch 0).
     """
     X = torch.stack([data.X for data in datasets])  # (S, N, d)
     labels = torch.stack([data.y for data in datasets])  # (S, N)
