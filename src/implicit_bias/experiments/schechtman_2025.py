@@ -32,6 +32,7 @@ from ..errors import NumericalError
 from ..losses import MARGIN_LOSSES, log_loss, log_loss_terms
 from ..metrics import margins, normalized_margin, parameter_norm
 from ..metrics.kkt import kkt_residual
+from ..models.inference import model_device
 from ..report import plot_series
 from ..train.loop import batch_indices
 from ..validation import check_choice
@@ -171,9 +172,9 @@ def run_sgd(
     labels = torch.stack([data.y for data in datasets])  # (S, N)
     orders = [sgd_order(X.shape[1], batch_size, seed, epochs) for seed in seeds]
     per_epoch = len(orders[0]) // epochs
-    rows = torch.arange(len(seeds))[:, None]
+    rows = torch.arange(len(seeds), device=X.device)[:, None]
     columns: dict[str, list[list[float]]] = {k: [] for k in ("theta_norm", "margin", "log_loss", "kkt_epsilon", "step")}
-    step_sum = torch.zeros(len(seeds), dtype=torch.float64)
+    step_sum = torch.zeros(len(seeds), dtype=torch.float64, device=X.device)
     for epoch in range(epochs + 1):
         if epoch in log_epochs:
             finite = networks.flat().isfinite().all(dim=1)
@@ -187,7 +188,7 @@ def run_sgd(
             break
         step_sum.zero_()
         for position in range(per_epoch):
-            index = torch.stack([order[epoch * per_epoch + position] for order in orders])  # (S, B)
+            index = torch.stack([order[epoch * per_epoch + position] for order in orders]).to(X.device)  # (S, B)
             before = networks.flat()
             outputs = networks.outputs(X[rows, index])
             terms = log_loss_terms(outputs.reshape(-1), labels[rows, index].reshape(-1), loss, validate=False)
@@ -280,6 +281,7 @@ def run_schechtman_2025(config: Schechtman2025Config, folder: Path, progress: bo
     ]
     n = len(datasets[0])
     starts = [_warm_start(config, seed, data, progress) for seed, data in zip(config.seeds, datasets)]
+    datasets = [data.to(torch.float64, model_device(starts[0][0])) for data in datasets]  # where fit put the models
     numbers: dict[str, float | int | bool] = {"seeds": len(config.seeds), "samples": n, "epochs": config.epochs}
     per_seed: dict[str, list[float | bool]] = {"warm_start_margin": [margin for _, margin in starts]}
     unfit = [seed for seed, (_, margin) in zip(config.seeds, starts) if math.isnan(margin)]
