@@ -7,6 +7,7 @@ The quick preset itself runs in tests/test_experiments.py (a parametrized row pe
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from implicit_bias.data import load
@@ -86,8 +87,9 @@ def test_each_epoch_visits_every_sample_once_in_a_new_order():
     assert first != [b.tolist() for b in sgd_order(7, 1, seed=4, epochs=1)]  # each seed draws its own batches
 
 
-def test_batched_sgd_step_matches_hand_derived_exponential_loss_gradients():
-    seeds, batch_size, lr = (0, 1), 2, 0.3
+@pytest.mark.parametrize("batch_size", [1, 2, 4])
+def test_batched_sgd_step_matches_hand_derived_exponential_loss_gradients(batch_size):
+    seeds, lr = (0, 1), 0.3
     datasets = [load("xor", n_per_cluster=1, test_per_cluster=0, noise=0.2, seed=s) for s in seeds]
     models = [two_layer_relu(2, 3, s) for s in seeds]
     expected = []
