@@ -303,20 +303,17 @@ def run_schechtman_2025(config: Schechtman2025Config, folder: Path, progress: bo
             loss=config.loss,
             log_epochs=log_epochs,
         )
-        runs[_label(batch_size, n)]["u"] = (networks.flat() / networks.flat().norm(dim=1, keepdim=True)).numpy()
+        runs[_label(batch_size, n)]["u"] = (networks.flat() / networks.flat().norm(dim=1, keepdim=True)).cpu().numpy()
     per_seed["warm_start_kkt_epsilon"] = list(runs["full"]["kkt_epsilon"][0])
     for s in range(len(config.seeds)):
-        worst = dict.fromkeys(WORST, -math.inf)
         for label, run in runs.items():
             for key, value in _late_measures(config, log_epochs, run, s).items():
                 per_seed.setdefault(f"{key}_{label}", []).append(float(value))
-                if key in worst:
-                    worst[key] = max(worst[key], float(value))
             if label != "full":
                 gap = float(np.linalg.norm(run["u"][s] - runs["full"]["u"][s]))
                 per_seed.setdefault(f"direction_gap_{label}", []).append(gap)
-        for key, value in worst.items():
-            per_seed.setdefault(key, []).append(value)
+    for key in WORST:  # np.max keeps a NaN (a run that lost the data): its criterion then fails, named
+        per_seed[key] = list(np.max([per_seed[f"{key}_{label}"] for label in runs], axis=0).astype(float))
     _plot(config, folder, log_epochs, runs)
     notes = (
         "Warm start (constant-step SGD from a random initialization reaches the late stage very slowly): each seed "
