@@ -27,7 +27,7 @@ from implicit_bias.sweep.executors import assign_gpus, visible_gpus
 
 LONGER = {**TINY, "steps": 400, "checkpoint_seconds": 0.02, "log_points": 20}  # checkpoints along the way
 QUICK = {"steps": 60, "log_points": 5, "n_per_class": 5}  # homogeneous-margin --quick, made small
-GRID = ["width=4,5", "seed=0,1"]  # 2 values × 2 seeds (each submitit-local job is a fresh interpreter: ~5–10 s)
+GRID = ["width=4,5", "seed=0..2"]  # 2 values × 3 seeds (each submitit-local job is a fresh interpreter: ~5–10 s)
 
 
 @pytest.fixture
@@ -151,10 +151,10 @@ def numbers_by_key(root):
     }
 
 
-@pytest.mark.slow  # four jobs of a quick experiment on each of the three executors
+@pytest.mark.slow  # six jobs (2 values × 3 seeds) of a quick experiment on each of the three executors
 def test_a_quick_experiment_sweep_gives_the_same_result_files_on_every_executor(ray_session, tmp_path):
     jobs = expand("homogeneous-margin", GRID, quick=True, overrides=QUICK)
-    assert len(jobs) == 4
+    assert len(jobs) == 6
     stores = {}
     for name in ("local", "submitit", "ray"):
         stores[name] = tmp_path / name
@@ -163,7 +163,7 @@ def test_a_quick_experiment_sweep_gives_the_same_result_files_on_every_executor(
             results = run_sweep(jobs, stores[name], executor, retries=0)
         finally:
             executor.close()
-        assert [result["status"] for result in results] == ["done"] * 4, results
+        assert [result["status"] for result in results] == ["done"] * 6, results
     assert ray_session.is_initialized()  # a session opened by the caller is used, not shut down
     reference = numbers_by_key(stores["local"])
     assert set(reference) == {job.key for job in jobs}
