@@ -333,3 +333,18 @@ def test_trial_needs_the_shared_settings_it_reads():
 
     with pytest.raises(TypeError, match="NoSeed has no field 'seed': pass seed= to trial"):
         trial(NoSeed(), None, None, progress=False)
+
+
+def test_sukenik_2023s_per_run_collapse_thresholds_are_config_fields(tmp_path):
+    import math
+
+    from implicit_bias.experiments import reproduce
+
+    tiny = {"steps": 5, "depths": [3], "seeds": 2, "num_classes": 2, "per_class": 2, "width": 4}
+    loose = {"collapse_loss_gap": math.inf, "collapse_nc1": math.inf, "collapse_cosine": math.inf}
+    everything = reproduce("sukenik-2023", tmp_path / "a", quick=True, overrides={**tiny, **loose}, progress=False)
+    assert everything["numbers"]["min_fraction_collapsed"] == 1.0  # every run counts when nothing is required
+    nothing = reproduce(
+        "sukenik-2023", tmp_path / "b", quick=True, overrides={**tiny, "collapse_nc1": 0.0}, progress=False
+    )
+    assert nothing["numbers"]["min_fraction_collapsed"] == 0.0  # NC1 < 0 is impossible
