@@ -126,6 +126,10 @@ class DUFM(nn.Module):
         """ℒ, summed over the members of a batch."""
         return self.member_losses().sum()
 
+    def forward(self) -> torch.Tensor:
+        """The module's output is its objective ℒ (so that ``torch.func.functional_call`` can evaluate it)."""
+        return self.loss()
+
     def member(self, index: int) -> DUFM:
         """A copy of member ``index`` of a batch as an unbatched model."""
         if self.batch is None:
