@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import functional_call, hessian
+from torch.func import functional_call, grad, jacrev
 
 from ..errors import InvalidArgumentError
 from ..validation import check_scalar
@@ -33,7 +33,7 @@ def flat_gradient(model: DUFM) -> torch.Tensor:
 
 
 def loss_hessian(model: DUFM) -> torch.Tensor:
-    """∇²_θ ℒ of an unbatched ``model`` at its current point, by automatic differentiation (forward over reverse),
+    """∇²_θ ℒ of an unbatched ``model`` at its current point, by automatic differentiation (reverse over reverse, vectorized),
     in :func:`flat_parameters` coordinates."""
     if model.batch is not None:
         raise InvalidArgumentError("loss_hessian needs an unbatched DUFM; take one with model.member(i)")
@@ -45,7 +45,7 @@ def loss_hessian(model: DUFM) -> torch.Tensor:
         pieces = {name: t.view(shape) for name, t, shape in zip(names, theta.split(sizes), shapes)}
         return functional_call(model, pieces, ())
 
-    return hessian(objective)(flat_parameters(model))
+    return jacrev(grad(objective))(flat_parameters(model))
 
 
 @dataclass(frozen=True)
