@@ -135,7 +135,7 @@ def test_orbit_averaging_equals_the_average_over_all_vertex_permutations():
 
 @pytest.mark.parametrize("loss, activation", [("mse", "relu"), ("cross-entropy", "linear")])
 def test_a_batch_trains_each_member_as_the_model_of_its_seed_alone(loss, activation):
-    settings = dict(depth=3, width=6, lambdas=0.01, init_scale=0.8, loss=loss, activation=activation)
+    settings = {"depth": 3, "width": 6, "lambdas": 0.01, "init_scale": 0.8, "loss": loss, "activation": activation}
     batch = DUFM(4, 2, seed=[3, 8], **settings)
     train_dufm(batch, steps=60, lr=0.3)
     for index, seed in enumerate([3, 8]):
@@ -151,7 +151,10 @@ def test_a_batch_trains_each_member_as_the_model_of_its_seed_alone(loss, activat
 def _explicit_cross_entropy_dnc_loss(K, n, d, depth, lam, scales):
     """The linear cross-entropy DUFM objective at the ETF point, from explicit numpy matrices (no DUFM code)."""
     centred = np.eye(K) - 1 / K
-    embed = lambda m, rows, cols: np.pad(m, ((0, rows - m.shape[0]), (0, cols - m.shape[1])))  # noqa: E731
+
+    def embed(matrix, rows, cols):
+        return np.pad(matrix, ((0, rows - matrix.shape[0]), (0, cols - matrix.shape[1])))
+
     H = scales[0] * np.repeat(embed(centred, d, K), n, axis=1)
     Ws = [scales[l] * embed(centred, d, d) for l in range(1, depth)] + [scales[depth] * embed(centred, K, d)]
     Z = H

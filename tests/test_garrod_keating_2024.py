@@ -19,7 +19,8 @@ from implicit_bias.errors import InvalidArgumentError
 
 
 def _tiny(**options) -> DUFM:
-    settings = dict(depth=2, width=5, lambdas=0.01, init_scale=0.6, loss="cross-entropy", activation="linear")
+    settings = {"depth": 2, "width": 5, "lambdas": 0.01, "init_scale": 0.6, "loss": "cross-entropy"}
+    settings["activation"] = "linear"
     return DUFM(4, 2, **{**settings, **options})
 
 

@@ -2,8 +2,8 @@
 
 from . import (  # noqa: F401  (importing a module registers its experiments)
     cai_2025,
-    garrod_keating_2024,
     galanti_2022,
+    garrod_keating_2024,
     homogeneous_margin,
     ji_telgarsky_2020,
     kunin_2023,

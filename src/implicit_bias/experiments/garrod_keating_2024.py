@@ -309,8 +309,14 @@ register(
         claim="In the cross-entropy deep linear UFM (L = 2, K = 10) a lower-rank structure beats deep neural "
         "collapse, yet DNC is a minimum with no negative Hessian eigenvalue and a more degenerate one, and GD finds "
         "it more often as the width grows and as λ falls.",
-        quick=GarrodKeatingConfig(widths=(10, 70), weight_decays=(2**-8, 2**-10), seeds=4, steps=30_000,
-                                  small_init_control=False, hessian_widths=(10,)),  # fmt: skip
+        quick=GarrodKeatingConfig(
+            widths=(10, 70),
+            weight_decays=(2**-8, 2**-10),
+            seeds=4,
+            steps=30_000,
+            small_init_control=False,
+            hessian_widths=(10,),
+        ),
         full=GarrodKeatingConfig(),
         runner=run_garrod_keating_2024,
         key_number="low_rank_over_dnc",
