@@ -16,6 +16,7 @@ from implicit_bias.dufm.hessian import (
     rotation_nullity,
 )
 from implicit_bias.errors import InvalidArgumentError
+from implicit_bias.experiments.garrod_keating_2024 import GarrodKeatingConfig, Runs, _logit_ranks
 
 
 def _tiny(**options) -> DUFM:
@@ -87,3 +88,17 @@ def test_newton_polish_returns_a_perturbed_dnc_point_to_a_critical_point_at_the_
 def test_hessian_tools_refuse_a_batch():
     with pytest.raises(InvalidArgumentError, match="unbatched"):
         loss_hessian(_tiny(seed=[0, 1]))
+
+
+def test_runs_classify_the_etf_point_as_dnc_and_a_rank_deficient_point_as_low_rank():
+    config = GarrodKeatingConfig(num_classes=4, per_class=2, seeds=3)
+    batch = _tiny(seed=[0, 1, 2])
+    optimum = set_dnc_point(batch)
+    with torch.no_grad():
+        batch.weights[-1][1, 2:] = 0.0  # member 1: logits of rank 2 (the ETF's rows 0, 1 only)
+        batch.weights[-1][2] *= 1.01  # member 2: rank K − 1, but off the DNC loss
+    ranks = _logit_ranks(batch, config.rank_tol)
+    assert ranks == [3, 2, 3]
+    runs = Runs(batch, [float(v) for v in batch.member_losses().detach()], ranks, optimum.loss)
+    assert runs.at_dnc(config) == [True, False, False]
+    assert runs.low_rank(config) == [False, True, False]

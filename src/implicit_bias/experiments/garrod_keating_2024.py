@@ -33,6 +33,7 @@ from .criteria import Criterion
 from .registry import Experiment, Outcome, register
 
 PAPER = "Garrod & Keating (2024, arXiv 2410.23169)"
+LABELS = {"dnc": "DNC point", "low_rank": "low-rank point (GD, Newton-polished)"}
 NULL_TOL = 1e-8  # |μ| ≤ NULL_TOL·max|μ| counts as zero; the pilot's gap: 1e−16 … 5e−13 below, ≥ λ/20 above
 
 CRITERIA = (
@@ -284,7 +285,7 @@ def _figures(config: GarrodKeatingConfig, folder: Path, p_width: list[float], p_
                 title="Fraction of GD runs ending at DNC against λ", xlabel="λ", ylabel="P(DNC)")  # fmt: skip
     widest = max(config.hessian_widths)
     plot_series(folder / "hessian_spectra.png",
-                {name: (list(range(1, len(s.eigenvalues) + 1)), s.eigenvalues.abs().sort().values.clamp_min(1e-20)
+                {LABELS[name]: (list(range(1, len(s.eigenvalues) + 1)), s.eigenvalues.abs().sort().values.clamp_min(1e-20)
                         .tolist()) for name, s in spectra_at[widest].items()},
                 title=f"|Hessian eigenvalues|, sorted, d = {widest}", xlabel="index", ylabel="|μ|", logx=False,
                 logy=True)  # fmt: skip
