@@ -102,3 +102,10 @@ def test_runs_classify_the_etf_point_as_dnc_and_a_rank_deficient_point_as_low_ra
     runs = Runs(batch, [float(v) for v in batch.member_losses().detach()], ranks, optimum.loss)
     assert runs.at_dnc(config) == [True, False, False]
     assert runs.low_rank(config) == [False, True, False]
+
+
+def test_config_refuses_widths_whose_runs_it_would_not_have():
+    with pytest.raises(InvalidArgumentError, match=r"among widths \[10, 70\].*\[30\]"):
+        GarrodKeatingConfig(widths=(10, 70), hessian_widths=(30,))
+    with pytest.raises(InvalidArgumentError, match="≥ K = 10"):
+        GarrodKeatingConfig(widths=(8, 70), hessian_widths=(70,))

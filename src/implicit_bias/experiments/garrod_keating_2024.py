@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..dufm import DUFM, dnc_loss, hessian_spectrum, newton_polish, rotation_nullity, set_dnc_point, train_dufm
+from ..errors import InvalidArgumentError
 from ..metrics.spectra import numerical_rank
 from ..report import plot_series
 from ..train.loop import resolve_device
@@ -107,6 +108,16 @@ class GarrodKeatingConfig:
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = CRITERIA
 
+    def __post_init__(self) -> None:
+        missing = sorted({self.width, *self.hessian_widths} - set(self.widths))
+        if missing:
+            raise InvalidArgumentError(
+                f"width and hessian_widths must be among widths {list(self.widths)} (their runs are reused), "
+                f"got {missing} outside"
+            )
+        if min(self.widths) < self.num_classes:
+            raise InvalidArgumentError(f"every width must be ≥ K = {self.num_classes}, got {min(self.widths)}")
+
 
 @dataclass(frozen=True)
 class Runs:
@@ -146,15 +157,15 @@ def _train(config: GarrodKeatingConfig, width: int, weight_decay: float, init_sc
 
 
 def _hessian_numbers(config: GarrodKeatingConfig, width: int, runs: Runs) -> tuple[dict[str, float | int], dict]:
-    """Spectra at the DNC point and at the first low-rank member of ``runs`` (Newton-polished) of width d."""
+    """Spectra at the DNC point and at the lowest-loss low-rank member of ``runs`` (Newton-polished), width d."""
     dnc = DUFM(config.num_classes, config.per_class, depth=config.depth, width=width, lambdas=config.weight_decay,
                loss="cross-entropy", activation="linear")  # fmt: skip
     set_dnc_point(dnc)
     spectra = {"dnc": hessian_spectrum(dnc, tol=NULL_TOL)}
     numbers: dict[str, float | int] = {}
-    low = [i for i, flag in enumerate(runs.low_rank(config)) if flag]
+    low = [(loss, i) for i, (loss, flag) in enumerate(zip(runs.losses, runs.low_rank(config))) if flag]
     if low:
-        point = runs.model.member(low[0]).cpu()
+        point = runs.model.member(min(low)[1]).cpu()
         numbers[f"low_rank_polished_gradient_d{width}"] = newton_polish(point, iterations=3, tol=NULL_TOL)
         numbers[f"low_rank_rank_d{width}"] = _logit_ranks(point, config.rank_tol)[0]
         numbers[f"low_rank_loss_over_dnc_d{width}"] = float(point.loss().detach()) / runs.l_dnc
