@@ -7,7 +7,7 @@ for l < L, W_L ∈ ℝ^{K×d}), ReLU σ after W₁ … W_{L−1}, no biases:
 
 (SCIENCE.md §5; the λ_{H₁} term is not divided by N, so n scales it). ``loss="cross-entropy"`` replaces the
 first term by the mean cross-entropy (1/N)Σ_i −log softmax(z_i)_{y_i}, and ``activation="linear"`` drops the
-ReLUs — together the deep linear cross-entropy UFM of Garrod & Keating (2024, arXiv 2410.23169, §2).
+ReLUs — together the deep linear cross-entropy UFM of Garrod & Keating (2024, arXiv 2410.23169).
 
 Both losses have the output gradient (S − Y)/N, S = Z for MSE and softmax(Z) (column-wise) for cross-entropy, so
 one hand-written backward pass serves both. A sequence of seeds makes a *batch* of independent models with a

@@ -23,7 +23,7 @@ minimized over P ∈ [0, 1] by a bounded scalar search (P = 0, ℒ = ½, when th
   so that the class means before the last ReLU have rank r and after it are orthogonal; W_L = c [I_K 0].
   μ = (2λ_{H₁} N, λ_{W₁} r, …, λ_{W_{L−2}} r, λ_{W_{L−1}}‖Z B⁺‖²_F, λ_{W_L} K), minimized over y too (‖Z B⁺‖²_F is
   quadratic in y). Width d ≥ K.
-- **Cross-entropy DNC** of the linear DUFM (Garrod & Keating 2024, §3): every layer's class means form a simplex
+- **Cross-entropy DNC** of the linear DUFM (Garrod & Keating 2024): every layer's class means form a simplex
   ETF. With C = I_K − 11ᵀ/K (CᵀC = C, ‖C‖²_F = K − 1): H₁ = a·[C e_c], W_l = b_l·(C embedded), W_L = b_L [C 0], so
   the logits are P·C — correct class P(1 − 1/K), the others −P/K — and the fit term is log(1 + (K − 1)e^{−P}) in
   place of ½(1 − P)²: μ = (λ_{H₁} n(K − 1), λ_{W₁}(K − 1), …, λ_{W_L}(K − 1)), P ∈ [0, ∞). The logits' gradient
