@@ -1,6 +1,6 @@
 """The loss surface of a DUFM at a critical point: the Hessian spectrum, its nullity, and the null directions the
-rotation symmetry of the linear model predicts (Garrod & Keating 2024, arXiv 2410.23169: deep neural collapse persists because
-its solution set is more degenerate).
+rotation symmetry of the linear model predicts (Garrod & Keating 2024, arXiv 2410.23169: deep neural collapse
+persists because its solution set is more degenerate).
 
 Symmetry count. In the linear DUFM, (W_{l+1}, W_l) ↦ (W_{l+1}Qᵀ, Q W_l) with Q ∈ O(d) (W₀ = H₁) leaves every
 term of ℒ unchanged, at each of the L interfaces. At a point where the factors on both sides of an interface have
