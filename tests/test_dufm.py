@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.special import logsumexp
 
 from implicit_bias.dufm import (
     DUFM,
@@ -23,9 +26,14 @@ from implicit_bias.dufm import (
 from implicit_bias.errors import InvalidArgumentError
 
 
-@pytest.mark.parametrize("depth", [2, 3, 4])
-def test_hand_written_gradients_match_autograd_on_random_points(depth):
-    model = DUFM(3, 4, depth=depth, width=7, lambdas=[0.01 * (i + 1) for i in range(depth + 1)], init_scale=0.7)
+@pytest.mark.parametrize(
+    "depth, loss, activation, seed",
+    [(2, "mse", "relu", 0), (3, "mse", "relu", 0), (4, "mse", "relu", 0), (2, "cross-entropy", "linear", 0),
+     (3, "cross-entropy", "linear", 0), (3, "cross-entropy", "relu", 0), (3, "mse", "linear", [4, 5])],
+)  # fmt: skip
+def test_hand_written_gradients_match_autograd_on_random_points(depth, loss, activation, seed):
+    model = DUFM(3, 4, depth=depth, width=7, lambdas=[0.01 * (i + 1) for i in range(depth + 1)], init_scale=0.7,
+                 loss=loss, activation=activation, seed=seed)  # fmt: skip
     feature_grad, weight_grads = model.gradients()
     expected = torch.autograd.grad(model.loss(), [model.features, *model.weights])
     assert feature_grad == pytest.approx(expected[0], rel=1e-12, abs=1e-14)
@@ -123,3 +131,73 @@ def test_orbit_averaging_equals_the_average_over_all_vertex_permutations():
     symmetrize_srg(model)
     for total, param in zip(sums, model.parameters()):
         assert torch.allclose(param.detach(), total / len(group), atol=1e-14)
+
+
+@pytest.mark.parametrize("loss, activation", [("mse", "relu"), ("cross-entropy", "linear")])
+def test_a_batch_trains_each_member_as_the_model_of_its_seed_alone(loss, activation):
+    settings = {"depth": 3, "width": 6, "lambdas": 0.01, "init_scale": 0.8, "loss": loss, "activation": activation}
+    batch = DUFM(4, 2, seed=[3, 8], **settings)
+    train_dufm(batch, steps=60, lr=0.3)
+    for index, seed in enumerate([3, 8]):
+        alone = DUFM(4, 2, seed=seed, **settings)
+        train_dufm(alone, steps=60, lr=0.3)
+        member = batch.member(index)
+        assert float(member.loss().detach()) == pytest.approx(float(alone.loss().detach()), rel=1e-12)
+        for ours, reference in zip(member.parameters(), alone.parameters()):
+            assert torch.allclose(ours, reference, rtol=1e-10, atol=1e-13)
+    assert float(batch.loss().detach()) == pytest.approx(float(batch.member_losses().detach().sum()), rel=1e-14)
+
+
+def _explicit_cross_entropy_dnc_loss(K, n, d, depth, lam, scales):
+    """The linear cross-entropy DUFM objective at the ETF point, from explicit numpy matrices (no DUFM code)."""
+    centred = np.eye(K) - 1 / K
+
+    def embed(matrix, rows, cols):
+        return np.pad(matrix, ((0, rows - matrix.shape[0]), (0, cols - matrix.shape[1])))
+
+    H = scales[0] * np.repeat(embed(centred, d, K), n, axis=1)
+    Ws = [scales[l] * embed(centred, d, d) for l in range(1, depth)] + [scales[depth] * embed(centred, K, d)]
+    Z = H
+    for W in Ws:
+        Z = W @ Z
+    labels = np.repeat(np.arange(K), n)
+    cross_entropy = np.mean(logsumexp(Z, axis=0) - Z[labels, np.arange(K * n)])
+    return cross_entropy + lam / 2 * sum(np.square(M).sum() for M in [H, *Ws])
+
+
+@pytest.mark.parametrize("depth, lam", [(2, 2**-10), (3, 2**-8)])
+def test_cross_entropy_dnc_point_is_the_explicit_etf_point_and_critical(depth, lam):
+    K, n, d = 10, 5, 12
+    model = DUFM(K, n, depth=depth, width=d, lambdas=lam, loss="cross-entropy", activation="linear")
+    optimum = set_dnc_point(model)
+    explicit = _explicit_cross_entropy_dnc_loss(K, n, d, depth, lam, optimum.scales)
+    assert optimum.loss == pytest.approx(explicit, rel=1e-12)
+    assert float(model.loss().detach()) == pytest.approx(explicit, rel=1e-12)
+    feature_grad, weight_grads = model.gradients()  # critical in the whole space, not only along the scales
+    assert max(float(g.abs().max()) for g in [feature_grad, *weight_grads]) < 1e-10
+    # the scale: the scalar family ℒ(P) = log(1 + (K−1)e^{−P}) + ((L+1)/2) m P^{2/(L+1)} on a fine grid
+    mus = torch.tensor([lam * n * (K - 1)] + [lam * (K - 1)] * depth, dtype=torch.float64)
+    grid = torch.linspace(0, 30, 3_000_001, dtype=torch.float64)
+    family = torch.log1p((K - 1) * torch.exp(-grid)) + (depth + 1) / 2 * mus.log().mean().exp() * grid ** (
+        2 / (depth + 1)
+    )
+    assert optimum.loss == pytest.approx(float(family.min()), abs=1e-12)
+    assert optimum.output_scale == pytest.approx(float(grid[family.argmin()]), abs=1e-4)
+    assert math.prod(optimum.scales) == pytest.approx(optimum.output_scale, rel=1e-12)
+    # no single factor's rescaling lowers the explicit loss
+    for index in range(depth + 1):
+        for factor in (0.98, 0.995, 1.005, 1.02):
+            scales = list(optimum.scales)
+            scales[index] *= factor
+            assert _explicit_cross_entropy_dnc_loss(K, n, d, depth, lam, scales) > explicit
+
+
+def test_cross_entropy_dufm_refusals():
+    with pytest.raises(InvalidArgumentError, match="linear layers"):
+        dnc_loss(DUFM(4, 2, depth=2, width=5, loss="cross-entropy"))
+    with pytest.raises(InvalidArgumentError, match="activation"):
+        DUFM(4, 2, activation="tanh")
+    with pytest.raises(InvalidArgumentError, match="seed"):
+        DUFM(4, 2, seed=[])
+    with pytest.raises(InvalidArgumentError, match="batched"):
+        DUFM(4, 2).member(0)

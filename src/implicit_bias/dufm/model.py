@@ -6,7 +6,13 @@ for l < L, W_L ∈ ℝ^{K×d}), ReLU σ after W₁ … W_{L−1}, no biases:
     ℒ = (1/2N)‖W_L σ(W_{L−1} ⋯ σ(W₁H₁)) − Y‖²_F + Σ_l (λ_{W_l}/2)‖W_l‖²_F + (λ_{H₁}/2)‖H₁‖²_F
 
 (SCIENCE.md §5; the λ_{H₁} term is not divided by N, so n scales it). ``loss="cross-entropy"`` replaces the
-first term by the mean cross-entropy (Garrod & Keating 2024).
+first term by the mean cross-entropy (1/N)Σ_i −log softmax(z_i)_{y_i}, and ``activation="linear"`` drops the
+ReLUs — together the deep linear cross-entropy UFM of Garrod & Keating (2024, arXiv 2410.23169).
+
+Both losses have the output gradient (S − Y)/N, S = Z for MSE and softmax(Z) (column-wise) for cross-entropy, so
+one hand-written backward pass serves both. A sequence of seeds makes a *batch* of independent models with a
+leading member dimension (member i is the model ``seed=seeds[i]`` would build): one batched matrix product per
+layer trains all of them, and ℒ is then the sum of the members' objectives (each member's gradient is its own).
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class DUFM(nn.Module):
     """An L-DUFM (module docstring) with its data: ``labels`` (N,), class c in columns c·n … (c+1)·n − 1.
 
     ``lambdas`` is one λ for every term or the L + 1 values (λ_{H₁}, λ_{W₁}, …, λ_{W_L}). Entries of H₁ and every
-    W_l start i.i.d. N(0, ``init_scale``²) — the scale decides which optimum GD finds (SCIENCE.md §5).
+    W_l start i.i.d. N(0, ``init_scale``²) — the scale decides which optimum GD finds (SCIENCE.md §5). ``seed``: one
+    int, or a sequence of them for a batch of ``len(seed)`` members (parameters get a leading member dimension).
     """
 
     def __init__(
@@ -52,7 +59,8 @@ class DUFM(nn.Module):
         lambdas: float | Sequence[float] = 0.004,
         init_scale: float = 0.1,
         loss: str = "mse",
-        seed: int = 0,
+        activation: str = "relu",
+        seed: int | Sequence[int] = 0,
     ) -> None:
         super().__init__()
         check_scalar("num_classes", num_classes, int, low=2)
@@ -60,28 +68,29 @@ class DUFM(nn.Module):
         check_scalar("depth", depth, int, low=2)
         check_scalar("width", width, int, low=1)
         check_choice("loss", loss, ("mse", "cross-entropy"))
+        check_choice("activation", activation, ("relu", "linear"))
+        seeds = [seed] if isinstance(seed, int) else list(seed)
+        if not seeds or not all(isinstance(s, int) for s in seeds):
+            raise InvalidArgumentError(f"seed must be an int or a non-empty sequence of ints, got {seed!r}")
         values = [float(lambdas)] * (depth + 1) if isinstance(lambdas, (int, float)) else [float(v) for v in lambdas]
         if len(values) != depth + 1 or any(v < 0 for v in values):
             raise InvalidArgumentError(
                 f"lambdas must be one non-negative number or {depth + 1} of them (λ_H1, λ_W1 … λ_W{depth}), "
                 f"got {lambdas!r}"
             )
-        self.num_classes, self.per_class, self.depth, self.width, self.loss_name = (
-            num_classes,
-            per_class,
-            depth,
-            width,
-            loss,
-        )
+        self.num_classes, self.per_class, self.depth, self.width = num_classes, per_class, depth, width
+        self.loss_name, self.activation, self.init_scale = loss, activation, init_scale
         self.lambdas = values
-        generator = torch.Generator().manual_seed(seed)
-
-        def draw(*shape: int) -> nn.Parameter:
-            return nn.Parameter(init_scale * torch.randn(*shape, generator=generator, dtype=torch.float64))
-
-        size = num_classes * per_class
-        self.features = draw(width, size)
-        self.weights = nn.ParameterList([draw(width, width) for _ in range(depth - 1)] + [draw(num_classes, width)])
+        self.batch = None if isinstance(seed, int) else len(seeds)
+        shapes = [(width, num_classes * per_class)] + [(width, width)] * (depth - 1) + [(num_classes, width)]
+        draws: list[list[torch.Tensor]] = [[] for _ in shapes]
+        for member in seeds:
+            generator = torch.Generator().manual_seed(member)
+            for drawn, shape in zip(draws, shapes):
+                drawn.append(init_scale * torch.randn(*shape, generator=generator, dtype=torch.float64))
+        tensors = [torch.stack(d) if self.batch is not None else d[0] for d in draws]
+        self.features = nn.Parameter(tensors[0])
+        self.weights = nn.ParameterList([nn.Parameter(t) for t in tensors[1:]])
         self.register_buffer("labels", torch.arange(num_classes).repeat_interleave(per_class))
         self.register_buffer("targets", torch.nn.functional.one_hot(self.labels, num_classes).T.to(torch.float64))
 
@@ -95,38 +104,57 @@ class DUFM(nn.Module):
         for index, weight in enumerate(self.weights):
             pre.append(weight @ inputs[-1])
             if index < self.depth - 1:
-                inputs.append(torch.relu(pre[-1]))
+                inputs.append(torch.relu(pre[-1]) if self.activation == "relu" else pre[-1])
         return Activations(inputs, pre)
 
     def regularization(self) -> torch.Tensor:
-        """Σ_l (λ_{W_l}/2)‖W_l‖²_F + (λ_{H₁}/2)‖H₁‖²_F."""
+        """Σ_l (λ_{W_l}/2)‖W_l‖²_F + (λ_{H₁}/2)‖H₁‖²_F (one value per member of a batch)."""
         terms = [self.features, *self.weights]
-        return sum(lam / 2 * t.square().sum() for lam, t in zip(self.lambdas, terms))
+        return sum(lam / 2 * t.square().sum((-2, -1)) for lam, t in zip(self.lambdas, terms))
 
     def fit_term(self, output: torch.Tensor) -> torch.Tensor:
+        """(1/2N)‖Z − Y‖²_F or the mean cross-entropy of the K×N logits Z (one value per member of a batch)."""
         if self.loss_name == "mse":
-            return (output - self.targets).square().sum() / (2 * self.size)
-        return torch.nn.functional.cross_entropy(output.T, self.labels)
+            return (output - self.targets).square().sum((-2, -1)) / (2 * self.size)
+        return -(torch.log_softmax(output, dim=-2) * self.targets).sum((-2, -1)) / self.size
 
-    def loss(self) -> torch.Tensor:
-        """The regularized objective ℒ (module docstring)."""
+    def member_losses(self) -> torch.Tensor:
+        """The regularized objective ℒ (module docstring) of each member of a batch (a scalar when unbatched)."""
         return self.fit_term(self.activations().output) + self.regularization()
 
+    def loss(self) -> torch.Tensor:
+        """ℒ, summed over the members of a batch."""
+        return self.member_losses().sum()
+
+    def forward(self) -> torch.Tensor:
+        """The module's output is its objective ℒ (so that ``torch.func.functional_call`` can evaluate it)."""
+        return self.loss()
+
+    def member(self, index: int) -> DUFM:
+        """A copy of member ``index`` of a batch as an unbatched model."""
+        if self.batch is None:
+            raise InvalidArgumentError("member() needs a batched DUFM (built with a sequence of seeds)")
+        check_scalar("index", index, int, low=0, high=self.batch - 1)
+        twin = DUFM(self.num_classes, self.per_class, depth=self.depth, width=self.width, lambdas=self.lambdas,
+                    init_scale=self.init_scale, loss=self.loss_name, activation=self.activation)  # fmt: skip
+        with torch.no_grad():
+            for mine, theirs in zip(twin.parameters(), self.parameters()):
+                mine.copy_(theirs[index])
+        return twin.to(self.features.device)
+
     def gradients(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(∂ℒ/∂H₁, [∂ℒ/∂W_l]) by hand-written backpropagation for the MSE loss (cheaper than autograd on these
-        small dense products); autograd for cross-entropy."""
-        if self.loss_name != "mse":
-            grads = torch.autograd.grad(self.loss(), [self.features, *self.weights])
-            return grads[0], list(grads[1:])
+        """(∂ℒ/∂H₁, [∂ℒ/∂W_l]) by hand-written backpropagation from the output gradient (S − Y)/N (module
+        docstring; cheaper than autograd on these small dense products)."""
         with torch.no_grad():
             acts = self.activations()
-            upstream = (acts.output - self.targets) / self.size
+            scores = acts.output if self.loss_name == "mse" else torch.softmax(acts.output, dim=-2)
+            upstream = (scores - self.targets) / self.size
             weight_grads: list[torch.Tensor] = [torch.empty(0)] * self.depth
             for index in range(self.depth - 1, -1, -1):
                 weight = self.weights[index]
-                weight_grads[index] = upstream @ acts.inputs[index].T + self.lambdas[index + 1] * weight
-                upstream = weight.T @ upstream
-                if index > 0:
+                weight_grads[index] = upstream @ acts.inputs[index].mT + self.lambdas[index + 1] * weight
+                upstream = weight.mT @ upstream
+                if index > 0 and self.activation == "relu":
                     upstream = upstream * (acts.pre[index - 1] > 0)
             feature_grad = upstream + self.lambdas[0] * self.features
         return feature_grad, weight_grads

@@ -1,4 +1,4 @@
-"""Reference solutions of the MSE L-DUFM: deep neural collapse (DNC) and the strongly-regular-graph (SRG)
+"""Reference solutions of the L-DUFM: deep neural collapse (DNC) and, for MSE, the strongly-regular-graph (SRG)
 solution of Súkeník, Mondelli & Lampert (2024), as points and as loss values.
 
 Derivation. Both structures keep every sample at its class mean and fix, at each layer, the *shape* of the
@@ -23,6 +23,11 @@ minimized over P ∈ [0, 1] by a bounded scalar search (P = 0, ℒ = ½, when th
   so that the class means before the last ReLU have rank r and after it are orthogonal; W_L = c [I_K 0].
   μ = (2λ_{H₁} N, λ_{W₁} r, …, λ_{W_{L−2}} r, λ_{W_{L−1}}‖Z B⁺‖²_F, λ_{W_L} K), minimized over y too (‖Z B⁺‖²_F is
   quadratic in y). Width d ≥ K.
+- **Cross-entropy DNC** of the linear DUFM (Garrod & Keating 2024): every layer's class means form a simplex
+  ETF. With C = I_K − 11ᵀ/K (CᵀC = C, ‖C‖²_F = K − 1): H₁ = a·[C e_c], W_l = b_l·(C embedded), W_L = b_L [C 0], so
+  the logits are P·C — correct class P(1 − 1/K), the others −P/K — and the fit term is log(1 + (K − 1)e^{−P}) in
+  place of ½(1 − P)²: μ = (λ_{H₁} n(K − 1), λ_{W₁}(K − 1), …, λ_{W_L}(K − 1)), P ∈ [0, ∞). The logits' gradient
+  softmax(PC) − Y is a multiple of C, so the point is critical in the whole parameter space, not only in the family.
 
 The SRG point is invariant under the vertex permutations S_r (acting on classes, samples and features), and so is
 the loss: gradient descent started there keeps the symmetry (:func:`symmetrize_srg` measures and restores it),
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +59,22 @@ class StructuredOptimum:
     scales: tuple[float, ...]
 
 
-def product_family_optimum(mus: Sequence[float]) -> StructuredOptimum:
-    """min over x of ½(1 − ∏x_j)² + Σ_j (μ_j/2) x_j² (module docstring), exactly up to a scalar search."""
+def squared_gap(p: float) -> float:
+    """The MSE fit term ½(1 − P)² of an output P·I_K."""
+    return 0.5 * (1 - p) ** 2
+
+
+def simplex_cross_entropy(num_classes: int) -> Callable[[float], float]:
+    """The cross-entropy log(1 + (K − 1)e^{−P}) of logits P·(I_K − 11ᵀ/K) (Garrod & Keating 2024)."""
+    return lambda p: float(np.logaddexp(0.0, math.log(num_classes - 1) - p))
+
+
+def product_family_optimum(
+    mus: Sequence[float], *, fit: Callable[[float], float] = squared_gap, upper: float = 1.0
+) -> StructuredOptimum:
+    """min over x of fit(∏x_j) + Σ_j (μ_j/2) x_j² (module docstring), exactly up to a scalar search over
+    P ∈ [0, ``upper``]: ℒ(P) = fit(P) + ((L+1)/2) m P^{2/(L+1)}, m = (∏μ_j)^{1/(L+1)}, on a grid of 2001 points,
+    then refined by a bounded Brent search between the best point's neighbours."""
     mus = np.asarray(mus, dtype=float)
     if (mus <= 0).any():
         raise InvalidArgumentError("every λ must be positive for the structured optimum to exist")
@@ -63,22 +82,41 @@ def product_family_optimum(mus: Sequence[float]) -> StructuredOptimum:
     m = float(np.exp(np.log(mus).mean()))
 
     def loss(p: float) -> float:
-        return 0.5 * (1 - p) ** 2 + factors / 2 * m * p ** (2 / factors)
+        return fit(p) + factors / 2 * m * p ** (2 / factors)
 
-    result = minimize_scalar(loss, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-14})
-    p = float(result.x) if loss(float(result.x)) < 0.5 else 0.0
+    grid = np.linspace(0.0, upper, 2001)
+    best = int(np.argmin([loss(p) for p in grid]))
+    low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    result = minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-14 * max(1, upper)})
+    p = min((float(result.x), float(grid[best])), key=loss)
     t = (p * p * np.prod(mus)) ** (1 / factors)
     return StructuredOptimum(loss(p), p, tuple(float(x) for x in np.sqrt(t / mus)))
 
 
-def _dnc_mus(model: DUFM) -> list[float]:
-    lam = model.lambdas
-    return [lam[0] * model.size] + [lam[l] * model.num_classes for l in range(1, model.depth + 1)]
+DNC_LOGIT_BOUND = 200.0  # the cross-entropy DNC search covers P ∈ [0, 200]: P* ≈ 7 at λ = 2⁻¹⁰, ≈ 9.5 at 2⁻¹²
+
+
+def _dnc_shape(model: DUFM) -> np.ndarray:
+    """The unit-scale class-mean shape of every DNC layer: I_K (MSE, orthogonal) or I_K − 11ᵀ/K (cross-entropy,
+    a simplex ETF)."""
+    K = model.num_classes
+    if model.loss_name == "mse":
+        return np.eye(K)
+    if model.activation != "linear":
+        raise InvalidArgumentError(
+            "the cross-entropy DNC point is derived for linear layers (activation='linear'), got activation='relu'"
+        )
+    return np.eye(K) - np.full((K, K), 1 / K)
 
 
 def dnc_loss(model: DUFM) -> StructuredOptimum:
     """L_DNC: the least loss over deep-neural-collapse points of ``model``'s DUFM (module docstring)."""
-    return product_family_optimum(_dnc_mus(model))
+    norm = float(np.square(_dnc_shape(model)).sum())  # K (MSE) or K − 1 (cross-entropy)
+    lam = model.lambdas
+    mus = [lam[0] * model.per_class * norm] + [lam[l] * norm for l in range(1, model.depth + 1)]
+    if model.loss_name == "mse":
+        return product_family_optimum(mus)
+    return product_family_optimum(mus, fit=simplex_cross_entropy(model.num_classes), upper=DNC_LOGIT_BOUND)
 
 
 def edges(r: int) -> list[tuple[int, int]]:
@@ -144,14 +182,14 @@ def _require_width(model: DUFM) -> None:
 
 @torch.no_grad()
 def set_dnc_point(model: DUFM) -> StructuredOptimum:
-    """Put ``model`` at its best DNC point (in place) and return that optimum."""
+    """Put ``model`` at its best DNC point (in place; every member of a batch) and return that optimum."""
     _require_width(model)
     optimum = dnc_loss(model)
-    K, d, n = model.num_classes, model.width, model.per_class
+    shape, d, n = _dnc_shape(model), model.width, model.per_class
     scale_h, *scales = optimum.scales
-    model.features.copy_(scale_h * _embed(np.eye(K), d, K).repeat_interleave(n, dim=1))
+    model.features.copy_(scale_h * _embed(shape, d, model.num_classes).repeat_interleave(n, dim=1))
     for weight, scale in zip(model.weights, scales):
-        weight.copy_(scale * _embed(np.eye(K), *weight.shape))
+        weight.copy_(scale * _embed(shape, *weight.shape[-2:]))
     return optimum
 
 

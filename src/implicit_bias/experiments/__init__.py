@@ -3,6 +3,7 @@
 from . import (  # noqa: F401  (importing a module registers its experiments)
     cai_2025,
     galanti_2022,
+    garrod_keating_2024,
     homogeneous_margin,
     ji_telgarsky_2020,
     kunin_2023,
