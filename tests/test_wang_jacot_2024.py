@@ -66,7 +66,8 @@ def test_batched_gradient_matches_central_finite_differences():
 def test_one_gd_step_and_one_sgd_step_are_steps_on_the_right_losses():
     Y, M, weights = _problem()
     lam, lr = torch.tensor([1e-2, 1e-2], dtype=DTYPE), torch.tensor([0.05, 0.05], dtype=DTYPE)
-    common = {"lam": lam, "lr": lr, "steps": 1, "generator": torch.Generator().manual_seed(0), "log_every": 1, "tol": 1e-2}
+    generator = torch.Generator().manual_seed(0)
+    common = {"lam": lam, "lr": lr, "steps": 1, "generator": generator, "log_every": 1, "tol": 1e-2}
     stepped, _ = train(weights, Y, M, stochastic=torch.tensor([False, True]), **common)
     # copy 0 (GD): W − η∇ℒ_λ by autograd
     copy = [W[0].clone().requires_grad_(True) for W in weights]
@@ -80,7 +81,8 @@ def test_one_gd_step_and_one_sgd_step_are_steps_on_the_right_losses():
         single[i, j] = 1.0
         copy = [W[1].clone().requires_grad_(True) for W in weights]
         grads = torch.autograd.grad(_autograd_loss(copy, Y[1], single, 1e-2), copy)
-        if all(torch.allclose(new[1], old[1] - 0.05 * g, rtol=1e-12, atol=1e-14) for new, old, g in zip(stepped, weights, grads)):
+        steps = zip(stepped, weights, grads)
+        if all(torch.allclose(new[1], old[1] - 0.05 * g, rtol=1e-12, atol=1e-14) for new, old, g in steps):
             matches.append((i, j))
     assert len(matches) == 1
 

@@ -97,7 +97,9 @@ def factor_gradients(weights: Factors, G: torch.Tensor, lam: torch.Tensor) -> Fa
     return gradients
 
 
-def objective(weights: Factors, Y: torch.Tensor, M: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def objective(
+    weights: Factors, Y: torch.Tensor, M: torch.Tensor, lam: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per copy the fit (1/|Ω|)Σ_Ω (A − Y)² and ℒ_λ = fit + λΣ_l‖W_l‖²_F, each of shape (B,)."""
     fit = (M * (product(weights) - Y).square()).sum((1, 2)) / M.sum((1, 2))
     return fit, fit + lam * sum(W.square().sum((1, 2)) for W in weights)
@@ -151,7 +153,8 @@ def train(
     rate = lr.reshape(-1, 1, 1)
     ranks = []
     for start in range(0, steps, 4096):
-        picks = entries.gather(1, torch.randint(entries.shape[1], (batch, min(4096, steps - start)), generator=generator))
+        draws = torch.randint(entries.shape[1], (batch, min(4096, steps - start)), generator=generator)
+        picks = entries.gather(1, draws)  # (B, chunk): the entry each SGD copy uses at each step
         for offset in range(picks.shape[1]):
             weight = deterministic.scatter_add(1, picks[:, offset : offset + 1], one_hot).reshape(batch, size, size)
             G = 2 * weight * (product(weights) - Y)
@@ -280,6 +283,7 @@ class WangJacot2024Config:
     init_scale: float = 1.0  # W_l entries N(0, scale²/n)
     rank_tol: float = 1e-2  # numerical rank: σ_i > tol·σ_1
     lambda_low: float = 1e-5  # the small λ: the stuck GD point, the anneal, the absorption test
+    lambda_check: float = 3e-4  # GD from the same start at this λ, where it converges within gd_steps
     gd_lr: float = 0.3
     gd_steps: int = 50_000
     lambda_high: tuple[float, ...] = (1e-3, 3e-3, 1e-2)
@@ -303,17 +307,29 @@ def _recovery(weights: Factors, Y: torch.Tensor) -> torch.Tensor:
     return (product(weights) - Y).norm(dim=(1, 2)) / Y.norm(dim=(1, 2))
 
 
+def _certificate(
+    weights: Factors, Y: torch.Tensor, M: torch.Tensor, lam: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per copy the fit, ‖∇ℒ_λ‖ and the stationarity ratio ‖∇ℒ_λ‖ / ‖2λW‖: ≈ 0 at a critical point, where the fit
+    gradient cancels weight decay, ≈ 1 where weight decay acts unopposed (a slow drift, not a minimum)."""
+    fit, _ = objective(weights, Y, M, lam)
+    gradient = gradient_norm(full_gradient(weights, Y, M, lam))
+    decay = 2 * lam * torch.sqrt(sum(W.square().sum((1, 2)) for W in weights))
+    return fit, gradient, gradient / decay
+
+
 def _check(config: WangJacot2024Config) -> None:
     check_scalar("depth", config.depth, int, low=2)
     check_scalar("log_points", config.log_points, int, low=2)
     for name in ("gd_steps", "absorption_steps"):
         check_scalar(name, getattr(config, name), int, low=config.log_points)
     check_scalar("high_steps + anneal_steps", config.high_steps + config.anneal_steps, int, low=config.log_points)
-    for name in ("lambda_low", "gd_lr", "absorption_lr", "rank_tol", "init_scale"):
+    for name in ("lambda_low", "lambda_check", "gd_lr", "absorption_lr", "rank_tol", "init_scale"):
         check_scalar(name, getattr(config, name), float, low=0.0, low_inclusive=False)
     if not config.seeds or not config.lambda_high or not config.lrs:
         raise InvalidArgumentError(
-            f"seeds, lambda_high and lrs must be non-empty, got {config.seeds!r}, {config.lambda_high!r}, {config.lrs!r}"
+            "seeds, lambda_high and lrs must be non-empty, got "
+            f"{config.seeds!r}, {config.lambda_high!r}, {config.lrs!r}"
         )
 
 
@@ -325,25 +341,18 @@ def run_wang_jacot_2024(config: WangJacot2024Config, folder: Path, progress: boo
     generator = torch.Generator().manual_seed(seeds[0])
     gd_only = torch.zeros(S, dtype=torch.bool)
 
-    # (a) GD at small λ for long, from a random initialization: the rank-overestimating point, certified
-    stuck, gd_ranks = train(
-        random_factors(seeds, size=n, depth=config.depth, scale=config.init_scale),
-        Y,
-        M,
-        lam=_constant(config.lambda_low, S),
-        lr=_constant(config.gd_lr, S),
-        steps=config.gd_steps,
-        stochastic=gd_only,
-        generator=generator,
-        log_every=config.gd_steps // config.log_points,
-        tol=tol,
-    )
+    # (a) GD at small λ for long, from a random initialization: the rank-overestimating point, certified; the same
+    # GD at a larger λ_check, where it converges within the budget, says which minimum it was drifting toward
+    initial = random_factors(seeds, size=n, depth=config.depth, scale=config.init_scale)
+    gd = {"stochastic": gd_only, "generator": generator, "log_every": config.gd_steps // config.log_points, "tol": tol}
     low = _constant(config.lambda_low, S)
-    fit, _ = objective(stuck, Y, M, low)
-    gradient = gradient_norm(full_gradient(stuck, Y, M, low))
-    decay_force = 2 * config.lambda_low * torch.sqrt(sum(W.square().sum((1, 2)) for W in stuck))
+    stuck, gd_ranks = train(initial, Y, M, lam=low, lr=_constant(config.gd_lr, S), steps=config.gd_steps, **gd)
+    fit, gradient, stationarity = _certificate(stuck, Y, M, low)
     hessian_min = [hessian_min_eigenvalue(stuck, Y, M, config.lambda_low, i) for i in range(S)]
     gd_recovery = _recovery(stuck, Y)
+    check = _constant(config.lambda_check, S)
+    converged, check_ranks = train(initial, Y, M, lam=check, lr=_constant(config.gd_lr, S), steps=config.gd_steps, **gd)
+    check_fit, _, check_stationarity = _certificate(converged, Y, M, check)
 
     # (b) the sweep: SGD (batch 1) and the GD control at each (λ_hi, η), from the stuck point, then annealed
     points = [(lam, lr) for lam in config.lambda_high for lr in config.lrs]
@@ -379,7 +388,9 @@ def run_wang_jacot_2024(config: WangJacot2024Config, folder: Path, progress: boo
     best = order[-1]
 
     # (c) absorption: SGD at small (λ, η) from a balanced rank-r* factorization of Y, slightly perturbed
-    start = balanced_factors(Y, depth=config.depth, rank=config.target_rank, noise=config.absorption_noise, seed=seeds[0])
+    start = balanced_factors(
+        Y, depth=config.depth, rank=config.target_rank, noise=config.absorption_noise, seed=seeds[0]
+    )
     absorbed, absorption_ranks = train(
         start, Y, M, lam=low, lr=_constant(config.absorption_lr, S), steps=config.absorption_steps,
         stochastic=~gd_only, generator=generator, log_every=config.absorption_steps // config.log_points, tol=tol,
@@ -391,9 +402,12 @@ def run_wang_jacot_2024(config: WangJacot2024Config, folder: Path, progress: boo
         "gd_rank": gd_ranks[:, -1].tolist(),
         "gd_fit": fit.tolist(),
         "gd_gradient_norm": gradient.tolist(),
-        "gd_stationarity": (gradient / decay_force).tolist(),
+        "gd_stationarity": stationarity.tolist(),
         "gd_hessian_min_over_2lambda": [h / (2 * config.lambda_low) for h in hessian_min],
         "gd_recovery_error": gd_recovery.tolist(),
+        "gd_check_lambda_rank": check_ranks[:, -1].tolist(),
+        "gd_check_lambda_fit": check_fit.tolist(),
+        "gd_check_lambda_stationarity": check_stationarity.tolist(),
         "absorption_max_rank": absorption_log.max(1).values.tolist(),
         "absorption_final_recovery_error": _recovery(absorbed, Y).tolist(),
     }
@@ -422,13 +436,17 @@ def run_wang_jacot_2024(config: WangJacot2024Config, folder: Path, progress: boo
         numbers[f"sgd_reach_{tag}"] = float(reached[0, p])
         numbers[f"gd_reach_{tag}"] = float(reached[1, p])
     _plot(config, folder, points, ranks, reached, best, gd_ranks, absorption_log)
-    notes = _notes(config, numbers, points, reached, final)
+    notes = _notes(config, numbers, per_seed, points, reached, final)
     return Outcome(
         numbers=numbers,
         figures=["gd_rank.png", "sweep_ranks.png", "reach_sgd.png", "reach_gd.png", "absorption_rank.png"],
         notes=notes,
         per_seed=per_seed,
     )
+
+
+def _short(values: list) -> str:
+    return "[" + ", ".join(f"{float(v):.2g}" for v in values) + "]"
 
 
 def _logged_steps(count: int, every: int, *, start: bool) -> list[int]:
@@ -489,6 +507,7 @@ def _plot(
 def _notes(
     config: WangJacot2024Config,
     numbers: dict,
+    per_seed: dict,
     points: list[tuple[float, float]],
     reached: torch.Tensor,
     final: torch.Tensor,
@@ -506,7 +525,18 @@ def _notes(
         f"(a) GD at λ = {config.lambda_low:g}, η = {config.gd_lr:g} for {config.gd_steps} steps from N(0, "
         f"{config.init_scale:g}²/n) factors; the point is checked by the fit, ‖∇ℒ_λ‖, the ratio ‖∇ℒ_λ‖/‖2λW‖ "
         "(≈ 0 at a critical point, ≈ 1 when weight decay acts unopposed) and the smallest Hessian eigenvalue "
-        "over 2λ (torch.autograd; negative: not a minimum). (b) From that point SGD with batch 1 and the GD "
+        "over 2λ (torch.autograd; negative: not a minimum). GD from the same initialization at λ_check = "
+        f"{config.lambda_check:g} ends at ranks {per_seed['gd_check_lambda_rank']} with stationarity ratios "
+        f"{_short(per_seed['gd_check_lambda_stationarity'])}; at λ = {config.lambda_low:g} the ratios are "
+        f"{_short(per_seed['gd_stationarity'])} and the smallest Hessian eigenvalues over 2λ "
+        f"{_short(per_seed['gd_hessian_min_over_2lambda'])}"
+        + (
+            ": the high-rank GD state is a slow drift (time scale 1/(ηλ)) toward the low-rank minimum GD reaches at "
+            "the larger λ, not a rank-overestimating minimum. "
+            if max(per_seed["gd_stationarity"]) > 0.05 and max(per_seed["gd_check_lambda_stationarity"]) < 0.05
+            else ". "
+        )
+        + "(b) From that point SGD with batch 1 and the GD "
         f"control at each (λ_hi, η) for {config.high_steps} steps, then λ = {config.lambda_low:g} at the same η for "
         f"{config.anneal_steps} steps, ranks logged every 1%:\n\n" + "\n".join(table) + "\n\n"
         f"Best point (largest SGD − GD reach fraction): λ_hi = {numbers['best_lambda_high']:g}, η = "
