@@ -9,6 +9,7 @@ from implicit_bias.errors import InvalidArgumentError
 from implicit_bias.experiments import reproduce
 from implicit_bias.experiments.wang_jacot_2024 import (
     DTYPE,
+    Sweep,
     balanced_factors,
     completion_problem,
     factor_gradients,
@@ -165,3 +166,14 @@ def test_a_diverging_learning_rate_is_one_precise_error(tmp_path):
             "wang-jacot-2024", tmp_path / "run", quick=True, progress=False,
             overrides={"seeds": [0], "gd_steps": 200, "gd_lr": 50.0, "log_points": 10},
         )
+
+
+def test_a_sweep_point_is_sgd_specific_only_when_sgd_reaches_the_rank_and_gd_stays_above_from_every_start():
+    # ranks (method, point, start, log): point 0 SGD jumps and GD stays; point 1 GD also jumps on one start;
+    # point 2 SGD stays too
+    final = torch.tensor([[[2, 1], [1, 2], [2, 2]], [[2, 2], [2, 1], [2, 2]]])
+    ranks = torch.stack([torch.full_like(final, 2), final], -1)
+    reached = (final == 1).to(DTYPE).mean(2)
+    zeros = torch.zeros(2, 3, 2)
+    sweep = Sweep(ranks, reached, zeros, zeros, zeros, torch.zeros(3, 2))
+    assert sweep.specific(1).tolist() == [True, False, False]
