@@ -552,6 +552,8 @@ def run_wang_jacot_2024(config: WangJacot2024Config, folder: Path, progress: boo
             "minimum_gd_reach_fraction_any_point": float(minimum_sweep.reached[1].max()),
             "minimum_sgd_rank_increases": int(minimum_sweep.increases[0].sum()),
             "minimum_gd_control_rank_increases": int(minimum_sweep.increases[1].sum()),
+            "minimum_sgd_rank_increases_high_phase": int(minimum_sweep.increases_high[0].sum()),
+            "minimum_gd_control_rank_increases_high_phase": int(minimum_sweep.increases_high[1].sum()),
             "minimum_sgd_gd_max_divergence": float(minimum_sweep.divergence.max()),
             "minimum_sgd_gd_final_rank_disagreements": int(
                 (minimum_sweep.ranks[0, ..., -1] != minimum_sweep.ranks[1, ..., -1]).sum()
@@ -559,6 +561,11 @@ def run_wang_jacot_2024(config: WangJacot2024Config, folder: Path, progress: boo
         }
     numbers["sgd_rank_increases"] = numbers["sgd_rank_increases_stuck_start"] + numbers.get(
         "minimum_sgd_rank_increases", 0
+    )
+    sweeps = [sweep] if minimum_sweep is None else [sweep, minimum_sweep]
+    numbers["sgd_rising_runs"] = sum(int((one.increases[0] > 0).sum()) for one in sweeps)
+    numbers["sgd_rising_runs_whose_gd_control_rose"] = sum(  # the GD control from that start rose too
+        int(((one.increases[0] > 0) & (one.increases[1] > 0)).sum()) for one in sweeps
     )
     _plot(config, folder, points, sweep.ranks, reached, best, gd_ranks, absorption_log)
     search_report = {
@@ -671,7 +678,9 @@ def _notes(
         + f"\n\nSGD and GD ended at different ranks in {numbers['minimum_sgd_gd_final_rank_disagreements']} of "
         f"{minimum_sweep.ranks[0, ..., -1].numel()} (point, minimum) pairs (largest ‖A_SGD − A_GD‖_F/‖Y‖_F: "
         f"{numbers['minimum_sgd_gd_max_divergence']:.2g}); upward rank changes SGD "
-        f"{numbers['minimum_sgd_rank_increases']}, GD {numbers['minimum_gd_control_rank_increases']}."
+        f"{numbers['minimum_sgd_rank_increases']} ({numbers['minimum_sgd_rank_increases_high_phase']} in the λ_hi "
+        f"phase), GD {numbers['minimum_gd_control_rank_increases']} "
+        f"({numbers['minimum_gd_control_rank_increases_high_phase']} in the λ_hi phase)."
         if minimum_sweep is not None
         else ""
     )
@@ -708,10 +717,14 @@ def _notes(
         f"Best point (largest SGD − GD reach fraction): λ_hi = {numbers['best_lambda_high']:g}, η = "
         f"{numbers['best_lr']:g}. SGD and GD ended at different ranks in {numbers['sgd_gd_final_rank_disagreements']} "
         f"of {len(points) * len(config.seeds)} (point, seed) pairs (largest ‖A_SGD − A_GD‖_F/‖Y‖_F at the end: "
-        f"{numbers['sgd_gd_max_divergence']:.2g}). Upward rank changes: SGD {numbers['sgd_rank_increases_stuck_start']} "
+        f"{numbers['sgd_gd_max_divergence']:.2g}). Upward rank changes: SGD "
+        f"{numbers['sgd_rank_increases_stuck_start']} "
         f"({numbers['sgd_rank_increases_high_phase']} in the λ_hi phase), GD control "
         f"{numbers['gd_control_rank_increases']} ({numbers['gd_control_rank_increases_high_phase']} in the λ_hi "
-        "phase). (c) Absorption: SGD at "
+        f"phase). SGD runs that rose in rank, both sweeps: {numbers['sgd_rising_runs']}, of which "
+        f"{numbers['sgd_rising_runs_whose_gd_control_rose']} have a GD control (same start, same (λ_hi, η)) that "
+        "rose too: a rise GD shares is a singular value that had only decayed below the tolerance at λ_hi and "
+        "regrew after the anneal, not SGD noise. (c) Absorption: SGD at "
         f"λ = {config.lambda_low:g}, η = {config.absorption_lr:g} for {config.absorption_steps} steps from the "
         f"balanced rank-{config.target_rank} factorization of Y plus N(0, {config.absorption_noise:g}²/n) noise. "
         "Batch-1 SGD at η ≥ 0.1 diverges from these points (single-entry curvature ≈ |Ω| times GD's), which bounds "
