@@ -746,6 +746,8 @@ register(
             high_steps=40_000,
             anneal_steps=40_000,
             absorption_steps=40_000,
+            search_pool=64,
+            search_steps=200_000,
             seeds=(0, 1, 2, 3, 4),
         ),
         runner=run_wang_jacot_2024,
