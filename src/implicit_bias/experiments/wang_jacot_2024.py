@@ -9,8 +9,8 @@ show that for L ≥ 3 ℒ_λ has local minima of several ranks; GD can stop at a
 (here batch 1: one observed entry per step, an unbiased estimate of the MSE) has a non-zero probability of
 jumping to a lower-rank minimum and zero probability of jumping back: the sets B_r of rank-≤ r minima are
 absorbing for small λ and η (their abstract; the criteria cite it, not theorem numbers). Their experiments run
-SGD at a large λ and η, then switch to small ones. The rank is the numerical rank #{i : σ_i(A) > tol·σ_1(A)} (tol = 1e−2), the relative
-convention of :func:`~implicit_bias.metrics.numerical_rank`.
+SGD at a large λ and η, then switch to small ones. The rank is the numerical rank #{i : σ_i(A) > tol·σ_1(A)}
+(tol = 1e−2), the relative convention of :func:`~implicit_bias.metrics.numerical_rank`.
 
 Seeds and sweep points run as a leading batch dimension: the factors are (B, n, n) tensors, products are
 ``torch.bmm``, and the SGD and GD copies share one step (their weights on the residual differ).
@@ -279,8 +279,8 @@ CRITERIA = (
         "==",
         0,
         f"{PAPER}, abstract (the probability of jumping back is zero): SGD never rises in rank (upward changes "
-        "of the rank logged every 1% of steps, summed over every SGD run of both sweeps — from the stuck points and from the certified "
-        "minima — in both phases).",
+        "of the rank logged every 1% of steps, summed over every SGD run of both sweeps — from the stuck points "
+        "and from the certified minima — in both phases).",
     ),
     Criterion(
         "absorbing_low_rank",
