@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError, NumericalError
@@ -571,6 +570,12 @@ def run_wang_jacot_2024(config: WangJacot2024Config, folder: Path, progress: boo
         int(((one.increases[0] > 0) & (one.increases[1] > 0)).sum()) for one in sweeps
     )
     _plot(config, folder, points, sweep.ranks, reached, best, gd_ranks, absorption_log)
+    figures = ["gd_rank.png", "sweep_ranks.png", "reach_sgd.png", "reach_gd.png", "absorption_rank.png"]
+    if minimum_sweep is not None:  # the first point (grid order) where SGD left some minimum, else the first
+        shown = next((p for p in range(P) if minimum_sweep.reached[0, p] > 0), 0)
+        starts = [f"minimum of seed {pool[i]}" for i in minima]
+        _plot_sweep(folder / "minimum_sweep_ranks.png", config, points, minimum_sweep.ranks, shown, starts)
+        figures.append("minimum_sweep_ranks.png")
     search_report = {
         "minima": [pool[i] for i in minima],
         "ranks": [int(pool_ranks[i, -1]) for i in minima],
@@ -581,7 +586,7 @@ def run_wang_jacot_2024(config: WangJacot2024Config, folder: Path, progress: boo
     notes = _notes(config, numbers, per_seed, points, reached, final, search_report, minimum_sweep)
     return Outcome(
         numbers=numbers,
-        figures=["gd_rank.png", "sweep_ranks.png", "reach_sgd.png", "reach_gd.png", "absorption_rank.png"],
+        figures=figures,
         notes=notes,
         unmeasured=unmeasured,
         per_seed=per_seed,
@@ -594,6 +599,30 @@ def _short(values: list) -> str:
 
 def _logged_steps(count: int, every: int, *, start: bool) -> list[int]:
     return [every * k for k in range(0 if start else 1, count + (0 if start else 1))]
+
+
+def _plot_sweep(
+    path: Path,
+    config: WangJacot2024Config,
+    points: list[tuple[float, float]],
+    ranks: torch.Tensor,
+    point: int,
+    starts: list[str],
+) -> None:
+    """The rank logs of SGD and the GD control from every start at one sweep point."""
+    lam, lr = points[point]
+    steps = _logged_steps(ranks.shape[-1], (config.high_steps + config.anneal_steps) // config.log_points, start=True)
+    series = {}
+    for i, start in enumerate(starts):
+        series[f"SGD, {start}"] = (steps, ranks[0, point, i].tolist())
+        series[f"GD, {start}"] = (steps, ranks[1, point, i].tolist())
+    plot_series(
+        path,
+        series,
+        title=f"λ_hi = {lam:g}, η = {lr:g}, then λ = {config.lambda_low:g}",
+        ylabel="numerical rank",
+        marks={"anneal": config.high_steps},
+    )
 
 
 def _plot(
@@ -613,20 +642,7 @@ def _plot(
         title=f"GD at λ = {config.lambda_low:g}, η = {config.gd_lr:g}: numerical rank of W_L⋯W_1",
         ylabel=f"rank (σ_i > {config.rank_tol:g} σ_1)",
     )
-    lam, lr = points[best]
-    every = (config.high_steps + config.anneal_steps) // config.log_points
-    steps = _logged_steps(ranks.shape[-1], every, start=True)
-    series = {}
-    for i, seed in enumerate(config.seeds):
-        series[f"SGD, seed {seed}"] = (steps, ranks[0, best, i].tolist())
-        series[f"GD, seed {seed}"] = (steps, ranks[1, best, i].tolist())
-    plot_series(
-        folder / "sweep_ranks.png",
-        series,
-        title=f"From the stuck GD point: λ_hi = {lam:g}, η = {lr:g}, then λ = {config.lambda_low:g}",
-        ylabel="numerical rank",
-        marks={"anneal": config.high_steps},
-    )
+    _plot_sweep(folder / "sweep_ranks.png", config, points, ranks, best, [f"seed {seed}" for seed in config.seeds])
     rows = [f"λ_hi = {value:g}" for value in config.lambda_high]
     columns = [f"η = {value:g}" for value in config.lrs]
     shape = (len(config.lambda_high), len(config.lrs))
