@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from implicit_bias.errors import InvalidArgumentError
-from implicit_bias.experiments import reproduce
+from implicit_bias.experiments import ExperimentError, reproduce
 from implicit_bias.experiments.wang_jacot_2024 import (
     DTYPE,
     Sweep,
@@ -161,7 +161,7 @@ def test_factor_gradients_are_zero_for_zero_residual_and_no_decay():
 
 
 def test_a_diverging_learning_rate_is_one_precise_error(tmp_path):
-    with pytest.raises(Exception, match=r"training diverged .* in copies .* lower the learning rate"):
+    with pytest.raises(ExperimentError, match=r"NumericalError: training diverged .* in copies .* lower the learning"):
         reproduce(
             "wang-jacot-2024", tmp_path / "run", quick=True, progress=False,
             overrides={"seeds": [0], "gd_steps": 200, "gd_lr": 50.0, "log_points": 10},
