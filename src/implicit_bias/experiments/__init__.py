@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (importing a module registers its experiments)
     soudry_2018,
     sukenik,
     tsilivis_2024,
+    wang_jacot_2024,
 )
 from .criteria import Criterion
 from .registry import (
