@@ -1,6 +1,8 @@
 """wang-jacot-2024: the batched matrix-completion model against autograd, finite differences, numpy and closed
 forms. The quick preset itself runs in tests/test_experiments.py."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -92,8 +94,16 @@ def test_the_trained_gd_point_has_the_fit_and_gradient_norm_an_independent_recom
     Y, M, weights = _problem()
     lam = torch.tensor([1e-3, 1e-3], dtype=DTYPE)
     point, ranks = train(
-        weights, Y, M, lam=lam, lr=torch.tensor([0.2, 0.2], dtype=DTYPE), steps=400,
-        stochastic=torch.tensor([False, False]), generator=torch.Generator().manual_seed(0), log_every=100, tol=1e-2,
+        weights,
+        Y,
+        M,
+        lam=lam,
+        lr=torch.tensor([0.2, 0.2], dtype=DTYPE),
+        steps=400,
+        stochastic=torch.tensor([False, False]),
+        generator=torch.Generator().manual_seed(0),
+        log_every=100,
+        tol=1e-2,
     )
     assert ranks.shape == (2, 4)
     fit, total = objective(point, Y, M, lam)
@@ -150,7 +160,7 @@ def test_balanced_factors_multiply_to_the_best_rank_r_approximation_and_are_bala
     U, sigma, Vh = np.linalg.svd(Y[0].numpy())
     best = (U[:, :2] * sigma[:2]) @ Vh[:2]
     np.testing.assert_allclose(product(weights)[0].numpy(), best, atol=1e-12)
-    for lower, upper in zip(weights[:-1], weights[1:]):
+    for lower, upper in itertools.pairwise(weights):
         torch.testing.assert_close(lower @ lower.transpose(1, 2), upper.transpose(1, 2) @ upper, atol=1e-12, rtol=0)
 
 
@@ -163,7 +173,10 @@ def test_factor_gradients_are_zero_for_zero_residual_and_no_decay():
 def test_a_diverging_learning_rate_is_one_precise_error(tmp_path):
     with pytest.raises(ExperimentError, match=r"NumericalError: training diverged .* in copies .* lower the learning"):
         reproduce(
-            "wang-jacot-2024", tmp_path / "run", quick=True, progress=False,
+            "wang-jacot-2024",
+            tmp_path / "run",
+            quick=True,
+            progress=False,
             overrides={"seeds": [0], "gd_steps": 200, "gd_lr": 50.0, "log_points": 10},
         )
 

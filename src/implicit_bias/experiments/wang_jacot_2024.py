@@ -328,6 +328,15 @@ class WangJacot2024Config:
     log_points: int = 100  # ranks logged every 1% of each run's steps
     seeds: tuple[int, ...] = (0, 1, 2)
     criteria: tuple[Criterion, ...] = CRITERIA
+    # measured failures at this scale (the report's notes explain each): GD's high-rank state drifts rather than
+    # stops (stationarity ratio ≈ 0.6, a negative Hessian eigenvalue), and SGD never does what GD at the same
+    # (λ, η) does not; the full preset's longer GD also loses its rank overestimate
+    fails_at_this_scale: tuple[str, ...] = (
+        "gd_point_stationary",
+        "sgd_leaves_gd_minimum",
+        "sgd_specific_jump",
+        "sgd_never_rises",
+    )
 
 
 def _constant(value: float, batch: int) -> torch.Tensor:
@@ -768,6 +777,13 @@ register(
             search_pool=64,
             search_steps=200_000,
             seeds=(0, 1, 2, 3, 4),
+            fails_at_this_scale=(
+                "gd_overestimates_rank",
+                "gd_point_stationary",
+                "sgd_leaves_gd_minimum",
+                "sgd_specific_jump",
+                "sgd_never_rises",
+            ),
         ),
         runner=run_wang_jacot_2024,
         key_number="sgd_specific_points",

@@ -24,7 +24,7 @@ from markupsafe import Markup
 from .. import __version__
 from ..errors import CorruptFileError, InvalidArgumentError, MissingFileError
 from ..train.rundir import atomic_write
-from .markdown import CRITERIA_HEADER, _number, criterion_cells, headline
+from .markdown import CRITERIA_HEADER, _number, criterion_cells, headline, index_summary
 
 Cell = str | int | float | bool | None
 _SCALARS = (str, bool, int, float, type(None))
@@ -368,11 +368,7 @@ def render_index(
                 ],
             }
         )
-    passed = sum(bool(r["passed"]) for r in results)
-    raised = sum("error" in r for r in results)
-    summary = f"{passed} of {len(results)} claims reproduced" + (
-        f"; {raised} experiment(s) raised an error." if raised else "."
-    )
+    summary = index_summary(results)
     incomplete = (
         f"Incomplete: {len(results)} of {total} experiments have run." if total and len(results) < total else ""
     )

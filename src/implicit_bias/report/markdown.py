@@ -20,10 +20,36 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+def failed_criteria(result: Mapping[str, Any]) -> list[str]:
+    """The names of the criteria a result failed, in the config's order."""
+    return [c["name"] for c in result.get("criteria", []) if not c["passed"]]
+
+
+def as_declared(result: Mapping[str, Any]) -> bool:
+    """Whether a failed claim failed only criteria its config declares failing at this scale
+    (``fails_at_this_scale``): a known, explained result rather than a regression."""
+    failed = failed_criteria(result)
+    declared = set(result.get("fails_at_this_scale", ()))
+    return "error" not in result and bool(failed) and set(failed) <= declared
+
+
 def _verdict(result: Mapping[str, Any]) -> str:
     if "error" in result:
         return f"**ERROR**: raised `{result['error']}` (traceback in [{result['traceback']}]({result['traceback']}))"
-    return "**PASSED**" if result["passed"] else "**FAILED**"
+    if result["passed"]:
+        return "**PASSED**"
+    return "**FAILED**" + (" — as its config declares at this scale (see the notes)" if as_declared(result) else "")
+
+
+def index_summary(results: Sequence[Mapping[str, Any]]) -> str:
+    """An index's last line: how many claims reproduced, failed as declared, failed, raised."""
+    reproduced = sum(bool(r.get("passed")) for r in results)
+    declared = [r["name"] for r in results if as_declared(r)]
+    raised = sum("error" in r for r in results)
+    summary = f"{reproduced} of {len(results)} claims reproduced"
+    if declared:
+        summary += f"; {len(declared)} failed only as declared at this scale ({', '.join(declared)})"
+    return summary + (f"; {raised} experiment(s) raised an error." if raised else ".")
 
 
 def _condition(criterion: Mapping[str, Any]) -> str:
@@ -74,8 +100,9 @@ def headline(result: Mapping[str, Any], key: str) -> str:
     """An index's cell for a result that ran: its key number, and the criteria it failed by name
     (``"rank_drop = 3; fails: rank_drop_large"``)."""
     text = f"{key} = {_number(result['numbers'][key])}" if key in result["numbers"] else ""
-    failed = [c["name"] for c in result.get("criteria", []) if not c["passed"]]
-    return "; ".join(part for part in (text, f"fails: {', '.join(failed)}" if failed else "") if part)
+    failed = failed_criteria(result)
+    fails = f"fails: {', '.join(failed)}" + (" (declared at this scale)" if as_declared(result) else "")
+    return "; ".join(part for part in (text, fails if failed else "") if part)
 
 
 def experiment_report(result: Mapping[str, Any], config: Mapping[str, Any], notes: str = "") -> str:
@@ -128,11 +155,7 @@ def index_report(
         lines.append(
             f"| [{name}]({name}/report.md) | {_cell(result['claim'])} | {passed} | {value} | {result['seconds']:.1f} |"
         )
-    passed_count = sum(bool(r["passed"]) for r in results)
-    raised = sum("error" in r for r in results)
-    summary = f"{passed_count} of {len(results)} claims reproduced"
-    summary += f"; {raised} experiment(s) raised an error." if raised else "."
-    lines += ["", summary]
+    lines += ["", index_summary(results)]
     if total is not None and len(results) < total:
         lines.append(f"Incomplete: {len(results)} of {total} experiments have run.")
     lines.append("")
