@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (importing a module registers its experiments)
     papyan_2020,
     soudry_2018,
     sukenik,
+    telgarsky_2023,
     tsilivis_2024,
 )
 from .criteria import Criterion
