@@ -495,6 +495,7 @@ register(
         quick=Telgarsky2023Config(),
         full=Telgarsky2023Config(
             ntk_dims=(8, 16, 32),
+            ntk_samples=2048,
             ntk_steps=4000,
             lp_widths=(64, 256, 1024, 4096, 16384),
             norm_only_steps=6000,
