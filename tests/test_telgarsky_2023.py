@@ -86,7 +86,9 @@ def test_sparse_parity_is_exactly_balanced_with_entries_plus_minus_one_over_sqrt
 def test_tangent_features_match_per_sample_autograd_and_the_closed_form():
     torch.manual_seed(0)
     m, d = 6, 3
-    model = ShallowReLU(torch.randn(m, d, dtype=torch.float64), torch.tensor([1.0, -1, 1, -1, 1, -1], dtype=torch.float64))
+    model = ShallowReLU(
+        torch.randn(m, d, dtype=torch.float64), torch.tensor([1.0, -1, 1, -1, 1, -1], dtype=torch.float64)
+    )
     X = torch.randn(7, d, dtype=torch.float64)
     features = tangent_features(model, X, batch_size=3)
     closed = model.signs[None, :, None] * (X @ model.weight.T > 0)[:, :, None] * X[:, None, :] / math.sqrt(m)
@@ -107,9 +109,12 @@ def test_ntk_margin_of_a_linear_model_is_the_svm_margin_and_bounds_the_normalize
     X = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     assert ntk_margin(linear, X, torch.tensor([1, -1])) == pytest.approx(1 / math.sqrt(2), rel=1e-9)
     X, y = sparse_parity(4)
-    model = ShallowReLU(torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), torch.ones(64, dtype=torch.float64))
+    model = ShallowReLU(
+        torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)),
+        torch.ones(64, dtype=torch.float64),
+    )
     model.signs[::2] = -1.0
-    q_min = float(((2.0 * y - 1) * model(X)).min())
+    q_min = float(((2.0 * y - 1) * model(X).detach()).min())
     # Φ is 1-homogeneous in W: Φ = ⟨W, ∇_WΦ⟩, so min y Φ/‖W‖ is one direction's margin and γ_ntk the best one
     assert q_min / float(model.weight.norm()) <= ntk_margin(model, X, y) + 1e-12
 

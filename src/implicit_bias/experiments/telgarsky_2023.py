@@ -18,7 +18,6 @@ Two-layer ReLU networks on 2-sparse parity, x ∈ {±1/√d}^d, y = sign(x₁x�
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,48 +228,55 @@ def _signs(count: int, seeds: tuple[int, ...], part: int) -> torch.Tensor:
     return 2.0 * torch.stack(rows).to(torch.float64) - 1.0
 
 
+def _near_initialization_at(config: Telgarsky2023Config, d: int) -> tuple[dict[str, list[float]], tuple]:
+    """(A) at dimension d: γ_ntk(W₀) and GD's final normalized margin of every seed, trained as one batch."""
+    S, m = len(config.seeds), config.ntk_width
+    samples = None if 2**d <= config.ntk_samples else config.ntk_samples
+    data = [sparse_parity(d, samples, seed=_seed(seed, 1, d)) for seed in config.seeds]
+    X = torch.stack([x for x, _ in data])  # (S, N, d)
+    labels = torch.stack([y for _, y in data])
+    W0 = torch.stack(
+        [torch.randn(m, d, generator=_generator(seed, 2, d), dtype=torch.float64) for seed in config.seeds]
+    )
+    signs = _signs(m, config.seeds, d)
+    gamma_ntk = [ntk_margin(ShallowReLU(W0[s], signs[s]), X[s], labels[s]) for s in range(S)]
+    W = W0.clone().requires_grad_(True)
+    y_pm = 2.0 * labels - 1.0
+    history: list[tuple[int, torch.Tensor]] = []
+
+    def record(step: int) -> None:
+        q_min = (y_pm * _outputs(X, W, signs)).min(dim=1).values
+        history.append((step, q_min / W.flatten(1).norm(dim=1)))
+
+    _descend(
+        [W],
+        lambda: _log_loss(_outputs(X, W, signs), labels),
+        steps=config.ntk_steps,
+        lr=config.ntk_lr,
+        normalized=False,
+        record=record,
+        log_points=config.log_points,
+    )
+    final = history[-1][1].tolist()
+    values = {
+        "ntk_margin": gamma_ntk,
+        "ntk_margin_times_d": [g * d for g in gamma_ntk],
+        "gd_margin": final,
+        "gd_over_ntk_margin": [f / g for f, g in zip(final, gamma_ntk)],
+        "weight_motion_over_sqrt_m": ((W.detach() - W0).flatten(1).norm(dim=1) / math.sqrt(m)).tolist(),
+    }
+    return values, ([step for step, _ in history], [float(v[0]) for _, v in history], gamma_ntk[0])
+
+
 def _near_initialization(config: Telgarsky2023Config) -> tuple[dict[str, list[float]], dict]:
-    """(A): per dimension, γ_ntk(W₀) and GD's final normalized margin, all seeds trained as one batch."""
+    """(A) at every dimension, with the smallest GD/NTK margin ratio and the slope of log γ_ntk against log d."""
     per_seed: dict[str, list[float]] = {}
     curves = {}
-    S, m = len(config.seeds), config.ntk_width
     for d in config.ntk_dims:
-        samples = None if 2**d <= config.ntk_samples else config.ntk_samples
-        data = [sparse_parity(d, samples, seed=_seed(seed, 1, d)) for seed in config.seeds]
-        X = torch.stack([x for x, _ in data])
-        labels = torch.stack([y for _, y in data])
-        W0 = torch.stack([torch.randn(m, d, generator=_generator(seed, 2, d), dtype=torch.float64) for seed in config.seeds])
-        signs = _signs(m, config.seeds, d)
-        gamma_ntk = [ntk_margin(ShallowReLU(W0[s], signs[s]), X[s], labels[s]) for s in range(S)]
-        W = W0.clone().requires_grad_(True)
-        y_pm = 2.0 * labels - 1.0
-        history: list[tuple[int, torch.Tensor]] = []
-
-        def record(step: int) -> None:
-            q_min = (y_pm * _outputs(X, W, signs)).min(dim=1).values
-            history.append((step, q_min / W.flatten(1).norm(dim=1)))
-
-        _descend(
-            [W],
-            lambda: _log_loss(_outputs(X, W, signs), labels),
-            steps=config.ntk_steps,
-            lr=config.ntk_lr,
-            normalized=False,
-            record=record,
-            log_points=config.log_points,
-        )
-        final = history[-1][1]
-        motion = (W.detach() - W0).flatten(1).norm(dim=1) / math.sqrt(m)
-        per_seed[f"ntk_margin_d{d}"] = gamma_ntk
-        per_seed[f"ntk_margin_times_d_d{d}"] = [g * d for g in gamma_ntk]
-        per_seed[f"gd_margin_d{d}"] = final.tolist()
-        per_seed[f"gd_over_ntk_margin_d{d}"] = [float(final[s]) / gamma_ntk[s] for s in range(S)]
-        per_seed[f"weight_motion_over_sqrt_m_d{d}"] = motion.tolist()
-        curves[d] = ([step for step, _ in history], [float(v[0]) for _, v in history], gamma_ntk[0])
-    per_seed["gd_over_ntk_margin_min"] = [
-        min(per_seed[f"gd_over_ntk_margin_d{d}"][s] for d in config.ntk_dims) for s in range(S)
-    ]
-    dims = list(config.ntk_dims)
+        values, curves[d] = _near_initialization_at(config, d)
+        per_seed |= {f"{key}_d{d}": value for key, value in values.items()}
+    dims, S = list(config.ntk_dims), len(config.seeds)
+    per_seed["gd_over_ntk_margin_min"] = [min(per_seed[f"gd_over_ntk_margin_d{d}"][s] for d in dims) for s in range(S)]
     per_seed["ntk_margin_log_slope"] = [
         log_log_slope(dims, [per_seed[f"ntk_margin_d{d}"][s] for d in dims], dims[0], dims[-1]) for s in range(S)
     ]
@@ -289,7 +295,10 @@ def _norm_only(config: Telgarsky2023Config) -> tuple[dict[str, list[float]], dic
     for seed in config.seeds:
         W0 = torch.randn(widths[-1], d, generator=_generator(seed, 3, d), dtype=torch.float64)
         directions.append(W0)
-        margins = {w: l1_max_margin(torch.relu(X @ (W0[:w] / W0[:w].norm(dim=1, keepdim=True)).T), labels).margin for w in widths}
+        margins = {
+            w: l1_max_margin(torch.relu(X @ (W0[:w] / W0[:w].norm(dim=1, keepdim=True)).T), labels).margin
+            for w in widths
+        }
         lp.append(margins[m])
         for w in config.lp_widths:
             per_seed.setdefault(f"lp_over_global_m{w}", []).append(margins[w] / gamma_gl)
@@ -334,7 +343,9 @@ def _groups_data(k: int, d: int, n: int, seed: int, *, base_dim: int, noise: flo
     ±1 labels per group; n training points in i.i.d. uniform groups (the draws depend on (seed, k, n) only) and
     ``test_per_group`` test points per group; x = (μ + noise·z/√d)/‖·‖, z ~ N(0, I_d)."""
     if k > base_dim:
-        raise InvalidArgumentError(f"group_counts must not exceed group_dims[0] (orthonormal centres), got k={k}, d={base_dim}")
+        raise InvalidArgumentError(
+            f"group_counts must not exceed group_dims[0] (orthonormal centres), got k={k}, d={base_dim}"
+        )
     basis = torch.linalg.qr(torch.randn(base_dim, k, generator=_generator(seed, 5, k), dtype=torch.float64))[0].T
     centres = torch.cat([basis, torch.zeros(k, d - base_dim, dtype=torch.float64)], dim=1)
     group_labels = (torch.randperm(k, generator=_generator(seed, 6, k)) % 2).long()
@@ -350,52 +361,55 @@ def _groups_data(k: int, d: int, n: int, seed: int, *, base_dim: int, noise: flo
     return points(train_groups), group_labels[train_groups], points(test_groups), group_labels[test_groups]
 
 
+def _groups_setting(config: Telgarsky2023Config, k: int, d: int) -> torch.Tensor:
+    """(C) at k groups in ℝ^d: the test error of every (seed, sample size), shape (seeds, sizes); all trained as one
+    batch, the padded samples of the smaller sizes with zero weight."""
+    grid, m, d_base, d_max = config.group_samples, config.group_width, config.group_dims[0], max(config.group_dims)
+    batches = [(seed, n) for seed in config.seeds for n in grid]
+    X = torch.zeros(len(batches), max(grid), d, dtype=torch.float64)
+    labels = torch.zeros(len(batches), max(grid), dtype=torch.long)
+    log_weights = torch.full((len(batches), max(grid)), -math.inf, dtype=torch.float64)
+    tests = []
+    for b, (seed, n) in enumerate(batches):
+        x, y, x_test, y_test = _groups_data(
+            k, d, n, seed, base_dim=d_base, noise=config.group_noise, test_per_group=config.group_test_per_group
+        )
+        X[b, :n], labels[b, :n], log_weights[b, :n] = x, y, -math.log(n)
+        tests.append((x_test, y_test))
+    # one draw of m × max(d) weights per seed, its first d columns at dimension d: the base network is a slice of
+    # the wider one, so the dimension comparison shares the initialization's guesses on unseen groups
+    W = torch.stack(
+        [torch.randn(m, d_max, generator=_generator(seed, 9), dtype=torch.float64)[:, :d] for seed, _ in batches]
+    )
+    W.requires_grad_(True)
+    signs = _signs(m, tuple(seed for seed, _ in batches), 10)  # per seed, the same at every (k, d)
+    _descend(
+        [W],
+        lambda: _log_loss(_outputs(X, W, signs), labels, log_weights),
+        steps=config.group_steps,
+        lr=config.group_lr,
+        normalized=False,
+        log_points=1,
+    )
+    X_test, y_test = torch.stack([x for x, _ in tests]), torch.stack([y for _, y in tests])
+    with torch.no_grad():
+        wrong = (_outputs(X_test, W, signs) > 0).long() != y_test
+    return wrong.double().mean(dim=1).view(len(config.seeds), len(grid))
+
+
 def _groups(config: Telgarsky2023Config) -> tuple[dict[str, list[float]], dict]:
-    """(C): test error against the number of samples for (k, d), (4k, d) and (k, 4d); all seeds and sample sizes
-    of one setting trained as one batch (padded samples carry zero weight)."""
+    """(C): the samples needed for the target test error at (k, d), (4k, d) and (k, 4d), and their log₂ ratios."""
     (k1, k2), (d1, d2) = config.group_counts, config.group_dims
-    settings = {"base": (k1, d1), "groups": (k2, d1), "dimension": (k1, d2)}
-    grid, S, m = config.group_samples, len(config.seeds), config.group_width
     per_seed: dict[str, list[float]] = {}
     curves = {}
-    for name, (k, d) in settings.items():
-        batches = [(seed, n) for seed in config.seeds for n in grid]
-        B, n_max = len(batches), max(grid)
-        X = torch.zeros(B, n_max, d, dtype=torch.float64)
-        labels = torch.zeros(B, n_max, dtype=torch.long)
-        log_weights = torch.full((B, n_max), -math.inf, dtype=torch.float64)
-        tests = []
-        for b, (seed, n) in enumerate(batches):
-            x, y, x_test, y_test = _groups_data(
-                k, d, n, seed, base_dim=d1, noise=config.group_noise, test_per_group=config.group_test_per_group
-            )
-            X[b, :n], labels[b, :n], log_weights[b, :n] = x, y, -math.log(n)
-            tests.append((x_test, y_test))
-        # one draw of m × max(d) weights per seed, its first d columns at dimension d: the base network is a slice
-        # of the wider one, so the dimension comparison shares the initialization's guesses on unseen groups
-        W = torch.stack(
-            [torch.randn(m, d2, generator=_generator(seed, 9), dtype=torch.float64)[:, :d] for seed, _ in batches]
-        )
-        signs = _signs(m, tuple(seed for seed, _ in batches), 10)  # per seed, the same at every (k, d)
-        W.requires_grad_(True)
-        _descend(
-            [W],
-            lambda: _log_loss(_outputs(X, W, signs), labels, log_weights),
-            steps=config.group_steps,
-            lr=config.group_lr,
-            normalized=False,
-            log_points=1,
-        )
-        X_test = torch.stack([x for x, _ in tests])
-        y_test = torch.stack([y for _, y in tests])
-        with torch.no_grad():
-            errors = ((_outputs(X_test, W, signs) > 0).long() != y_test).double().mean(dim=1).view(S, len(grid))
+    for name, (k, d) in {"base": (k1, d1), "groups": (k2, d1), "dimension": (k1, d2)}.items():
+        errors = _groups_setting(config, k, d)
         needed = []
-        for s in range(S):
-            reached = [n for n, error in zip(grid, errors[s].tolist()) if error <= config.target_error]
+        for row in errors.tolist():
+            reached = [n for n, error in zip(config.group_samples, row) if error <= config.target_error]
             needed.append(reached[0] if reached else math.inf)
         per_seed[f"samples_needed_{name}"] = needed
-        curves[name] = (list(grid), errors.mean(dim=0).tolist(), k, d)
+        curves[name] = (list(config.group_samples), errors.mean(dim=0).tolist(), k, d)
     for name in ("groups", "dimension"):
         per_seed[f"{name}_log2_sample_ratio"] = [
             math.log2(a / b) for a, b in zip(per_seed[f"samples_needed_{name}"], per_seed["samples_needed_base"])
@@ -417,7 +431,14 @@ def run_telgarsky_2023(config: Telgarsky2023Config, folder: Path, progress: bool
                 f"for seed(s) {', '.join(map(str, never))}"
             )
             del per_seed[key]
-    _plot(config, folder, ntk_curves, norm_curves, group_curves, {w: per_seed.get(f"lp_over_global_m{w}") for w in config.lp_widths})
+    _plot(
+        config,
+        folder,
+        ntk_curves,
+        norm_curves,
+        group_curves,
+        {w: per_seed.get(f"lp_over_global_m{w}") for w in config.lp_widths},
+    )
     d_b = config.norm_only_dim
     numbers: dict[str, float | int | bool] = {
         "seeds": len(config.seeds),
@@ -451,7 +472,9 @@ def run_telgarsky_2023(config: Telgarsky2023Config, folder: Path, progress: bool
     )
 
 
-def _plot(config: Telgarsky2023Config, folder: Path, ntk_curves: dict, norm_curves: dict, group_curves: dict, lp: dict) -> None:
+def _plot(
+    config: Telgarsky2023Config, folder: Path, ntk_curves: dict, norm_curves: dict, group_curves: dict, lp: dict
+) -> None:
     series = {}
     for d, (steps, margins, gamma_ntk) in ntk_curves.items():
         series[f"GD min yΦ/‖W‖, d = {d}"] = (steps, margins)
@@ -464,14 +487,21 @@ def _plot(config: Telgarsky2023Config, folder: Path, ntk_curves: dict, norm_curv
     )
     plot_series(
         folder / "norm_only.png",
-        {f"seed {seed}": (norm_curves["steps"], [r[s] for r in norm_curves["ratios"]]) for s, seed in enumerate(config.seeds)},
+        {
+            f"seed {seed}": (norm_curves["steps"], [r[s] for r in norm_curves["ratios"]])
+            for s, seed in enumerate(config.seeds)
+        },
         title=f"(B) Norm-only GD, width {config.norm_only_width}: ℓ1 margin over the LP optimum",
         ylabel="margin / LP margin",
     )
     widths = list(config.lp_widths)
     plot_series(
         folder / "lp_width.png",
-        {f"seed {seed}": (widths, [lp[w][s] for w in widths]) for s, seed in enumerate(config.seeds) if all(lp[w] for w in widths)},
+        {
+            f"seed {seed}": (widths, [lp[w][s] for w in widths])
+            for s, seed in enumerate(config.seeds)
+            if all(lp[w] for w in widths)
+        },
         title=f"(B) LP margin over random directions / γ_gl, d = {config.norm_only_dim}",
         xlabel="width m",
         ylabel="LP margin / γ_gl",
