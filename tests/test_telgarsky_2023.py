@@ -13,6 +13,7 @@ from scipy.optimize import linprog
 from torch import nn
 
 from implicit_bias.errors import InvalidArgumentError
+from implicit_bias.experiments import reproduce
 from implicit_bias.experiments.telgarsky_2023 import ShallowReLU, _outputs, global_parity_margin, sparse_parity
 from implicit_bias.metrics import l1_max_margin, ntk_margin, tangent_features
 
@@ -116,7 +117,7 @@ def test_ntk_margin_of_a_linear_model_is_the_svm_margin_and_bounds_the_normalize
     model.signs[::2] = -1.0
     q_min = float(((2.0 * y - 1) * model(X).detach()).min())
     # Φ is 1-homogeneous in W: Φ = ⟨W, ∇_WΦ⟩, so min y Φ/‖W‖ is one direction's margin and γ_ntk the best one
-    assert q_min / float(model.weight.norm()) <= ntk_margin(model, X, y) + 1e-12
+    assert q_min / float(model.weight.detach().norm()) <= ntk_margin(model, X, y) + 1e-12
 
 
 def test_ntk_margin_refuses_multi_output_and_parameter_free_models():
@@ -136,3 +137,27 @@ def test_batched_networks_equal_one_network_at_a_time():
     batched = _outputs(X, W, signs)
     for s in range(3):
         torch.testing.assert_close(batched[s], ShallowReLU(W[s], signs[s])(X[s]), rtol=0, atol=1e-14)
+
+
+def test_a_run_whose_groups_never_reach_the_target_fails_those_criteria_with_the_reason(tmp_path):
+    tiny = {
+        "ntk_dims": [4, 6],
+        "ntk_width": 16,
+        "ntk_steps": 200,
+        "norm_only_dim": 4,
+        "norm_only_width": 16,
+        "lp_widths": [8, 16],
+        "norm_only_steps": 50,
+        "group_samples": [2, 4],
+        "group_steps": 2,
+        "target_error": 0.0,
+        "log_points": 5,
+    }
+    result = reproduce("telgarsky-2023-low-rotation", tmp_path / "run", quick=True, overrides=tiny, progress=False)
+    outcomes = {c["name"]: c for c in result["criteria"]}
+    assert not result["passed"]
+    for name in ("samples_grow_with_groups", "samples_do_not_grow_with_dimension"):
+        assert outcomes[name]["measured"] is None and not outcomes[name]["passed"]
+        assert "never reached 0.0 on the sample grid [2, 4]" in outcomes[name]["reason"]
+    assert all(math.isfinite(v) for v in result["numbers"].values())  # no NaN, no inf
+    assert outcomes["lp_margin_below_global"]["passed"]  # a property of the LP at any width

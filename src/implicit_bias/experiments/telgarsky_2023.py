@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..dynamics.schedule import log_spaced_steps
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NotSeparatedError
 from ..losses import log_loss_terms
 from ..metrics import l1_max_margin, ntk_margin
 from ..report import plot_series
@@ -298,6 +298,16 @@ def _near_initialization(config: Telgarsky2023Config) -> tuple[dict[str, list[fl
     return per_seed, curves
 
 
+def _direction_margin(X: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> float:
+    """max_{‖c‖₁ ≤ 1} min_n y_n Σ_j c_j σ(u_jᵀx_n) over the directions u_j = w_j/‖w_j‖ (the LP of
+    :func:`~implicit_bias.metrics.l1_max_margin` on the features σ(u_jᵀx_n)); 0 when no combination separates the
+    data (the maximum is then ≤ 0)."""
+    try:
+        return l1_max_margin(torch.relu(X @ (weights / weights.norm(dim=1, keepdim=True)).T), labels).margin
+    except NotSeparatedError:
+        return 0.0
+
+
 def _norm_only(config: Telgarsky2023Config) -> tuple[dict[str, list[float]], dict]:
     """(B): LP margins over nested random directions at each width, and normalized GD on the scales (a, r)."""
     d, m = config.norm_only_dim, config.norm_only_width
@@ -310,10 +320,7 @@ def _norm_only(config: Telgarsky2023Config) -> tuple[dict[str, list[float]], dic
     for seed in config.seeds:
         W0 = torch.randn(widths[-1], d, generator=_generator(seed, 3, d), dtype=torch.float64)
         directions.append(W0)
-        margins = {
-            w: l1_max_margin(torch.relu(X @ (W0[:w] / W0[:w].norm(dim=1, keepdim=True)).T), labels).margin
-            for w in widths
-        }
+        margins = {w: _direction_margin(X, labels, W0[:w]) for w in widths}
         lp.append(margins[m])
         for w in config.lp_widths:
             per_seed.setdefault(f"lp_over_global_m{w}", []).append(margins[w] / gamma_gl)
@@ -333,7 +340,7 @@ def _norm_only(config: Telgarsky2023Config) -> tuple[dict[str, list[float]], dic
 
     def record(step: int) -> None:
         q_min = (y_pm * outputs()).min(dim=1).values
-        history.append((step, q_min / ((a * r).abs().sum(dim=1) / math.sqrt(m)) / torch.tensor(lp)))
+        history.append((step, q_min / ((a * r).abs().sum(dim=1) / math.sqrt(m))))
 
     _descend(
         [a, r],
@@ -345,11 +352,15 @@ def _norm_only(config: Telgarsky2023Config) -> tuple[dict[str, list[float]], dic
         log_points=config.log_points,
     )
     final = history[-1][1]
+
+    def over_lp(margins: torch.Tensor) -> list[float]:
+        return [float(g) / best if best > 0 else math.nan for g, best in zip(margins, lp)]
+
     per_seed["lp_margin"] = lp
-    per_seed["norm_only_over_lp"] = final.tolist()
-    per_seed["norm_only_over_global"] = [float(final[s]) * lp[s] / gamma_gl for s in range(len(config.seeds))]
-    per_seed["norm_only_min_scale"] = r.detach().abs().min(dim=1).values.tolist()
-    return per_seed, {"steps": [s for s, _ in history], "ratios": [v.tolist() for _, v in history]}
+    per_seed["norm_only_over_lp"] = over_lp(final)
+    per_seed["norm_only_over_global"] = (final / gamma_gl).tolist()
+    per_seed["norm_only_min_scale"] = r.detach().min(dim=1).values.tolist()
+    return per_seed, {"steps": [s for s, _ in history], "ratios": [over_lp(v) for _, v in history]}
 
 
 def _groups_data(k: int, d: int, n: int, seed: int, *, base_dim: int, noise: float, test_per_group: int) -> tuple:
@@ -436,14 +447,18 @@ def run_telgarsky_2023(config: Telgarsky2023Config, folder: Path, progress: bool
     norm_only, norm_curves = _norm_only(config)
     groups, group_curves = _groups(config)
     per_seed = ntk | norm_only | groups
+    why = {
+        key: f"the test error never reached {config.target_error} on the sample grid {list(config.group_samples)}"
+        for key in groups
+    }
+    why["norm_only_over_lp"] = (
+        f"no combination of the {config.norm_only_width} fixed directions separates the data (LP margin ≤ 0)"
+    )
     unmeasured = {}
-    for key in groups:  # a setting whose test error never reached the target has no sample count
-        never = [seed for seed, value in zip(config.seeds, groups[key]) if not math.isfinite(value)]
-        if never:
-            unmeasured[key] = (
-                f"the test error never reached {config.target_error} on the sample grid {list(config.group_samples)} "
-                f"for seed(s) {', '.join(map(str, never))}"
-            )
+    for key, reason in why.items():  # a quantity some seed could not measure is reported with the reason
+        missing = [seed for seed, value in zip(config.seeds, per_seed[key]) if not math.isfinite(value)]
+        if missing:
+            unmeasured[key] = f"{reason} for seed(s) {', '.join(map(str, missing))}"
             del per_seed[key]
     _plot(
         config,
