@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (importing a module registers its experiments)
     schechtman_2025,
     soudry_2018,
     sukenik,
+    telgarsky_2023,
     tsilivis_2024,
     wang_jacot_2024,
 )

@@ -8,6 +8,7 @@ from .homogenization import Homogenization, Residual, activation_gap, homogeniza
 from .kkt import KKTCertificate, KKTResidual, kkt_certificate, kkt_residual, support_count
 from .layerwise import FeatureReducer, LayerCollapse, collapse_by_layer
 from .margins import homogeneity_degree, margins, normalized_margin, parameter_norm, smoothed_margin
+from .ntk import ntk_margin, tangent_features
 from .spectra import (
     FeatureSpectra,
     Spectrum,
@@ -62,6 +63,7 @@ __all__ = [
     "margins",
     "minimal_ncc_depth",
     "normalized_margin",
+    "ntk_margin",
     "numerical_rank",
     "parameter_norm",
     "participation_ratio",
@@ -71,4 +73,5 @@ __all__ = [
     "smoothed_margin",
     "stable_rank",
     "support_count",
+    "tangent_features",
 ]
