@@ -93,7 +93,7 @@ def test_reproduce_with_seeds_checks_the_claim_on_the_jobs_it_ran(tmp_path):
 
 def test_seeds_options_are_refused_where_they_do_not_apply(tmp_path):
     for args, message in [
-        (["reproduce", "--all", "--seeds", "2"], "--set and --seeds apply to one experiment"),
+        (["reproduce", "--all", "--seeds", "2"], "--seeds applies to one experiment"),
         (["reproduce", "homogeneous-margin", "--jobs", "2"], "apply with --seeds N"),
         (["reproduce", "sukenik-2023", "--quick", "--seeds", "2"], "has no seed to fan out"),
     ]:

@@ -435,8 +435,9 @@ def reproduce(
         raise InvalidArgumentError("give either an experiment NAME or --all")
     folder = out or timestamped("reproduce-quick" if quick else "reproduce")
     if all_:
-        if set_ or seeds is not None:
-            raise InvalidArgumentError("--set and --seeds apply to one experiment; they cannot be combined with --all")
+        for given, option in ((set_, "--set"), (seeds is not None, "--seeds")):
+            if given:
+                raise InvalidArgumentError(f"{option} applies to one experiment; it cannot be combined with --all")
         table = Table(title=f"reproductions ({'quick' if quick else 'full'})")
         for column in ("experiment", "claim", "passed", "key number", "seconds"):
             table.add_column(column, no_wrap=column != "claim", max_width=60 if column == "claim" else None)
