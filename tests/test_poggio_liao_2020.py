@@ -137,3 +137,10 @@ def test_rho_refuses_a_batch_norm_without_running_statistics() -> None:
     model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2, track_running_stats=False))
     with pytest.raises(InvalidArgumentError, match="running statistics"):
         rho(model)
+
+
+def test_stacked_mlp_refuses_networks_it_would_not_reproduce() -> None:
+    with pytest.raises(InvalidArgumentError, match="bias-free MLPs"):
+        StackedMLP([build("mlp:depth=2,width=4,bias=true", (3,), 2, seed=0)])  # its biases would be dropped
+    with pytest.raises(InvalidArgumentError, match="one architecture"):
+        StackedMLP([build(f"mlp:depth=2,width={w},bias=false", (3,), 2, seed=0) for w in (4, 5)])

@@ -34,8 +34,9 @@ from ..dynamics.schedule import log_spaced_steps
 from ..errors import InvalidArgumentError, NumericalError
 from ..metrics import margins
 from ..models import build
+from ..models.mlp import MLP
 from ..report import plot_series
-from ..train.loop import batch_indices
+from ..train.loop import batch_indices, resolve_device
 from ..validation import check_scalar
 from .analysis import key_part
 from .criteria import Criterion
@@ -119,9 +120,12 @@ def set_population_statistics(model: nn.Module, X: torch.Tensor) -> nn.Module:
     training-mode pass over ``X`` at once. In place; returns the model in evaluation mode."""
     norms = [m for m in model.modules() if isinstance(m, _BATCH_NORM)]
     saved = [(m, m.momentum) for m in norms]
-    counts: dict[nn.Module, int] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args: counts.__setitem__(m, args[0].numel() // args[0].shape[1]))
-             for m in norms]  # fmt: skip
+    counts: dict[nn.Module, int] = {}  # values per channel each batch norm saw
+
+    def count(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        counts[module] = args[0].numel() // args[0].shape[1]
+
+    hooks = [m.register_forward_pre_hook(count) for m in norms]
     for module in norms:
         module.reset_running_stats()
         module.momentum = None  # a cumulative average: after one batch, that batch's statistics
@@ -148,12 +152,21 @@ class StackedMLP:
     def __init__(self, models: Sequence[nn.Module]) -> None:
         self.models = list(models)
         names = [dict(m.named_parameters()) for m in self.models]
+        shapes = {tuple((key, tuple(p.shape)) for key, p in named.items()) for named in names}
+        if len(shapes) != 1:
+            raise InvalidArgumentError("StackedMLP stacks networks of one architecture; got several parameter layouts")
         self.params = {key: torch.stack([p[key].detach() for p in names]).clone() for key in names[0]}
         for tensor in self.params.values():
             tensor.requires_grad_()
-        hidden = [name for name, _, _ in weight_layers(self.models[0])][:-1]
-        self.layers = [(f"{n}.weight", self._norm_names(n)) for n in hidden]
-        self.head = f"{weight_layers(self.models[0])[-1][0]}.weight"
+        layers = [name for name, _, _ in weight_layers(self.models[0])]
+        self.layers = [(f"{n}.weight", self._norm_names(n)) for n in layers[:-1]]
+        self.head = f"{layers[-1]}.weight"
+        used = {self.head} | {w for w, _ in self.layers} | {n for _, norm in self.layers for n in norm or ()}
+        if not isinstance(self.models[0], MLP) or used != set(self.params):
+            raise InvalidArgumentError(
+                "StackedMLP takes bias-free MLPs, build('mlp:...,bias=false') with or without norm=batchnorm; got "
+                f"{type(self.models[0]).__name__} with parameters {sorted(self.params)}"
+            )
         norms = [m for m in self.models[0].modules() if isinstance(m, _BATCH_NORM)]
         self.eps = norms[0].eps if norms else 0.0
 
@@ -170,10 +183,9 @@ class StackedMLP:
         for weight, norm in self.layers:
             h = torch.bmm(h, self.params[weight].transpose(1, 2))  # (R, B, width)
             if norm is not None:
-                var, mean = torch.var_mean(h, dim=1, keepdim=True, correction=0)
-                h = (h - mean) * torch.rsqrt(var + self.eps) * self.params[norm[0]][:, None] + self.params[norm[1]][
-                    :, None
-                ]
+                var, mean = torch.var_mean(h, dim=1, keepdim=True, correction=0)  # over each network's batch
+                gain, shift = (self.params[name][:, None] for name in norm)  # (R, 1, width)
+                h = (h - mean) * torch.rsqrt(var + self.eps) * gain + shift
             h = torch.relu(h)
         return torch.bmm(h, self.params[self.head].transpose(1, 2))[..., 0]
 
@@ -295,12 +307,13 @@ def train_condition(config: PoggioLiao2020Config, data: Dataset, norm: str, weig
     network starts from ``build``'s initialization with seed j, each weight rescaled to Frobenius norm s, and
     draws the minibatches ``fit`` would draw with seed j."""
     spec = f"mlp:depth={config.depth},width={config.width},norm={norm},bias=false"
+    device = resolve_device(config.device)
     models = [
-        rescale_weights(build(spec, data.input_shape, 2, seed=seed).to(device=config.device, dtype=torch.float64), s)
+        rescale_weights(build(spec, data.input_shape, 2, seed=seed).to(device, torch.float64), s)
         for s in config.scales
         for seed in config.seeds
     ]
-    data = data.to(torch.float64, config.device)
+    data = data.to(torch.float64, device)
     stack = StackedMLP(models)
     seeds = [seed for _ in config.scales for seed in config.seeds]
     optimizer = torch.optim.SGD(
@@ -449,7 +462,7 @@ def _notes(config: PoggioLiao2020Config, numbers: dict[str, float | int | bool])
         "(initial direction and minibatch order; one test split). ρ = Π_k ρ_k with ρ_k = ‖diag(γ_k/σ_k) W_k‖_F "
         "for a layer followed by batch norm (its evaluation-mode weight, σ_k from the whole training set) and "
         "‖W_k‖_F otherwise; y·f/ρ is the normalized margin. Spreads are over s, per seed (ρ: log10 max/min).\n\n"
-        "Pilot (quick preset, seeds 0–2; it set the thresholds): BN + WD ρ log-spread 0.017–0.027, BN without WD "
+        "Pilot (the quick preset with 3000 steps, seeds 0–2; it set the thresholds): BN + WD ρ log-spread 0.017–0.027, BN without WD "
         "0.108–0.115 (ratio 4.0–6.4) with no step where a pre-BN norm fell; without either the mean y·f/ρ fell "
         "monotonically with s (0.066, 0.060, 0.052, 0.038), the s = 0.01 lead 0.0054–0.0073. With 3 weight layers "
         "the no-BN nets from s = 0.01 did not leave the saddle at 0 within 20 000 steps (train accuracy 0.84, "
