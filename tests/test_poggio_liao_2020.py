@@ -140,7 +140,13 @@ def test_rho_refuses_a_batch_norm_without_running_statistics() -> None:
 
 
 def test_stacked_mlp_refuses_networks_it_would_not_reproduce() -> None:
-    with pytest.raises(InvalidArgumentError, match="bias-free MLPs"):
+    with pytest.raises(InvalidArgumentError, match="bias-free ReLU MLPs"):
         StackedMLP([build("mlp:depth=2,width=4,bias=true", (3,), 2, seed=0)])  # its biases would be dropped
+    for spec in (
+        "mlp:depth=2,width=4,bias=false,activation=leaky_relu",
+        "mlp:depth=2,width=4,bias=false,head_norm=batchnorm",
+    ):
+        with pytest.raises(InvalidArgumentError, match="bias-free ReLU MLPs"):
+            StackedMLP([build(spec, (3,), 2, seed=0)])
     with pytest.raises(InvalidArgumentError, match="one architecture"):
         StackedMLP([build(f"mlp:depth=2,width={w},bias=false", (3,), 2, seed=0) for w in (4, 5)])
