@@ -150,3 +150,24 @@ def test_stacked_mlp_refuses_networks_it_would_not_reproduce() -> None:
             StackedMLP([build(spec, (3,), 2, seed=0)])
     with pytest.raises(InvalidArgumentError, match="one architecture"):
         StackedMLP([build(f"mlp:depth=2,width={w},bias=false", (3,), 2, seed=0) for w in (4, 5)])
+
+
+@pytest.mark.parametrize(("weight_decay", "monotone"), [(0.0, True), (0.5, False)])
+def test_momentum_sgd_never_shrinks_a_scale_invariant_weight_without_weight_decay(weight_decay, monotone) -> None:
+    # With g_t ⊥ W_t and v_(t+1) = μ v_t + g_t, a_t = ⟨W_(t−1), v_t⟩ obeys a_(t+1) = μ(a_t − η‖v_t‖²), a_1 = 0, so
+    # a_t ≤ 0 and ‖W_(t+1)‖² = ‖W_t‖² − 2η a_(t+1) + η²‖v_(t+1)‖² ≥ ‖W_t‖²; weight decay adds −2ηλ‖W‖² and can shrink it
+    model = build("mlp:depth=2,width=6,norm=batchnorm,bias=false", (3,), 2, seed=5).double()
+    model.layer1[1].eps = 1e-200
+    generator = torch.Generator().manual_seed(3)
+    X = torch.randn(64, 3, dtype=torch.float64, generator=generator)
+    y = torch.sign(X[:, 0] * X[:, 1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=weight_decay)
+    norms = [float(model.layer1[0].weight.detach().norm())]
+    for _ in range(40):
+        batch = torch.randperm(64, generator=generator)[:16]
+        optimizer.zero_grad()
+        (0.5 * (model(X[batch])[:, 0] - y[batch]).square().mean()).backward()
+        optimizer.step()
+        norms.append(float(model.layer1[0].weight.detach().norm()))
+    relative_drops = -np.diff(norms) / np.asarray(norms[:-1])
+    assert (relative_drops.max() <= 1e-14) == monotone

@@ -288,6 +288,7 @@ class PoggioLiao2020Config:
     criteria: tuple[Criterion, ...] = CRITERIA
 
 
+ROUNDING = 1e-12  # a relative drop of a float64 norm of ≤ 10⁴ entries below this is rounding, not a decrease
 CONDITIONS = {"bn_wd": ("batchnorm", True), "bn": ("batchnorm", False), "plain": ("none", False)}
 LABELS = {"bn_wd": "BN + WD", "bn": "BN, no WD", "plain": "neither"}
 MEASURES = ("rho", "margin_mean", "margin_min", "train_accuracy", "test_error")
@@ -398,9 +399,9 @@ def _per_seed(config: PoggioLiao2020Config, runs: dict[str, ConditionRun]) -> di
         lead = final["margin_mean"][smallest] - final["margin_mean"][others].max(axis=0)
         values[f"{condition}_smallest_scale_margin_lead"] = lead
         if CONDITIONS[condition][0] == "batchnorm":
-            fell = np.diff(run.prebn_norms, axis=0) < 0  # (steps, layers, scales, seeds)
-            values[f"{condition}_prebn_norm_decreases"] = fell.sum(axis=(0, 1, 2))
-            drop = -np.diff(run.prebn_norms, axis=0) / run.prebn_norms[:-1]
+            drop = -np.diff(run.prebn_norms, axis=0) / run.prebn_norms[:-1]  # (steps, layers, scales, seeds)
+            values[f"{condition}_prebn_norm_decreases"] = (drop > ROUNDING).sum(axis=(0, 1, 2))
+            values[f"{condition}_prebn_norm_rounding_drops"] = ((drop > 0) & (drop <= ROUNDING)).sum(axis=(0, 1, 2))
             values[f"{condition}_prebn_norm_max_drop"] = np.clip(drop.max(axis=(0, 1, 2)), 0, None)
     values["min_train_accuracy"] = np.min([values[f"{c}_min_train_accuracy"] for c in runs], axis=0)
     values["bn_rho_spread_ratio"] = values["bn_rho_log_spread"] / values["bn_wd_rho_log_spread"]
