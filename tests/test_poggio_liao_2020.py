@@ -14,10 +14,10 @@ from torch import nn
 from implicit_bias.errors import InvalidArgumentError
 from implicit_bias.experiments.poggio_liao_2020 import (
     StackedMLP,
-    layer_norms,
     normalized_margins,
     rescale_weights,
     rho,
+    rho_factors,
     set_population_statistics,
 )
 from implicit_bias.models import build
@@ -40,7 +40,7 @@ def _tiny_bn_network() -> nn.Sequential:
 def test_rho_of_a_hand_built_bn_network_is_the_hand_product() -> None:
     # γ/σ = (2/2, 0.5/1): rows (1, 2) and (1.5, 2), ‖·‖_F² = 1 + 4 + 2.25 + 4 = 11.25; ‖w₂‖ = 5
     model = _tiny_bn_network()
-    assert layer_norms(model) == pytest.approx({"0": math.sqrt(11.25), "3": 5.0}, rel=1e-15)
+    assert rho_factors(model) == pytest.approx({"0": math.sqrt(11.25), "3": 5.0}, rel=1e-15)
     assert rho(model) == pytest.approx(5.0 * math.sqrt(11.25), rel=1e-15)
     plain = nn.Sequential(model[0], nn.ReLU(), model[3])  # no batch norm: Π‖W_k‖_F = √30 · 5
     assert rho(plain) == pytest.approx(math.sqrt(30.0) * 5.0, rel=1e-15)

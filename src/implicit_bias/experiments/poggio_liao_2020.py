@@ -61,7 +61,7 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module | No
     return layers
 
 
-def layer_norms(model: nn.Module) -> dict[str, float]:
+def rho_factors(model: nn.Module) -> dict[str, float]:
     """ρ_k of every weight layer, by name: ‖W_k‖_F, or ‖diag(γ_k/σ_k) W_k‖_F with σ_k = √(running var + ε)
     for a layer followed by batch norm — its effective weight in evaluation mode, where batch norm maps z to
     γ(z − μ)/σ + β. Float64.
@@ -90,9 +90,9 @@ def layer_norms(model: nn.Module) -> dict[str, float]:
 
 
 def rho(model: nn.Module) -> float:
-    """ρ = Π_k ρ_k over the weight layers (:func:`layer_norms`): f = ρ·f̃ with every layer of f̃ of unit norm,
+    """ρ = Π_k ρ_k over the weight layers (:func:`rho_factors`): f = ρ·f̃ with every layer of f̃ of unit norm,
     for a network without biases (Poggio & Liao 2020, eq. f(W; x) = ρ f(V; x); Xu et al. 2023)."""
-    return math.prod(layer_norms(model).values())
+    return math.prod(rho_factors(model).values())
 
 
 def normalized_margins(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
