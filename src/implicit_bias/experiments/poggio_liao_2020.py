@@ -13,7 +13,7 @@ Protocol (the authors' code, at our scale): binary labels (parity of the digit) 
 inputs standardized and scaled to unit norm, a bias-free ReLU MLP (batch norm after each hidden linear layer, or
 none), square loss ½(f − y)² on y = ±1, SGD with momentum and weight decay (PyTorch's, on every parameter), each
 weight matrix rescaled at initialization to Frobenius norm s. The networks of one condition — every (s, seed) —
-train together as a leading batch dimension (:class:`StackedMLP`, batched matmuls); seed s draws its own
+train together as a leading batch dimension (:class:`StackedMLP`, batched matmuls); seed j draws its own
 initial direction (rescaled to each s) and minibatch order. Measured in evaluation mode with batch statistics of
 the whole training set (:func:`set_population_statistics`).
 """
@@ -425,6 +425,12 @@ def _per_seed(config: PoggioLiao2020Config, runs: dict[str, ConditionRun]) -> di
 
 
 def run_poggio_liao_2020(config: PoggioLiao2020Config, folder: Path, progress: bool) -> Outcome:
+    if len(set(config.scales)) < 2 or not config.seeds:
+        raise InvalidArgumentError(
+            f"poggio-liao-2020 compares initialization scales: scales must hold at least two distinct values and "
+            f"seeds at least one, got scales={list(config.scales)}, seeds={list(config.seeds)}"
+        )
+    check_scalar("steps", config.steps, int, low=1)
     data = parity_digits(config.data_seed)
     runs = {
         condition: train_condition(config, data, norm, config.weight_decay if decay else 0.0)
