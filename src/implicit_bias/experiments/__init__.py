@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (importing a module registers its experiments)
     low_rank,
     lyu_li_2020,
     papyan_2020,
+    poggio_liao_2020,
     schechtman_2025,
     soudry_2018,
     sukenik,
