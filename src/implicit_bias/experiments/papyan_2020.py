@@ -46,6 +46,7 @@ class CollapseConfig:
     log_points: int = 20
     seed: int = 0
     device: str = "cpu"
+    dtype: str = "float64"  # the network's; the loss is log-space float64 either way (float32: a CNN on 60 000 images)
 
 
 PAPYAN_CRITERIA = (
@@ -146,7 +147,7 @@ def _train(config: CollapseConfig, data, model, probes: list, progress: bool):
         batch_size=config.batch_size,
         optimizer_options={"momentum": config.momentum, "weight_decay": config.weight_decay},
         probes=probes,
-        dtype="float64",
+        dtype=config.dtype,
     )
 
 
@@ -230,6 +231,7 @@ def run_deep_collapse(config: CollapseConfig, folder: Path, progress: bool) -> O
 # (Papyan et al. train 350 epochs with batch 128 and a step-decayed rate). Run it with one --set per entry.
 FASHION_MNIST_FULL = {
     "dataset": "fashion-mnist",
+    "dtype": "float32",
     "per_class": 6000,
     "model": "cnn:channels=[16,32],hidden=128",
     "batch_size": 128,
