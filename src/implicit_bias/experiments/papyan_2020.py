@@ -227,8 +227,9 @@ def run_deep_collapse(config: CollapseConfig, folder: Path, progress: bool) -> O
     )
 
 
-# Unmeasured: papyan-2020 on all of Fashion-MNIST (6000 per class) with a small CNN, mini-batch SGD for ~107 epochs
-# (Papyan et al. train 350 epochs with batch 128 and a step-decayed rate). Run it with one --set per entry.
+# papyan-2020 on all of Fashion-MNIST (6000 per class) with a small CNN, mini-batch SGD for ~107 epochs (Papyan et al.
+# train 350 epochs with batch 128 and a step-decayed rate); run it with one --set per entry. Measured 2026-12-02: 1 085 s
+# on 2 busy cores, claim not reproduced — no zero training error by step 50 000, NC1 6.86 → 0.66, test accuracy 0.908.
 FASHION_MNIST_FULL = {
     "dataset": "fashion-mnist",
     "dtype": "float32",
