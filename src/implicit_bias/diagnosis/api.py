@@ -14,7 +14,7 @@ from torch import nn
 from ..data import Dataset
 from ..errors import ImplicitBiasError, InvalidArgumentError
 from ..metrics.layerwise import Batches, _batches, first_inputs
-from ..models.features import check_layer_names, feature_names
+from ..models.features import LayerTrace, check_layer_names, feature_names, trace_layers
 from ..models.inference import evaluation, model_device
 from ..validation import check_features_labels, check_model_input, check_scalar
 from . import sections
@@ -128,9 +128,10 @@ def diagnose(
         K = _num_classes(data, outputs, num_classes)
         train_batches = _batches(data, batch_size, K)
         test_batches = _batches(test, batch_size, K, "test") if test is not None else None
-        layers = tuple(feature_names(model, example) if layers is None else layers)
+        trace = trace_layers(model, example)  # the classifier and the default layers: one forward pass
+        layers = tuple(feature_names(model, trace=trace) if layers is None else layers)
         check_layer_names(model, layers)
-        return _measure(model, train_batches, test_batches, example, layers, K, batch_size, kkt, progress, data)
+        return _measure(model, train_batches, test_batches, example, trace, layers, K, batch_size, kkt, progress, data)
 
 
 def _measure(
@@ -138,6 +139,7 @@ def _measure(
     train: Iterable,
     test: Iterable | None,
     example: torch.Tensor,
+    trace: LayerTrace,
     layers: tuple[str, ...],
     num_classes: int,
     batch_size: int,
@@ -166,7 +168,7 @@ def _measure(
         if progress:
             train = _Tracked(train, bar, "training data")
             test = _Tracked(test, bar, "test data") if test is not None else None
-        section, degree = sections.architecture(model, layers, example)
+        section, degree = sections.architecture(model, layers, example, trace)
         results.append(section)
         section, inferred = sections.rates(model, example)
         results.append(section)
@@ -179,7 +181,7 @@ def _measure(
         if layers:
             found = attempt(
                 "collapse",
-                lambda: sections.collapse(model, train, test, layers, num_classes, batch_size, example=example),
+                lambda: sections.collapse(model, train, test, layers, num_classes, batch_size, trace=trace),
             )
             if found is not None:
                 results.append(found[0])

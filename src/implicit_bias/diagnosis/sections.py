@@ -22,7 +22,7 @@ from ..metrics.kkt import kkt_residual, support_size
 from ..metrics.layerwise import LayerCollapse, collapse_by_layer
 from ..metrics.margins import homogeneity_degree, normalize_by_norm, parameter_norm, require_fit_loss
 from ..metrics.spectra import Spectrum, feature_spectra, layer_spectra
-from ..models.features import trace_layers
+from ..models.features import LayerTrace
 from ..models.inference import predict
 from ..symmetry import Rates, check_rates, infer_rates
 from .result import Row
@@ -76,7 +76,9 @@ class Structure:
     rates: Rates | None
 
 
-def architecture(model: nn.Module, layers: Sequence[str], example: torch.Tensor) -> tuple[Section, float | None]:
+def architecture(
+    model: nn.Module, layers: Sequence[str], example: torch.Tensor, trace: LayerTrace
+) -> tuple[Section, float | None]:
     """Parameter count, feature layers, the classifier, and the homogeneity degree (Lyu & Li 2020) on
     ``example`` or the reason there is none."""
     section = Section("architecture")
@@ -85,7 +87,6 @@ def architecture(model: nn.Module, layers: Sequence[str], example: torch.Tensor)
     section.add("parameter_tensors", len(parameters))
     for index, name in enumerate(layers, start=1):
         section.add("feature_layer", index, layer=name, variant="forward order")
-    trace = trace_layers(model, example)
     if trace.head is not None:
         head = model.get_submodule(trace.head)
         section.add(
@@ -237,14 +238,13 @@ def collapse(
     num_classes: int,
     batch_size: int,
     *,
-    example: torch.Tensor,
+    trace: LayerTrace,
 ) -> tuple[Section, dict[str, LayerCollapse]]:
     """Neural collapse at every feature layer (Papyan, Han & Donoho 2020: NC1–NC4; Galanti et al. 2022: CDNV;
     nearest-class-centre accuracies), streamed by :func:`~implicit_bias.metrics.collapse_by_layer`. NC3/NC4 need
     the model's linear classifier W; without one they are skipped with the reason and the rest is reported."""
     section = Section("collapse")
     measured = collapse_by_layer(model, train, layers, test=test, num_classes=num_classes, batch_size=batch_size)
-    trace = trace_layers(model, example)
     head = model.get_submodule(trace.head) if trace.head is not None else None
     penultimate = trace.head_input
     if head is None:

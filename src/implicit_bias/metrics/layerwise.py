@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import InvalidArgumentError
-from ..models.features import capture_features, check_layer_names, feature_names, trace_layers
+from ..models.features import LayerTrace, capture_features, check_layer_names, feature_names, trace_layers
 from ..models.inference import evaluation, model_device, model_dtype, sample_slices
 from ..validation import check_choice, check_features_labels, check_labels, check_scalar
 from .collapse import CollapseAccumulator, CollapseReport
@@ -110,12 +110,14 @@ def first_batch(batches: Iterable, name: str = "data") -> tuple[torch.Tensor, It
     return first[0], itertools.chain([first], iterator)
 
 
-def resolve_layers(model: nn.Module, example: torch.Tensor, layers: Sequence[str] | None) -> tuple[str, ...]:
+def resolve_layers(
+    model: nn.Module, example: torch.Tensor, layers: Sequence[str] | None, *, trace: LayerTrace | None = None
+) -> tuple[str, ...]:
     """``layers`` checked against the model, or by default its feature layers
-    (:func:`~implicit_bias.models.feature_names`, traced on ``example``)."""
+    (:func:`~implicit_bias.models.feature_names`, from ``trace`` when given, else traced on ``example``)."""
     if layers is None:
         with evaluation(model):
-            layers = feature_names(model, example[:TRACE_SAMPLES])
+            layers = feature_names(model, example[:TRACE_SAMPLES], trace=trace)
     layers = tuple(layers)
     if not layers:
         raise InvalidArgumentError("the model has no feature layers to measure; pass layers=[...] by module name")
@@ -166,9 +168,9 @@ def collapse_by_layer(
     device, model_type = model_device(model), model_dtype(model)
     train_split = _batches(data, batch_size, num_classes)
     example, first_pass = first_batch(train_split)
-    layers = resolve_layers(model, example, layers)
     with evaluation(model):
         trace = trace_layers(model, example[:TRACE_SAMPLES])
+    layers = resolve_layers(model, example, layers, trace=trace)
     head = model.get_submodule(trace.head) if trace.head is not None else None
     penultimate = trace.head_input
     classifier = (head.weight, head.bias) if head is not None and head.out_features == num_classes else (None, None)

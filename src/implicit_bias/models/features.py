@@ -129,12 +129,17 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> LayerTrace:
     return LayerTrace(head, head_input, tuple(features), reason)
 
 
-def feature_names(model: nn.Module, example: torch.Tensor | None = None) -> tuple[str, ...]:
+def feature_names(
+    model: nn.Module, example: torch.Tensor | None = None, *, trace: LayerTrace | None = None
+) -> tuple[str, ...]:
     """The model's canonical feature layers: ``model.feature_names`` for models built here, otherwise the layers
-    :func:`trace_layers` finds on ``example`` (required then: only a forward pass shows the order)."""
+    :func:`trace_layers` finds on ``example`` (required then: only a forward pass shows the order), or in a
+    ``trace`` the caller already has."""
     names = getattr(model, "feature_names", None)
     if names is not None:
         return tuple(names)
+    if trace is not None:
+        return trace.features
     if example is None:
         raise InvalidArgumentError(
             f"the feature layers of a {type(model).__name__} follow the order its forward() runs: pass an example "

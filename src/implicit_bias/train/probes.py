@@ -339,9 +339,9 @@ class CollapseProbe:
 
     def _structure(self, model: nn.Module, X: torch.Tensor) -> tuple[tuple[str, ...], LayerTrace]:
         if self._resolved is None or self._resolved[0] != id(model):
-            layers = resolve_layers(model, X, self.layers)
             with evaluation(model):
-                self._resolved = (id(model), layers, trace_layers(model, X[:TRACE_SAMPLES]))
+                trace = trace_layers(model, X[:TRACE_SAMPLES])
+            self._resolved = (id(model), resolve_layers(model, X, self.layers, trace=trace), trace)
         return self._resolved[1], self._resolved[2]
 
     def feature_layers(self, model: nn.Module, X: torch.Tensor) -> tuple[str, ...]:
