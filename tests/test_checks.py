@@ -4,6 +4,7 @@ result.json's criteria list, on throwaway experiments (the real registry is rest
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -20,12 +21,13 @@ from implicit_bias.experiments import (
     Outcome,
     register,
     reproduce,
+    reproduce_all,
     resolve_config,
 )
 from implicit_bias.experiments.analysis import key_part, order_violations
 from implicit_bias.experiments.criteria import evaluate
 from implicit_bias.experiments.trial import trial
-from implicit_bias.report.markdown import criteria_table
+from implicit_bias.report.markdown import criteria_table, headline
 
 RESULT_KEYS = {
     "name",
@@ -275,11 +277,97 @@ def test_per_seed_values_are_summarized_and_reported(tmp_path, tiny):
     result = reproduce("tiny-seeds", tmp_path, progress=False)
     assert result["per_seed"] == {"value": [1.0, 2.0, 6.0]}
     assert result["numbers"]["value_mean"] == 3.0
-    assert result["numbers"]["value_std"] == pytest.approx(math.sqrt(14 / 3))  # ((−2)² + (−1)² + 3²)/3
+    assert result["numbers"]["value_std"] == pytest.approx(math.sqrt(7))  # sample std: ((−2)² + (−1)² + 3²)/(3 − 1)
     assert [c["passed"] for c in result["criteria"]] == [False, True, True]
     report = (tmp_path / "report.md").read_text()
     assert "| value = 3 (mean over 3 seeds) | each seed: > 1.5 | **no** (2 of 3 seeds hold) |" in report
     assert "| most seeds: > 1.5 | yes (2 of 3 seeds hold) |" in report
+
+
+@dataclass(frozen=True)
+class SeededConfig:
+    seed: int = 0
+    seeds: int = 3
+    criteria: tuple[Criterion, ...] = (
+        Criterion("square_small", "square", "<", 5.0, "a fake claim: seed² stays below 5, per seed", over="each"),
+        Criterion("square_small_mostly", "square", "<", 5.0, "the same claim for most seeds", over="most"),
+        Criterion("margin_positive", "margin", ">", 0.0, "a fake claim needing a fit, per seed", over="each"),
+    )
+
+
+def _square_of_seed(config, folder, progress):
+    """One seed's run: square = seed²; seed 4 'never fits', so its margin is unmeasured."""
+    (folder / "seen.txt").write_text(f"{config.seed} {config.seeds}")
+    numbers = {"square": float(config.seed**2)}
+    unmeasured = {"margin": "never fit"} if config.seed == 4 else {}
+    if not unmeasured:
+        numbers["margin"] = 0.5
+    return Outcome(numbers, ["seen.txt"], f"notes of seed {config.seed}", unmeasured=unmeasured)
+
+
+def _fan_out(**changes):
+    config = dataclasses.replace(SeededConfig(), **changes)
+    return Experiment("tiny-fan", "squares", config, config, _square_of_seed, "square", fans_out_seeds=True)
+
+
+def test_the_registry_runs_a_single_seed_runner_per_seed_and_summarizes_each_number(tmp_path, tiny):
+    register(_fan_out())
+    result = reproduce("tiny-fan", tmp_path / "a", progress=False)
+    assert result["per_seed"] == {"square": [0.0, 1.0, 4.0], "margin": [0.5, 0.5, 0.5]}
+    numbers = result["numbers"]
+    assert numbers["seeds"] == 3 and numbers["square_mean"] == pytest.approx(5 / 3)
+    assert numbers["square_std"] == pytest.approx(math.sqrt(13 / 3))  # ((5/3)² + (2/3)² + (7/3)²)/(3 − 1)
+    assert [(c["passed"], c["seeds_holding"]) for c in result["criteria"]] == [(True, 3), (True, 3), (True, 3)]
+    # seed 0 writes into the experiment's folder, each other seed into seed_<s>/, every runner with seeds=1
+    assert [(tmp_path / "a" / sub / "seen.txt").read_text() for sub in ("", "seed_1", "seed_2")] == [
+        "0 1", "1 1", "2 1",
+    ]  # fmt: skip
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "notes of seed 0" in report and "`seed_1/`, `seed_2/`" in report and "notes of seed 1" not in report
+    assert headline(result, "square") == f"square = {5 / 3:.6g} ± {math.sqrt(13 / 3):.6g}"
+    # seeds 3 and 4 (--set seed=3 seeds=2): 9 and 16 fail, seed 4's margin is not measured
+    moved = reproduce("tiny-fan", tmp_path / "b", overrides={"seed": 3, "seeds": 2}, progress=False)
+    assert moved["per_seed"] == {"square": [9.0, 16.0]} and moved["unmeasured"] == {"margin": "seed 4: never fit"}
+    square, mostly, margin = moved["criteria"]
+    assert (square["passed"], square["seeds_holding"], mostly["passed"]) == (False, 0, False)
+    assert not margin["passed"] and margin["reason"] == "not measured: seed 4: never fit"
+    with pytest.raises(InvalidArgumentError, match="seeds must be >= 1, got 0"):
+        reproduce("tiny-fan", tmp_path / "c", overrides={"seeds": 0}, progress=False)
+
+
+def test_register_refuses_a_fan_out_without_int_seed_fields(tiny):
+    @dataclass(frozen=True)
+    class Listed:
+        seed: int = 0
+        seeds: tuple[int, ...] = (0, 1, 2)
+        criteria: tuple[Criterion, ...] = SeededConfig.criteria
+
+    with pytest.raises(TypeError, match=r"'tiny-listed' \(quick\): fans_out_seeds needs an int 'seeds' field"):
+        register(Experiment("tiny-listed", "x", Listed(), Listed(), _square_of_seed, "square", fans_out_seeds=True))
+
+
+def _dies(config, folder, progress):
+    os._exit(3)  # a worker killed mid-run (only ever run in a worker process)
+
+
+def test_reproduce_all_in_two_workers_gives_the_one_process_results_and_survives_a_dying_worker(tmp_path, tiny):
+    EXPERIMENTS.clear()
+    register(Experiment("tiny", "a value exceeds one half", TinyConfig(), TinyConfig(), _report_value, "value"))
+    register(_fan_out())
+    serial = reproduce_all(tmp_path / "serial", progress=False)
+    parallel = reproduce_all(tmp_path / "parallel", progress=False, jobs=2)
+    assert [r["name"] for r in parallel] == ["tiny", "tiny-fan"]
+    for one, two in zip(serial, parallel, strict=True):
+        assert (one["passed"], one["numbers"], one["criteria"]) == (two["passed"], two["numbers"], two["criteria"])
+    index = (tmp_path / "parallel" / "index.md").read_text()
+    assert index.replace(str(tmp_path / "parallel"), "") .count("tiny-fan") >= 1 and "2 of 2 claims reproduced" in index
+    register(Experiment("tiny-dies", "a worker dies", TinyConfig(), TinyConfig(), _dies, "value"))
+    results = reproduce_all(tmp_path / "dies", progress=False, jobs=2)
+    by_name = {r["name"]: r for r in results}
+    assert by_name["tiny"]["passed"] and by_name["tiny-fan"]["passed"]  # lost with the dying worker, then rerun
+    assert not by_name["tiny-dies"]["passed"] and "its worker process failed" in by_name["tiny-dies"]["error"]
+    with pytest.raises(InvalidArgumentError, match="jobs must be >= 1, got 0"):
+        reproduce_all(tmp_path / "zero", progress=False, jobs=0)
 
 
 def test_numbers_must_be_numbers_under_identifier_keys(tmp_path, tiny):

@@ -50,7 +50,7 @@ def test_a_quantity_one_seed_could_not_measure_fails_naming_that_seed():
 
 
 def test_seed_grid_follows_the_config_and_refuses_what_it_cannot_fan_out():
-    assert seed_grid("homogeneous-margin", 3, quick=True) == {"seed": [0, 1, 2]}
+    assert seed_grid("homogeneous-margin", 3, quick=True) == {"seed": [0, 1, 2], "seeds": [1]}  # registry fan-out
     assert seed_grid("cai-2025-near-homogeneous", 2, quick=True) == {"seeds": [[0], [1]]}
     with pytest.raises(InvalidArgumentError, match=r"sukenik-2023 has no seed to fan out \(seeds=\d+\)"):
         seed_grid("sukenik-2023", 3, quick=True)
@@ -78,13 +78,21 @@ def test_reproduce_with_seeds_checks_the_claim_on_the_jobs_it_ran(tmp_path):
     assert "homogeneous-margin over 2 seeds: PASSED" in result.output
     folder = tmp_path / "homogeneous-margin"
     summary = json.loads((folder / "result.json").read_text())
-    jobs = expand("homogeneous-margin", ["seed=0..1"], quick=True)
+    # the registry fans homogeneous-margin's seeds out itself: each job runs one seed (seeds=1)
+    jobs = expand("homogeneous-margin", ["seed=0..1", "seeds=1"], quick=True)
     seeds = [json.loads((job_folder(folder, j.key) / "reproduction" / "result.json").read_text()) for j in jobs]
     criteria = resolve_config("homogeneous-margin", quick=True).criteria
     for criterion, outcome in zip(criteria, summary["criteria"], strict=True):
-        values = [s["numbers"][criterion.quantity] for s in seeds]
-        assert outcome["measured"] == pytest.approx(statistics.fmean(values), rel=1e-12)
-        assert outcome["seeds"] == 2 and outcome["passed"] == criterion.holds(statistics.fmean(values))[0]
+        assert criterion.over == "each"
+        values = [value for s in seeds for value in s["per_seed"][criterion.quantity]]
+        assert len(values) == 2 and outcome["measured"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+        holding = sum(criterion.holds(value)[0] for value in values)
+        assert (outcome["seeds"], outcome["seeds_holding"], outcome["passed"]) == (2, holding, holding == 2)
+    for key in ("normalized_margin_growth", "final_log_loss"):  # pooled per-seed values, not means of means
+        values = [s["per_seed"][key][0] for s in seeds]
+        assert summary["numbers"][f"{key}_mean"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+        assert summary["numbers"][f"{key}_std"] == pytest.approx(statistics.stdev(values), rel=1e-12)
+    assert not any(key.endswith("_mean_mean") for key in summary["numbers"])
     assert "over 2 seeds" in (folder / "report.md").read_text()
     assert (folder / "report.html").stat().st_size > 1000 and (folder / "summary.csv").exists()
     again = runner.invoke(app, args)  # a rerun finds both seeds done and aggregates again

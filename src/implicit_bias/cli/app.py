@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import inspect
+import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -17,7 +18,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..errors import ImplicitBiasError, InvalidArgumentError
-from ..validation import parse_assignments
+from ..validation import check_scalar, parse_assignments
 
 # click's UsageError (an unknown option, a value of the wrong type), from whichever click typer uses (it vendors one)
 _UsageError = next(kind for kind in typer.BadParameter.__mro__ if kind.__name__ == "UsageError")
@@ -414,7 +415,13 @@ def reproduce(
         ),
     ] = None,
     executor: Annotated[str, typer.Option(help="With --seeds: where the jobs run: local, submitit or ray.")] = "local",
-    jobs: Annotated[int | None, typer.Option(help="With --seeds: workers (local), array cap (submitit).")] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="With --all: experiments run at once, one torch thread each (default: the number of cores; 1 runs "
+            "them one after another in this process). With --seeds: workers (local), array cap (submitit)."
+        ),
+    ] = None,
     cluster: Annotated[str, typer.Option(help="With --seeds --executor submitit: slurm or local.")] = "slurm",
     address: Annotated[str, typer.Option(help="With --seeds --executor ray: auto, host:port or local.")] = "auto",
 ) -> None:
@@ -435,7 +442,11 @@ def reproduce(
         raise InvalidArgumentError("give either an experiment NAME or --all")
     folder = out or timestamped("reproduce-quick" if quick else "reproduce")
     if all_:
-        for given, option in ((set_, "--set"), (seeds is not None, "--seeds")):
+        given_options = (
+            (set_, "--set"), (seeds is not None, "--seeds"), (executor != "local", "--executor"),
+            (cluster != "slurm", "--cluster"), (address != "auto", "--address"),
+        )  # fmt: skip
+        for given, option in given_options:
             if given:
                 raise InvalidArgumentError(f"{option} applies to one experiment; it cannot be combined with --all")
         table = Table(title=f"reproductions ({'quick' if quick else 'full'})")
@@ -451,7 +462,8 @@ def reproduce(
                 shown = headline(result, key)
             table.add_row(result["name"], result["claim"], passed, shown, f"{result['seconds']:.1f}")
 
-        results = reproduce_all(folder, quick=quick, progress=progress, force=force, on_result=add)
+        workers = (os.cpu_count() or 1) if jobs is None else check_scalar("--jobs", jobs, int, low=1)
+        results = reproduce_all(folder, quick=quick, progress=progress, force=force, jobs=workers, on_result=add)
         console.print(table)
         console.print(index_summary(results))
         console.print(f"index report: [bold]{folder / 'index.md'}[/] and [bold]{folder / 'index.html'}[/]")
@@ -564,7 +576,6 @@ def sweep(
     no sbatch, no Ray cluster, a missing extra).
     """
     from ..sweep import run as run_sweep
-    from ..validation import check_scalar
 
     check_scalar("--retries", retries, int, low=0)
     table = Table(title=f"sweep of {target} in {out}")

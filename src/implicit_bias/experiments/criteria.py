@@ -230,11 +230,13 @@ def check_per_seed(per_seed: Any, numbers: Mapping[str, Any], experiment: str) -
 
 
 def seed_summaries(per_seed: Mapping[str, Sequence[float | bool]]) -> dict[str, float]:
-    """``<key>_mean`` and ``<key>_std`` (population standard deviation) of every per-seed quantity."""
+    """``<key>_mean`` and ``<key>_std`` (the sample standard deviation, n − 1 in the denominator; 0 for one
+    value) of every per-seed quantity."""
     summaries = {}
     for key, values in per_seed.items():
         floats = [float(v) for v in values]
-        summaries[f"{key}_mean"], summaries[f"{key}_std"] = statistics.fmean(floats), statistics.pstdev(floats)
+        summaries[f"{key}_mean"] = statistics.fmean(floats)
+        summaries[f"{key}_std"] = statistics.stdev(floats) if len(floats) > 1 else 0.0
     return summaries
 
 

@@ -26,6 +26,7 @@ CRITERIA = (
         1e-12,
         "Lyu & Li (2020), Theorem 4.1 (GD: Theorem E.2): once ℒ < 1 the smoothed margin γ̃ never decreases "
         "(largest relative decrease between logged steps; 1e−12 allows rounding).",
+        over="each",
     ),
     Criterion(
         "normalized_margin_grows",
@@ -34,6 +35,7 @@ CRITERIA = (
         1.0,
         "Lyu & Li (2020), Theorem 4.1: the normalized margin γ̄ rises toward a KKT value (final γ̄ over γ̄ at the "
         "first step with ℒ < 1).",
+        over="each",
     ),
 )
 
@@ -48,7 +50,8 @@ class HomogeneousMarginConfig:
     lr: float = 0.05
     steps: int = 5000
     log_points: int = 150
-    seed: int = 0
+    seed: int = 0  # the first seed; the registry runs seed … seed + seeds − 1 (fans_out_seeds)
+    seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = CRITERIA
 
@@ -126,8 +129,9 @@ register(
         claim="Once a homogeneous network fits its data, GD never decreases its smoothed margin and increases "
         "its normalized margin (Lyu & Li 2020, Thm 4.1).",
         quick=HomogeneousMarginConfig(),
-        full=HomogeneousMarginConfig(num_classes=5, dim=10, n_per_class=100, width=200, steps=200_000, log_points=300),
+        full=HomogeneousMarginConfig(seeds=5, num_classes=5, dim=10, n_per_class=100, width=200, steps=200_000, log_points=300),
         runner=run_homogeneous_margin,
+        fans_out_seeds=True,
         key_number="normalized_margin_growth",
         reference="Lyu, K. & Li, J. (2020). Gradient descent maximizes the margin of homogeneous neural networks.",
     )

@@ -24,6 +24,7 @@ CRITERIA = (
         0.99,
         "Ji & Telgarsky (2020), Theorem 4.1: along gradient flow the parameters align with the negative gradient, "
         "cos(θ, −∇ℒ) → 1.",
+        over="each",
     ),
     Criterion(
         "flow_alignment_rising",
@@ -32,6 +33,7 @@ CRITERIA = (
         0.0,
         "Ji & Telgarsky (2020), Theorem 4.1: the alignment still rises over the last decade of steps (final minus "
         "a decade earlier).",
+        over="each",
     ),
     Criterion(
         "flow_direction_converges",
@@ -39,6 +41,7 @@ CRITERIA = (
         "<",
         1e-3,
         "Ji & Telgarsky (2020), Theorem 3.1: θ/‖θ‖ converges (1 − cos between the last two logged directions).",
+        over="each",
     ),
 )
 
@@ -55,7 +58,8 @@ class JiTelgarskyConfig:
     lr_flow: float = 0.2
     lr_gd: float = 0.05
     log_points: int = 40
-    seed: int = 0
+    seed: int = 0  # the first seed; the registry runs seed … seed + seeds − 1 (fans_out_seeds)
+    seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = CRITERIA
 
@@ -133,9 +137,11 @@ register(
         "negative gradient: cos(θ, −∇ℒ) → 1.",
         quick=JiTelgarskyConfig(steps=10_000),
         full=JiTelgarskyConfig(
-            depth=3, width=100, dim=20, num_classes=5, n_per_class=100, steps=200_000, log_points=80, lr_flow=20.0
+            depth=3, width=100, dim=20, num_classes=5, n_per_class=100, steps=200_000, log_points=80, lr_flow=20.0,
+            seeds=5,
         ),
         runner=run_ji_telgarsky,
+        fans_out_seeds=True,
         key_number="normalized_gd_final_alignment",
         reference="Ji, Z. & Telgarsky, M. (2020). Directional convergence and alignment in deep learning. NeurIPS.",
     )

@@ -201,8 +201,8 @@ def run_robustness(config: RobustnessConfig, folder: Path, progress: bool) -> Ou
 
 # -- sparsity -----------------------------------------------------------------------------------------------------
 SPARSITY_CRITERIA = (
-    Criterion("symmetric_fits", "symmetric_accuracy", "==", 1.0, "Kunin et al. (2023), §5: the symmetric data is fit."),
-    Criterion("shells_fits", "shells_accuracy", "==", 1.0, "Kunin et al. (2023), §5: the shells data is fit."),
+    Criterion("symmetric_fits", "symmetric_accuracy", "==", 1.0, "Kunin et al. (2023), §5: the symmetric data is fit.", over="each"),
+    Criterion("shells_fits", "shells_accuracy", "==", 1.0, "Kunin et al. (2023), §5: the shells data is fit.", over="each"),
     Criterion(
         "unneeded_bias_share_decays",
         "symmetric_share_decay",
@@ -210,6 +210,7 @@ SPARSITY_CRITERIA = (
         10.0,
         "Kunin et al. (2023), §5 (sparsity): a higher-rate parameter the data does not need is discarded — the "
         "output bias's share falls from zero training error to the end.",
+        over="each",
     ),
     Criterion(
         "unneeded_bias_share_small",
@@ -217,6 +218,7 @@ SPARSITY_CRITERIA = (
         "<=",
         0.01,
         "Kunin et al. (2023), §5: on symmetric data the asymmetric max-margin solution has b = 0 (share at the end).",
+        over="each",
     ),
     Criterion(
         "needed_bias_kept",
@@ -224,6 +226,7 @@ SPARSITY_CRITERIA = (
         ">=",
         0.05,
         "Kunin et al. (2023), §5: on data that needs it (shells) the output bias keeps a share of the output scale.",
+        over="each",
     ),
     Criterion(
         "needed_bias_not_fading",
@@ -231,6 +234,7 @@ SPARSITY_CRITERIA = (
         ">=",
         0.5,
         "Kunin et al. (2023), §5: on shells the bias's share does not fall below half its value at fitting.",
+        over="each",
     ),
     Criterion(
         "needed_bias_follows_rate_one",
@@ -239,6 +243,7 @@ SPARSITY_CRITERIA = (
         (0.8, 1.2),
         "Kunin et al. (2023), §3: along the flow each parameter grows like the output scale to its rate λ; b's rate "
         "is 1 (±0.2 measured over the second half).",
+        over="each",
     ),
     Criterion(
         "unneeded_bias_below_rate",
@@ -246,6 +251,7 @@ SPARSITY_CRITERIA = (
         "<",
         0.5,
         "Kunin et al. (2023), §5: on symmetric data b is discarded, growing slower than the body (rate ½).",
+        over="each",
     ),
 )
 
@@ -258,7 +264,8 @@ class SparsityConfig:
     lr: float = 0.5
     steps: int = 20_000
     log_points: int = 40
-    seed: int = 0
+    seed: int = 0  # the first seed; the registry runs seed … seed + seeds − 1 (fans_out_seeds)
+    seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = SPARSITY_CRITERIA
 
@@ -391,7 +398,7 @@ class NormalizedCollapseConfig:
     optimizer: str = "gd"
     lr: float = 0.5
     steps: int = 3000
-    seeds: int = 2
+    seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = COLLAPSE_CRITERIA
 
@@ -477,8 +484,9 @@ register(
         claim="A higher-rate parameter the data does not need (an output bias on symmetric data) is discarded: its "
         "share of the output scale decays; on data that needs it, it does not.",
         quick=SparsityConfig(),
-        full=SparsityConfig(n=200, width=128, steps=200_000, log_points=80),
+        full=SparsityConfig(seeds=5, n=200, width=128, steps=200_000, log_points=80),
         runner=run_sparsity,
+        fans_out_seeds=True,
         key_number="symmetric_share_decay",
         reference=REFERENCE,
     )
@@ -490,7 +498,7 @@ register(
         claim="With a normalization layer before the classifier, cross-entropy training drives the features to "
         "neural collapse (NC1–NC3) far more than without it.",
         quick=NormalizedCollapseConfig(steps=1500),
-        full=NormalizedCollapseConfig(per_class=130, steps=10_000, seeds=3),
+        full=NormalizedCollapseConfig(per_class=130, steps=10_000, seeds=5),
         runner=run_collapse,
         key_number="nc1_ratio",
         reference=REFERENCE,

@@ -25,6 +25,7 @@ LOW_RANK_CRITERIA = (
         3,
         "Chen, Yi & Yang (2024): SGD with weight decay, sufficiently trained, leaves the first layer ≈ rank two "
         "(numerical rank, σ_i > 1e−2 σ_1); Galanti et al. (2022) observe the same.",
+        over="each",
     ),
     Criterion(
         "weight_decay_fits",
@@ -33,6 +34,7 @@ LOW_RANK_CRITERIA = (
         0.95,
         "Chen, Yi & Yang (2024) state the low-rank bias for a trained network: the weight-decay run fits the "
         "training set (strong weight decay trades a little fit).",
+        over="each",
     ),
     Criterion(
         "no_weight_decay_rank_high",
@@ -41,6 +43,7 @@ LOW_RANK_CRITERIA = (
         0.5,
         "Galanti et al. (2022): without weight decay the first layer stays high-rank (numerical rank over full "
         "rank min(width, inputs)).",
+        over="each",
     ),
 )
 
@@ -52,6 +55,7 @@ SQUARE_LOSS_CRITERIA = (
         0.99,
         "Xu et al. (2023) study the close-to-interpolating regime: the weight-decay run fits ≥ 99% of the training "
         "set at the last SGD iterate.",
+        over="each",
     ),
     Criterion(
         "nc1_larger_without_wd",
@@ -60,6 +64,7 @@ SQUARE_LOSS_CRITERIA = (
         5.0,
         "Xu et al. (2023): with the square loss and normalization, weight decay brings neural collapse (NC1 "
         "without over with weight decay).",
+        over="each",
     ),
     Criterion(
         "etf_distance_larger_without_wd",
@@ -67,6 +72,7 @@ SQUARE_LOSS_CRITERIA = (
         ">=",
         2.0,
         "Xu et al. (2023): weight decay drives the class means toward a simplex ETF (ratio without / with).",
+        over="each",
     ),
     Criterion(
         "stable_rank_larger_without_wd",
@@ -74,6 +80,7 @@ SQUARE_LOSS_CRITERIA = (
         ">=",
         1.5,
         "Xu et al. (2023): weight decay makes the hidden weights low-rank (mean stable rank without / with).",
+        over="each",
     ),
 )
 
@@ -87,7 +94,8 @@ class LowRankConfig:
     weight_decay: float = 0.05
     batch_size: int = 1  # the setting of Chen, Yi & Yang's theorem: one rank-one gradient per step
     steps: int = 20_000
-    seed: int = 0
+    seed: int = 0  # the first seed; the registry runs seed … seed + seeds − 1 (fans_out_seeds)
+    seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = LOW_RANK_CRITERIA
 
@@ -146,7 +154,8 @@ class SquareLossConfig:
     weight_decay: float = 5e-3
     batch_size: int = 64
     steps: int = 5000
-    seed: int = 0
+    seed: int = 0  # the first seed; the registry runs seed … seed + seeds − 1 (fans_out_seeds)
+    seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = SQUARE_LOSS_CRITERIA
 
@@ -202,8 +211,9 @@ register(
         claim="SGD with weight decay leaves a two-layer ReLU network with a low-rank first layer; without weight "
         "decay the first layer stays high-rank.",
         quick=LowRankConfig(steps=8000),
-        full=LowRankConfig(steps=50_000, width=256),
+        full=LowRankConfig(seeds=5, steps=50_000, width=256),
         runner=run_weight_decay_low_rank,
+        fans_out_seeds=True,
         key_number="with_wd_stable_rank",
         reference="Chen, F., Yi, D. & Yang, J. (2024); Galanti, T., Siegel, Z., Gupte, A. & Poggio, T. (2022). SGD "
         "and weight decay secretly minimize the rank of your neural network.",
@@ -216,8 +226,9 @@ register(
         claim="With the square loss and normalization layers, weight decay brings neural collapse and low-rank "
         "weights; without weight decay, not.",
         quick=SquareLossConfig(),
-        full=SquareLossConfig(per_class=130, width=256, lr=0.02, steps=20_000),
+        full=SquareLossConfig(seeds=5, per_class=130, width=256, lr=0.02, steps=20_000),
         runner=run_square_loss_normalization,
+        fans_out_seeds=True,
         key_number="nc1_ratio",
         reference="Xu, M., Rangamani, A., Liao, Q., Galanti, T. & Poggio, T. (2023). Dynamics in deep classifiers "
         "trained with the square loss: normalization, low rank, neural collapse and generalization bounds.",

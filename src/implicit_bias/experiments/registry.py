@@ -8,7 +8,7 @@ import json
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from ..errors import ImplicitBiasError, InvalidArgumentError
 from ..report import experiment_report, index_report
 from ..report.html import write_experiment_page, write_index_page
 from ..train.rundir import atomic_write, read_yaml, versions, write_yaml
-from ..validation import check_choice, dataclass_from_mapping
+from ..validation import check_choice, check_scalar, dataclass_from_mapping
 from .criteria import (
     THRESHOLD_PREFIX,
     check_criteria,
@@ -59,9 +59,15 @@ class Experiment:
         margin (15–110 CPU-seconds on 2 cores, galanti-2022-depth about 340), ``full`` is the paper-scale setting.
     runner : callable (config, folder, progress) -> Outcome
     key_number : str
-        The entry of ``Outcome.numbers`` shown in summary tables.
+        The entry of ``Outcome.numbers`` shown in summary tables (with ``fans_out_seeds``: the per-seed quantity
+        whose mean ± std is shown).
     reference : str
         The papers (authors, year, venue).
+    fans_out_seeds : bool
+        The runner measures one seed (``config.seed``) and the registry runs it at seeds ``seed``, ``seed + 1``,
+        …, ``seed + seeds − 1`` (both presets need int ``seed`` and ``seeds`` fields): every number becomes a
+        per-seed quantity (:func:`merge_seed_outcomes`), so criteria read it per seed (``over`` each / most /
+        mean). Seed ``seed``'s figures are in the experiment's folder, each other seed's in ``seed_<s>/``.
     """
 
     name: str
@@ -71,6 +77,7 @@ class Experiment:
     runner: Callable[[Any, Path, bool], Outcome]
     key_number: str
     reference: str = ""
+    fans_out_seeds: bool = False
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -87,6 +94,11 @@ def register(experiment: Experiment) -> Experiment:
         unknown = sorted(set(declared_failures(config)) - names)
         if unknown:
             raise ValueError(f"{where}: fails_at_this_scale names {', '.join(unknown)}, which are not its criteria")
+        if experiment.fans_out_seeds:
+            for field_name in ("seed", "seeds"):
+                value = getattr(config, field_name, None)
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise TypeError(f"{where}: fans_out_seeds needs an int {field_name!r} field, got {value!r}")
     EXPERIMENTS[experiment.name] = experiment
     return experiment
 
@@ -117,7 +129,56 @@ def resolve_config(name: str, *, quick: bool, overrides: Mapping[str, Any] | Non
     config = dataclass_from_mapping(type(base), values, base=base, source=source)
     if thresholds:
         config = dataclasses.replace(config, criteria=set_thresholds(config.criteria, thresholds, source))
+    if experiment.fans_out_seeds:
+        fanned_seeds(config)  # seeds >= 1, refused before anything runs
     return config
+
+
+def fanned_seeds(config: Any) -> tuple[int, ...]:
+    """The seeds an experiment with ``fans_out_seeds`` runs at: ``seed``, …, ``seed + seeds − 1``."""
+    check_scalar("seeds", config.seeds, int, low=1)
+    return tuple(range(config.seed, config.seed + config.seeds))
+
+
+def merge_seed_outcomes(seeds: Sequence[int], outcomes: Sequence[Outcome]) -> Outcome:
+    """One outcome from one single-seed outcome per seed: each number becomes a per-seed quantity (the registry
+    adds its ``<key>_mean`` and ``<key>_std``), ``numbers`` keeps only ``seeds`` (how many); a quantity some
+    seed could not measure (or did not report) is unmeasured, naming the first such seed. Figures and notes are
+    the first seed's; the notes say where the other seeds' figures are."""
+    per_seed: dict[str, list[float | int | bool]] = {}
+    unmeasured: dict[str, str] = {}
+    keys = list(dict.fromkeys(key for outcome in outcomes for key in [*outcome.numbers, *outcome.unmeasured]))
+    for seed, outcome in zip(seeds, outcomes, strict=True):
+        if outcome.per_seed:
+            raise ValueError(f"seed {seed}: a runner whose seeds the registry fans out reports per_seed values")
+        for key in keys:
+            if key in outcome.unmeasured:
+                unmeasured.setdefault(key, f"seed {seed}: {outcome.unmeasured[key]}")
+            elif key not in outcome.numbers:
+                unmeasured.setdefault(key, f"seed {seed} did not report it")
+    for key in keys:
+        if key not in unmeasured:
+            per_seed[key] = [outcome.numbers[key] for outcome in outcomes]
+    others = ", ".join(f"`seed_{seed}/`" for seed in seeds[1:])
+    where = f"; the other seeds' figures are in {others}" if others else ""
+    notes = outcomes[0].notes.rstrip() + (
+        f"\n\nSeeds {', '.join(map(str, seeds))}: every number is measured per seed (mean and sample standard "
+        f"deviation in the numbers table, each seed's value in `result.json`'s `per_seed`); the figures show seed "
+        f"{seeds[0]}{where}."
+    )
+    return Outcome({"seeds": len(seeds)}, list(outcomes[0].figures), notes, unmeasured=unmeasured, per_seed=per_seed)
+
+
+def _run_seeds(experiment: Experiment, config: Any, folder: Path, progress: bool) -> Outcome:
+    """Run a ``fans_out_seeds`` experiment once per seed (the first into ``folder``, the others into
+    ``folder/seed_<s>``) and merge the outcomes."""
+    seeds = fanned_seeds(config)
+    outcomes = []
+    for index, seed in enumerate(seeds):
+        where = folder if index == 0 else folder / f"seed_{seed}"
+        where.mkdir(parents=True, exist_ok=True)
+        outcomes.append(experiment.runner(dataclasses.replace(config, seed=seed, seeds=1), where, progress))
+    return merge_seed_outcomes(seeds, outcomes)
 
 
 class ExperimentError(RuntimeError):
@@ -159,16 +220,19 @@ def _check_folder(name: str, folder: Path, *, force: bool) -> bool:
     return True
 
 
-def _run(name: str, config: Any, folder: Path, *, quick: bool, progress: bool) -> dict[str, Any]:
+def _run(experiment: Experiment, config: Any, folder: Path, *, quick: bool, progress: bool) -> dict[str, Any]:
     """Run the prepared experiment; an exception is recorded in the folder and raised as :class:`ExperimentError`."""
-    experiment = EXPERIMENTS[name]
+    name = experiment.name
     folder.mkdir(parents=True, exist_ok=True)
     config_dict = dataclasses.asdict(config)
     write_yaml(folder / "config.yaml", {"experiment": name, "quick": quick, **config_dict, "versions": versions()})
     result: dict[str, Any] = {"name": name, "claim": experiment.claim, "quick": quick}
     start = time.perf_counter()
     try:
-        outcome = experiment.runner(config, folder, progress)
+        if experiment.fans_out_seeds:
+            outcome = _run_seeds(experiment, config, folder, progress)
+        else:
+            outcome = experiment.runner(config, folder, progress)
         numbers = check_numbers(outcome.numbers, name)
         unmeasured = check_unmeasured(outcome.unmeasured, numbers, name)
         per_seed = check_per_seed(outcome.per_seed, numbers, name)
@@ -225,7 +289,7 @@ def reproduce(
     folder = Path(out_dir)
     if _check_folder(name, folder, force=force):
         shutil.rmtree(folder)
-    return _run(name, config, folder, quick=quick, progress=progress)
+    return _run(EXPERIMENTS[name], config, folder, quick=quick, progress=progress)
 
 
 def reproduce_all(
@@ -234,6 +298,7 @@ def reproduce_all(
     quick: bool = False,
     progress: bool = True,
     force: bool = False,
+    jobs: int = 1,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every registered experiment into ``out_dir/<name>`` and write ``out_dir/index.md`` and ``index.html``.
@@ -241,25 +306,73 @@ def reproduce_all(
     Every experiment runs even when an earlier one raises: its result then carries ``"error"`` (see
     :func:`reproduce`) and the index shows it. The index is rewritten after each experiment, so a killed sweep
     leaves one for what finished. Folders are checked before anything runs (``force`` as in :func:`reproduce`).
+    ``jobs`` > 1 runs that many experiments at once, each in its own process with one torch thread (the sweep's
+    local executor; no progress bars); results, folders and index are the same as one after another. A worker
+    process that dies (killed, out of memory) fails the experiments queued with it; they run once more in a new
+    pool, and one that fails again is recorded with the error.
     """
     if not EXPERIMENTS:
         raise InvalidArgumentError("no experiments are registered")
+    check_scalar("jobs", jobs, int, low=1)
     out_dir = Path(out_dir)
     names = list(EXPERIMENTS)
     configs = {name: resolve_config(name, quick=quick) for name in names}
     stale = [name for name in names if _check_folder(name, out_dir / name, force=force)]  # refuse before any runs
+    for name in stale:
+        shutil.rmtree(out_dir / name)
     key_numbers = {name: EXPERIMENTS[name].key_number for name in names}
-    results = []
-    for name in names:
-        if name in stale:
-            shutil.rmtree(out_dir / name)
-        try:
-            result = _run(name, configs[name], out_dir / name, quick=quick, progress=progress)
-        except ExperimentError as error:
-            result = error.result
-        results.append(result)
+    finished: dict[str, dict[str, Any]] = {}
+
+    def record(result: dict[str, Any]) -> None:
+        finished[result["name"]] = result
+        results = [finished[name] for name in names if name in finished]
         atomic_write(out_dir / "index.md", index_report(results, key_numbers, total=len(names)))
         write_index_page(out_dir / "index.html", results, key_numbers, total=len(names))
         if on_result is not None:
             on_result(result)
-    return results
+
+    if jobs == 1:
+        for name in names:
+            record(_run_or_record(EXPERIMENTS[name], configs[name], out_dir / name, quick, progress))
+    else:
+        from ..sweep.executors import LocalExecutor
+
+        executor = LocalExecutor(jobs, gpus=[])
+        try:
+            pending = names
+            for attempt in range(2):  # a worker that dies fails every queued future: those run once more
+                futures = {  # the experiment itself goes to the worker: one registered at run time runs there too
+                    executor.submit(_run_or_record, EXPERIMENTS[n], configs[n], out_dir / n, quick, False): n
+                    for n in pending
+                }
+                pending = []
+                for future in executor.wait(list(futures)):
+                    error = future.exception()
+                    if error is None:
+                        record(future.result())
+                    elif attempt == 0:
+                        pending.append(futures[future])
+                        shutil.rmtree(out_dir / futures[future], ignore_errors=True)  # made by this call: rerun afresh
+                    else:
+                        record(_lost(futures[future], quick, error))
+                if not pending:
+                    break
+        finally:
+            executor.close()
+    return [finished[name] for name in names]
+
+
+def _run_or_record(experiment: Experiment, config: Any, folder: Path, quick: bool, progress: bool) -> dict[str, Any]:
+    """:func:`_run`'s result, or the recorded result of an experiment that raised."""
+    try:
+        return _run(experiment, config, folder, quick=quick, progress=progress)
+    except ExperimentError as error:
+        return error.result
+
+
+def _lost(name: str, quick: bool, error: BaseException) -> dict[str, Any]:
+    """The result of an experiment whose worker process itself failed (killed, out of memory)."""
+    message = f"{type(error).__name__}: {error}".strip().split("\n")[0]
+    return {"name": name, "claim": EXPERIMENTS[name].claim, "quick": quick, "passed": False,
+            "error": f"its worker process failed: {message}", "traceback": "(none: the process ended)",
+            "numbers": {}, "criteria": [], "figures": [], "seconds": 0.0}  # fmt: skip

@@ -267,7 +267,7 @@ def run_sukenik_2024(config: DUFMConfig, folder: Path, progress: bool) -> Outcom
 @dataclass(frozen=True)
 class RankSweepConfig(DUFMConfig):
     weight_decays: tuple[float, ...] = (0.001, 0.002, 0.004, 0.008, 0.016)
-    seeds: int = 2
+    seeds: int = 3
     criteria: tuple[Criterion, ...] = RANK_SWEEP_CRITERIA
 
 

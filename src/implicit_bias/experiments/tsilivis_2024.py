@@ -39,6 +39,7 @@ CRITERIA = (
         "Tsilivis, Vardi & Kempe (2024): steepest descent in a norm converges toward a KKT point of the margin "
         "problem in that norm — each of GD, sign and coordinate descent ends with the largest margin in its own "
         "norm (ℓ2, ℓ∞, ℓ1).",
+        over="each",
     ),
     Criterion(
         "adam_eps_tilts_toward_l2",
@@ -47,6 +48,7 @@ CRITERIA = (
         0.0,
         "Tsilivis et al. (2024), Adam: with ε = 0 it behaves like sign descent (an ℓ∞-shaped direction), with ε > 0 "
         "it drifts toward ℓ2 (ℓ∞/ℓ2 margin ratio of Adam ε = 0 minus that of Adam ε > 0).",
+        over="each",
     ),
 )
 
@@ -64,7 +66,8 @@ class TsilivisConfig:
     lr_adam: float = 0.05
     adam_eps: float = 0.1
     log_points: int = 40
-    seed: int = 0
+    seed: int = 0  # the first seed; the registry runs seed … seed + seeds − 1 (fans_out_seeds)
+    seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = CRITERIA
 
@@ -168,8 +171,9 @@ register(
         claim="Gradient, sign and coordinate descent each maximize the margin in their own norm (ℓ2, ℓ∞, ℓ1); "
         "Adam without ε behaves like sign descent, with ε it drifts toward ℓ2.",
         quick=TsilivisConfig(steps=5000),
-        full=TsilivisConfig(dim=20, n_per_class=100, width=50, steps=50_000, log_points=80),
+        full=TsilivisConfig(seeds=5, dim=20, n_per_class=100, width=50, steps=50_000, log_points=80),
         runner=run_tsilivis,
+        fans_out_seeds=True,
         key_number="own_norm_advantage_min",
         reference="Tsilivis, N., Vardi, G. & Kempe, J. (2024). Flavors of margin: implicit bias of steepest descent "
         "in homogeneous neural networks.",

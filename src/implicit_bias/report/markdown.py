@@ -97,9 +97,15 @@ def criteria_table(criteria: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def headline(result: Mapping[str, Any], key: str) -> str:
-    """An index's cell for a result that ran: its key number, and the criteria it failed by name
-    (``"rank_drop = 3; fails: rank_drop_large"``)."""
-    text = f"{key} = {_number(result['numbers'][key])}" if key in result["numbers"] else ""
+    """An index's cell for a result that ran: its key number (mean ± std over seeds for a per-seed quantity),
+    and the criteria it failed by name (``"rank_drop = 3; fails: rank_drop_large"``)."""
+    numbers = result["numbers"]
+    if key in numbers:
+        text = f"{key} = {_number(numbers[key])}"
+    elif f"{key}_mean" in numbers and f"{key}_std" in numbers:  # a per-seed quantity
+        text = f"{key} = {_number(numbers[f'{key}_mean'])} ± {_number(numbers[f'{key}_std'])}"
+    else:
+        text = ""
     failed = failed_criteria(result)
     fails = f"fails: {', '.join(failed)}" + (" (declared at this scale)" if as_declared(result) else "")
     return "; ".join(part for part in (text, fails if failed else "") if part)

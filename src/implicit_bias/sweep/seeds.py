@@ -1,7 +1,8 @@
 """``reproduce NAME --seeds N``: an experiment's seeds fanned out as sweep jobs, its claim checked on the aggregate.
 
 Each seed is one job of the sweep machinery (``DIR/jobs/<key>/reproduction/``, resumable, on any executor): a
-config with a ``seeds`` tuple runs ``seeds=[s]`` per job, one with a ``seed`` runs ``seed=s``. The aggregate
+config with a ``seeds`` tuple runs ``seeds=[s]`` per job, one whose seeds the registry fans out
+(``fans_out_seeds``) ``seed=s, seeds=1``, one with a ``seed`` only ``seed=s``. The aggregate
 pools the jobs: a criterion on per-seed values (``over`` each / most / mean) reads every job's per-seed values
 together; a criterion on one run's value is checked on the mean over the N jobs (``over="mean"``, with how many
 seeds meet it). ``DIR/result.json``, ``report.md`` and ``report.html`` hold the aggregate, shaped like one
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ AGGREGATE_FILE = "result.json"
 
 def seed_grid(name: str, seeds: int, *, quick: bool, overrides: Mapping[str, Any] | None = None) -> dict[str, list]:
     """The grid that runs experiment ``name`` once per seed 0 … ``seeds`` − 1 (see the module docstring)."""
-    from ..experiments import resolve_config
+    from ..experiments import EXPERIMENTS, resolve_config
     from ..validation import check_scalar
 
     check_scalar("--seeds", seeds, int, low=1)
@@ -36,6 +36,8 @@ def seed_grid(name: str, seeds: int, *, quick: bool, overrides: Mapping[str, Any
     clash = sorted({"seed", "seeds"} & set(overrides or {}))
     if clash:
         raise InvalidArgumentError(f"--seeds {seeds} chooses the seeds; drop --set {clash[0]}=…")
+    if EXPERIMENTS[name].fans_out_seeds:  # each job one seed of the registry's own fan-out
+        return {"seed": list(range(seeds)), "seeds": [1]}
     if "seeds" in fields and isinstance(config.seeds, tuple):
         return {"seeds": [[seed] for seed in range(seeds)]}
     if "seed" in fields and isinstance(config.seed, int):
@@ -72,14 +74,18 @@ def _pool(
 
 
 def _summaries(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """``<key>_mean`` and ``<key>_std`` (sample std; 0 for one job) over the jobs of every number they all have."""
-    shared = [key for key in results[0]["numbers"] if all(key in r["numbers"] for r in results)]
-    numbers: dict[str, float] = {}
-    for key in shared:
-        values = [float(r["numbers"][key]) for r in results]
-        numbers[f"{key}_mean"] = statistics.fmean(values)
-        numbers[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return numbers
+    """``<key>_mean`` and ``<key>_std`` (sample std; 0 for one value) of every per-seed quantity all jobs report,
+    over all their seeds' values, and over the jobs of every other number they all have."""
+    from ..experiments.criteria import seed_summaries
+
+    per_seed = {
+        key: [value for r in results for value in r["per_seed"][key]]
+        for key in results[0].get("per_seed", {})
+        if all(key in r.get("per_seed", {}) for r in results)
+    }
+    derived = {f"{key}_{part}" for key in per_seed for part in ("mean", "std")}
+    shared = [key for key in results[0]["numbers"] if key not in derived and all(key in r["numbers"] for r in results)]
+    return seed_summaries({key: [r["numbers"][key] for r in results] for key in shared} | per_seed)
 
 
 def aggregate(name: str, config: Any, results: Sequence[Mapping[str, Any]], labels: Sequence[str]) -> dict[str, Any]:
@@ -104,7 +110,7 @@ def aggregate(name: str, config: Any, results: Sequence[Mapping[str, Any]], labe
 
 
 def _labels(grid: Mapping[str, list]) -> list[str]:
-    ((field, values),) = grid.items()
+    field, values = next(iter(grid.items()))  # the seed axis (a one-value axis may follow)
     return [f"{field}={value}" for value in values]
 
 
