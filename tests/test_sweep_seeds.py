@@ -50,7 +50,7 @@ def test_a_quantity_one_seed_could_not_measure_fails_naming_that_seed():
 
 
 def test_seed_grid_follows_the_config_and_refuses_what_it_cannot_fan_out():
-    assert seed_grid("homogeneous-margin", 3, quick=True) == {"seed": [0, 1, 2], "seeds": [1]}  # registry fan-out
+    assert seed_grid("homogeneous-margin", 3, quick=True) == {"seed": [0, 1, 2]}
     assert seed_grid("cai-2025-near-homogeneous", 2, quick=True) == {"seeds": [[0], [1]]}
     with pytest.raises(InvalidArgumentError, match=r"sukenik-2023 has no seed to fan out \(seeds=\d+\)"):
         seed_grid("sukenik-2023", 3, quick=True)
@@ -78,8 +78,10 @@ def test_reproduce_with_seeds_checks_the_claim_on_the_jobs_it_ran(tmp_path):
     assert "homogeneous-margin over 2 seeds: PASSED" in result.output
     folder = tmp_path / "homogeneous-margin"
     summary = json.loads((folder / "result.json").read_text())
-    # the registry fans homogeneous-margin's seeds out itself: each job runs one seed (seeds=1)
-    jobs = expand("homogeneous-margin", ["seed=0..1", "seeds=1"], quick=True)
+    # the registry fans homogeneous-margin's seeds out itself: a grid over seed runs one per job (seeds=1)
+    jobs = expand("homogeneous-margin", ["seed=0..1"], quick=True)
+    assert [job.config["seeds"] for job in jobs] == [1, 1]
+    assert expand("homogeneous-margin", ["seed=0", "seeds=2"], quick=True)[0].config["seeds"] == 2
     seeds = [json.loads((job_folder(folder, j.key) / "reproduction" / "result.json").read_text()) for j in jobs]
     criteria = resolve_config("homogeneous-margin", quick=True).criteria
     for criterion, outcome in zip(criteria, summary["criteria"], strict=True):

@@ -130,7 +130,8 @@ def expand(
     value lists, or is ``--grid`` strings (:func:`parse_grid`). ``overrides`` (``--set``) apply to every job.
     The first key varies slowest. Every job's config is resolved and checked here, so an unknown key or a bad
     value is refused before any job runs. Identical resolved configs (e.g. a grid value equal to the preset)
-    are kept once.
+    are kept once. For an experiment whose seeds the registry fans out, a ``seed`` axis means one seed per job
+    (``seeds=1``) unless ``seeds`` is given too.
     """
     from ..experiments import EXPERIMENTS, resolve_config
     from ..train import TrainConfig
@@ -148,6 +149,8 @@ def expand(
         kind = "experiment"
         preset = EXPERIMENTS[name].quick if quick else EXPERIMENTS[name].full
         allowed = [f.name for f in dataclasses.fields(preset)]
+        if EXPERIMENTS[name].fans_out_seeds and "seed" in grid and "seeds" not in grid and "seeds" not in overrides:
+            overrides["seeds"] = 1  # a grid over seed runs one seed per job, not seed … seed + seeds − 1
 
         def resolve(point: dict[str, Any]) -> dict[str, Any]:
             return dataclasses.asdict(resolve_config(name, quick=quick, overrides={**overrides, **point}))

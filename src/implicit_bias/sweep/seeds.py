@@ -1,8 +1,8 @@
 """``reproduce NAME --seeds N``: an experiment's seeds fanned out as sweep jobs, its claim checked on the aggregate.
 
 Each seed is one job of the sweep machinery (``DIR/jobs/<key>/reproduction/``, resumable, on any executor): a
-config with a ``seeds`` tuple runs ``seeds=[s]`` per job, one whose seeds the registry fans out
-(``fans_out_seeds``) ``seed=s, seeds=1``, one with a ``seed`` only ``seed=s``. The aggregate
+config with a ``seeds`` tuple runs ``seeds=[s]`` per job, one with a ``seed`` runs ``seed=s`` (and ``seeds=1``
+where the registry fans its seeds out, see :func:`~implicit_bias.sweep.expand`). The aggregate
 pools the jobs: a criterion on per-seed values (``over`` each / most / mean) reads every job's per-seed values
 together; a criterion on one run's value is checked on the mean over the N jobs (``over="mean"``, with how many
 seeds meet it). ``DIR/result.json``, ``report.md`` and ``report.html`` hold the aggregate, shaped like one
@@ -27,7 +27,7 @@ AGGREGATE_FILE = "result.json"
 
 def seed_grid(name: str, seeds: int, *, quick: bool, overrides: Mapping[str, Any] | None = None) -> dict[str, list]:
     """The grid that runs experiment ``name`` once per seed 0 … ``seeds`` − 1 (see the module docstring)."""
-    from ..experiments import EXPERIMENTS, resolve_config
+    from ..experiments import resolve_config
     from ..validation import check_scalar
 
     check_scalar("--seeds", seeds, int, low=1)
@@ -36,8 +36,6 @@ def seed_grid(name: str, seeds: int, *, quick: bool, overrides: Mapping[str, Any
     clash = sorted({"seed", "seeds"} & set(overrides or {}))
     if clash:
         raise InvalidArgumentError(f"--seeds {seeds} chooses the seeds; drop --set {clash[0]}=…")
-    if EXPERIMENTS[name].fans_out_seeds:  # each job one seed of the registry's own fan-out
-        return {"seed": list(range(seeds)), "seeds": [1]}
     if "seeds" in fields and isinstance(config.seeds, tuple):
         return {"seeds": [[seed] for seed in range(seeds)]}
     if "seed" in fields and isinstance(config.seed, int):
@@ -110,7 +108,7 @@ def aggregate(name: str, config: Any, results: Sequence[Mapping[str, Any]], labe
 
 
 def _labels(grid: Mapping[str, list]) -> list[str]:
-    field, values = next(iter(grid.items()))  # the seed axis (a one-value axis may follow)
+    ((field, values),) = grid.items()
     return [f"{field}={value}" for value in values]
 
 
