@@ -30,7 +30,7 @@ EXECUTORS = ("local", "submitit", "ray")
 SUBMITIT_CLUSTERS = ("slurm", "local")
 ENGINES = {"submitit": ("submitit", "slurm"), "ray": ("ray", "ray")}  # executor → (module, extra)
 CONNECT_SECONDS = 10.0  # a Ray address that accepts no TCP connection within this is refused
-FIRST_POLL_SECONDS, POLL_SECONDS = 0.02, 0.25  # submitit jobs' state: polled from 20 ms, backing off to 250 ms
+POLL_SECONDS = {"slurm": 0.25, "local": 0.02}  # submitit: how often a job's state is read (locally, a waitpid)
 
 
 class Executor(Protocol):
@@ -219,6 +219,7 @@ class SubmititExecutor:
         self._executor.update_parameters(**{k: v for k, v in options.items() if v is not None})
         # local mode: the most job processes running at once (None on Slurm: the array's own cap applies)
         self._running_cap = (parallelism or os.cpu_count() or 1) if cluster == "local" else None
+        self._poll_seconds = POLL_SECONDS[cluster]
         self._queued: list[tuple[Future, Callable[..., Any], tuple[Any, ...]]] = []
         self._jobs: dict[Future, Any] = {}
 
@@ -242,13 +243,11 @@ class SubmititExecutor:
         self._jobs |= {future: job for (future, _, _), job in zip(starting, jobs)}
 
     def wait(self, futures: Sequence[Future]) -> Iterator[Future]:
-        """Yield each of ``futures`` as its job ends, polling every job's state (from ``FIRST_POLL_SECONDS``,
-        doubling while nothing ends, up to ``POLL_SECONDS``)."""
+        """Yield each of ``futures`` as its job ends (every job's state read each ``POLL_SECONDS``)."""
         self.flush()
         queued = {future for future, _, _ in self._queued}
         waiting = [future for future in futures if future in self._jobs or future in queued]
         yield from (future for future in futures if future.done())  # ended during an earlier wait
-        delay = FIRST_POLL_SECONDS
         while waiting:
             ended = [future for future, job in self._jobs.items() if job.done()]  # each frees a place
             for future in ended:
@@ -259,13 +258,11 @@ class SubmititExecutor:
                     future.set_exception(error)
             if ended:
                 self.flush()  # locally: the freed places go to queued jobs before the results are handed back
-                delay = FIRST_POLL_SECONDS
             for future in [future for future in waiting if future.done()]:
                 waiting.remove(future)
                 yield future
             if waiting and not ended:
-                time.sleep(delay)
-                delay = min(2 * delay, POLL_SECONDS)
+                time.sleep(self._poll_seconds)
 
     def close(self) -> None:
         """Nothing to stop: jobs still queued on Slurm run on, and a rerun of the sweep collects them."""
