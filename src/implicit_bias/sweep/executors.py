@@ -9,7 +9,9 @@ reports read.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
+import gc
 import importlib
 import multiprocessing
 import os
@@ -82,16 +84,27 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(1)
 
 
+def skip_collection_at_exit() -> None:
+    """Freeze the garbage collector when this process exits (``gc.freeze`` as the first exit handler).
+
+    Python's finalization otherwise runs collection passes over every object still alive, and a process that
+    has imported torch, ``torch._dynamo`` and matplotlib holds millions: 2–3 s of a job process's exit on 2
+    busy cores, 0.2–0.5 s frozen. What it skips is collecting cycles at exit, whose ``__del__`` Python does not
+    promise to run then anyway; files the jobs write are closed by then."""
+    atexit.register(gc.freeze)
+
+
 def _init_worker(devices: Any = None) -> None:
     """Worker initializer: the worker's GPU (``CUDA_VISIBLE_DEVICES`` from the ``devices`` queue, before torch
-    can initialise CUDA), one torch thread per job, so ``--jobs`` workers use ``--jobs`` cores, and a watchdog
+    can initialise CUDA), one torch thread per job, so ``--jobs`` workers use ``--jobs`` cores, a watchdog
     thread that ends the worker when the driver dies, so that no leftover worker goes on taking jobs (a job's
-    lock would keep it harmless, but not idle)."""
+    lock would keep it harmless, but not idle), and a quick exit (:func:`skip_collection_at_exit`)."""
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices.get()
     import torch
 
     torch.set_num_threads(1)
+    skip_collection_at_exit()
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
 
