@@ -88,8 +88,8 @@ def skip_collection_at_exit() -> None:
     """Freeze the garbage collector when this process exits (``gc.freeze`` as the first exit handler).
 
     Python's finalization otherwise runs collection passes over every object still alive, and a process that
-    has imported torch, ``torch._dynamo`` and matplotlib holds millions: 2–3 s of a job process's exit on 2
-    busy cores, 0.2–0.5 s frozen. What it skips is collecting cycles at exit, whose ``__del__`` Python does not
+    has imported torch, ``torch._dynamo`` and matplotlib holds millions: 2.3–3.6 s of a job process's exit on 2
+    busy cores, 0.2–0.6 s frozen (``benchmarks/sweep.py``). What it skips is collecting cycles at exit, whose ``__del__`` Python does not
     promise to run then anyway; files the jobs write are closed by then."""
     atexit.register(gc.freeze)
 
