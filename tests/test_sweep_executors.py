@@ -5,6 +5,7 @@ executor: the same jobs give the same result files on each."""
 import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -116,6 +117,37 @@ def test_a_killed_worker_is_replaced_and_its_job_resumed_within_retries(longer_y
     assert all(result["attempt"] <= 2 for result in results)  # a job queued then ran once, one running twice
     starts = resumed_from(root, killer.killed)
     assert len(starts) == 2 and starts[0] == 0 and starts[1] > 0  # resumed from its checkpoint, not from scratch
+
+
+def busy_interval(seconds):
+    """Sleep ``seconds`` in the job's process; its (start, end) wall-clock times."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def most_at_once(intervals):
+    """The largest number of the (start, end) intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, change in events:  # an end sorts before a start at the same instant
+        running += change
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.slow  # five submitit-local job processes, two at a time
+def test_submitit_local_runs_at_most_jobs_processes_at_once(tmp_path):
+    cloudpickle = pytest.importorskip("cloudpickle")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job processes cannot import this module
+    try:
+        executor = make_executor("submitit", jobs=2, folder=tmp_path / "submitit", cluster="local")
+        futures = [executor.submit(busy_interval, 2.0) for _ in range(5)]
+        intervals = [future.result() for future in executor.wait(futures)]
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert len(intervals) == 5
+    assert most_at_once(intervals) == 2  # uncapped, submitit's local mode would start all five at once
 
 
 @pytest.mark.slow  # submitit's local cluster: a controller and a job process, started twice

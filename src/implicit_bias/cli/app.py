@@ -553,7 +553,10 @@ def sweep(
     executor: Annotated[str, typer.Option(help="Where jobs run: local, submitit (Slurm) or ray.")] = "local",
     jobs: Annotated[
         int | None,
-        typer.Option(help="local: workers (default: CPU count); submitit: array parallelism cap; ray local: CPUs."),
+        typer.Option(
+            help="local: workers (default: CPU count); submitit: array parallelism cap (--cluster local: job "
+            "processes at once, default CPU count); ray local: CPUs."
+        ),
     ] = None,
     retries: Annotated[int, typer.Option(help="Runs again of a failed job in this invocation.")] = 1,
     slurm_partition: Annotated[str | None, typer.Option(help="submitit: the Slurm partition.")] = None,

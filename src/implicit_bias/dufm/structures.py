@@ -44,7 +44,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
 
 from ..errors import InvalidArgumentError
 from .model import DUFM, train_dufm
@@ -87,6 +86,8 @@ def product_family_optimum(
     grid = np.linspace(0.0, upper, 2001)
     best = int(np.argmin([loss(p) for p in grid]))
     low, high = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    from scipy.optimize import minimize_scalar  # here, not at import: scipy.optimize takes ~1 s to import
+
     result = minimize_scalar(loss, bounds=(low, high), method="bounded", options={"xatol": 1e-14 * max(1, upper)})
     p = min((float(result.x), float(grid[best])), key=loss)
     t = (p * p * np.prod(mus)) ** (1 / factors)
@@ -151,6 +152,8 @@ def _srg_map_norm(r: int, y: float) -> float:
 
 
 def _best_shape(r: int) -> float:
+    from scipy.optimize import minimize_scalar
+
     result = minimize_scalar(lambda y: _srg_map_norm(r, y), bounds=(-2.0, 0.0), method="bounded",
                              options={"xatol": 1e-12})  # fmt: skip
     return float(result.x)

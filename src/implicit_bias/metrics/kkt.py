@@ -8,7 +8,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -140,6 +139,8 @@ def kkt_certificate(
     # one more row penalizes δ = Σ μ_n (q_n − 1) at the scale where δ/‖θ̃‖² and ε/‖θ̃‖ weigh alike
     factor = np.vstack([factor, gaps[None, :] / theta_norm])
     projected = np.append(projected, 0.0)
+    from scipy.optimize import nnls  # here, not at import: scipy.optimize takes ~1 s to import
+
     mu, _ = nnls(factor, projected, maxiter=50 * len(support) + 100)
 
     weights = torch.as_tensor(mu, dtype=torch.float64, device=device)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linprog, minimize
 
 from ..errors import NotSeparatedError
 from ..losses import canonical_labels
@@ -37,6 +36,8 @@ def hard_margin_svm(X: torch.Tensor, y: torch.Tensor, *, support_tol: float = 1e
     NotSeparatedError
         If no direction separates the data (the dual is unbounded).
     """
+    from scipy.optimize import minimize  # here, not at import: scipy.optimize takes ~1 s to import
+
     Z = _signed_features(X, y)
     gram = Z @ Z.T
 
@@ -87,6 +88,8 @@ def _signed_features(X: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 def _max_margin_lp(A: np.ndarray, bounds: list, A_eq: np.ndarray | None, what: str) -> np.ndarray:
     """Solve max t s.t. A v ≥ t (one row per sample), [A_eq v = 1], v within ``bounds``; return (v, t)."""
+    from scipy.optimize import linprog
+
     n, k = A.shape
     result = linprog(
         np.r_[np.zeros(k), -1.0],

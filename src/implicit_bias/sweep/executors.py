@@ -9,7 +9,9 @@ reports read.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
+import gc
 import importlib
 import multiprocessing
 import os
@@ -30,7 +32,7 @@ EXECUTORS = ("local", "submitit", "ray")
 SUBMITIT_CLUSTERS = ("slurm", "local")
 ENGINES = {"submitit": ("submitit", "slurm"), "ray": ("ray", "ray")}  # executor → (module, extra)
 CONNECT_SECONDS = 10.0  # a Ray address that accepts no TCP connection within this is refused
-POLL_SECONDS = 0.25
+POLL_SECONDS = {"slurm": 0.25, "local": 0.02}  # submitit: how often a job's state is read (locally, a waitpid)
 
 
 class Executor(Protocol):
@@ -82,16 +84,27 @@ def _exit_when_orphaned(parent: int) -> None:
     os._exit(1)
 
 
+def skip_collection_at_exit() -> None:
+    """Freeze the garbage collector when this process exits (``gc.freeze`` as the first exit handler).
+
+    Python's finalization otherwise runs collection passes over every object still alive, and a process that
+    has imported torch, ``torch._dynamo`` and matplotlib holds millions: 2.3–3.6 s of a job process's exit on 2
+    busy cores, 0.2–0.6 s frozen (``benchmarks/sweep.py``). What it skips is collecting cycles at exit, whose ``__del__`` Python does not
+    promise to run then anyway; files the jobs write are closed by then."""
+    atexit.register(gc.freeze)
+
+
 def _init_worker(devices: Any = None) -> None:
     """Worker initializer: the worker's GPU (``CUDA_VISIBLE_DEVICES`` from the ``devices`` queue, before torch
-    can initialise CUDA), one torch thread per job, so ``--jobs`` workers use ``--jobs`` cores, and a watchdog
+    can initialise CUDA), one torch thread per job, so ``--jobs`` workers use ``--jobs`` cores, a watchdog
     thread that ends the worker when the driver dies, so that no leftover worker goes on taking jobs (a job's
-    lock would keep it harmless, but not idle)."""
+    lock would keep it harmless, but not idle), and a quick exit (:func:`skip_collection_at_exit`)."""
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = devices.get()
     import torch
 
     torch.set_num_threads(1)
+    skip_collection_at_exit()
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
 
 
@@ -171,7 +184,9 @@ class SubmititExecutor:
     of at most ``parallelism`` running at a time (``slurm_array_parallelism``), each job a
     :class:`~implicit_bias.sweep.requeue.RequeuedJob`, requeued on preemption or timeout to resume its own
     run directory. ``cluster="local"`` is submitit's local mode: each job a process on this machine, through
-    the same pickles and logs (``folder/<job id>_*``); the Slurm options are then ignored.
+    the same pickles and logs (``folder/<job id>_*``); the Slurm options are then ignored. That mode has no
+    queue and ignores the array's cap (it starts every submitted job at once), so here the jobs are started
+    as earlier ones end, at most ``parallelism`` (default ``os.cpu_count()``) processes at a time.
 
     The sweep folder must be on a filesystem that the driver and every node share.
     """
@@ -215,6 +230,9 @@ class SubmititExecutor:
             "slurm_array_parallelism": parallelism,
         }
         self._executor.update_parameters(**{k: v for k, v in options.items() if v is not None})
+        # local mode: the most job processes running at once (None on Slurm: the array's own cap applies)
+        self._running_cap = (parallelism or os.cpu_count() or 1) if cluster == "local" else None
+        self._poll_seconds = POLL_SECONDS[cluster]
         self._queued: list[tuple[Future, Callable[..., Any], tuple[Any, ...]]] = []
         self._jobs: dict[Future, Any] = {}
 
@@ -224,31 +242,40 @@ class SubmititExecutor:
         return future
 
     def flush(self) -> None:
-        """Submit the calls queued since the last ``flush`` as one job array (``executor.batch()``); ``wait``
-        flushes first."""
+        """Submit the calls queued since the last ``flush``: on Slurm all of them as one job array
+        (``executor.batch()``), locally as many as the cap on running processes leaves room for; ``wait``
+        flushes first, and locally again whenever a job ends."""
         from .requeue import RequeuedJob
 
-        queued, self._queued = self._queued, []
-        if not queued:
+        room = len(self._queued) if self._running_cap is None else self._running_cap - len(self._jobs)
+        starting, self._queued = self._queued[:room], self._queued[room:]
+        if not starting:
             return
         with self._executor.batch():
-            jobs = [self._executor.submit(RequeuedJob(fn, self.threads), *args) for _, fn, args in queued]
-        self._jobs |= {future: job for (future, _, _), job in zip(queued, jobs)}
+            jobs = [self._executor.submit(RequeuedJob(fn, self.threads), *args) for _, fn, args in starting]
+        self._jobs |= {future: job for (future, _, _), job in zip(starting, jobs)}
 
     def wait(self, futures: Sequence[Future]) -> Iterator[Future]:
+        """Yield each of ``futures`` as its job ends (every job's state read each ``POLL_SECONDS``)."""
         self.flush()
-        waiting = [future for future in futures if future in self._jobs]
+        queued = {future for future, _, _ in self._queued}
+        waiting = [future for future in futures if future in self._jobs or future in queued]
+        yield from (future for future in futures if future.done())  # ended during an earlier wait
         while waiting:
-            for future in [f for f in waiting if self._jobs[f].done()]:
-                waiting.remove(future)
+            ended = [future for future, job in self._jobs.items() if job.done()]  # each frees a place
+            for future in ended:
                 job = self._jobs.pop(future)
                 try:
                     future.set_result(job.result())
                 except Exception as error:  # noqa: BLE001 (the job's process itself failed: see its submitit logs)
                     future.set_exception(error)
+            if ended:
+                self.flush()  # locally: the freed places go to queued jobs before the results are handed back
+            for future in [future for future in waiting if future.done()]:
+                waiting.remove(future)
                 yield future
-            if waiting:
-                time.sleep(POLL_SECONDS)
+            if waiting and not ended:
+                time.sleep(self._poll_seconds)
 
     def close(self) -> None:
         """Nothing to stop: jobs still queued on Slurm run on, and a rerun of the sweep collects them."""
@@ -330,7 +357,8 @@ def make_executor(
     """The executor ``name`` with ``jobs`` jobs at a time.
 
     ``local``: ``jobs`` workers (default ``os.cpu_count()``; 1 runs in this process). ``submitit``: the
-    array's parallelism cap (default none), job logs under ``folder``, and the Slurm options (``cluster`` is
+    array's parallelism cap (default none; on the ``local`` cluster the most job processes at once, default
+    ``os.cpu_count()``), job logs under ``folder``, and the Slurm options (``cluster`` is
     ``slurm`` or submitit's ``local`` mode). ``ray``: ``address``, ``cpus_per_task`` / ``gpus_per_node`` per
     task (a job is one task on one node), and ``jobs`` the CPUs of a Ray started here (``address="local"``).
     """

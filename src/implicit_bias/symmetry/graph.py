@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linprog
 from torch import fx, nn
 
 from ..errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
@@ -85,6 +84,8 @@ class RateGraph:
         rows = self.constraints if constraints is None else constraints
         if not rows:
             return np.zeros(len(self.names))
+        from scipy.optimize import linprog  # here, not at import: scipy.optimize takes ~1 s to import
+
         A = np.stack([c.coefficients for c in rows])
         b = np.array([c.value for c in rows])
         result = linprog(np.zeros(len(self.names)), A_eq=A, b_eq=b, bounds=(0.0, None), method="highs")

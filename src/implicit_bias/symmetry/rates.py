@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
-from scipy.optimize import linprog, nnls
 from torch import nn
 
 from ..errors import InvalidArgumentError, NotQuasiHomogeneousError, UntraceableModelError
@@ -58,6 +57,8 @@ class RateFamily:
         """``count`` random valid members: random convex combinations of vertices of the family (boxed by
         λ ≤ ``cap``, since the rates of weights feeding a normalization layer are unbounded), found by linear
         programs with random objectives."""
+        from scipy.optimize import linprog  # here, not at import: scipy.optimize takes ~1 s to import
+
         rng = np.random.default_rng(seed)
         A, b = self.graph.matrix
         vertices = []
@@ -168,6 +169,8 @@ def _minimum_norm(graph: RateGraph) -> np.ndarray:
     scale = np.sqrt(np.where(weights, 1.0, 1e-4))
     stiffness = 1e4
     system = np.vstack([stiffness * A / scale, np.eye(n)])
+    from scipy.optimize import nnls
+
     guess = nnls(system, np.concatenate([stiffness * b, np.zeros(n)]), maxiter=100 * n)[0] / scale
     zero = guess < 1e-6
     for _ in range(n + 1):
