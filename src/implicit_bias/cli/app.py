@@ -461,6 +461,7 @@ def reproduce(
                 passed = "[green]yes[/]" if result["passed"] else "[yellow]no, as declared[/]" if as_declared(result) else "[red]no[/]"
                 shown = headline(result, key)
             table.add_row(result["name"], result["claim"], passed, shown, f"{result['seconds']:.1f}")
+            console.print(f"{result['name']}: passed {passed} in {result['seconds']:.1f} s", highlight=False)
 
         workers = (os.cpu_count() or 1) if jobs is None else check_scalar("--jobs", jobs, int, low=1)
         results = reproduce_all(folder, quick=quick, progress=progress, force=force, jobs=workers, on_result=add)
