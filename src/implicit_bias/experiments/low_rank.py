@@ -158,6 +158,7 @@ class SquareLossConfig:
     seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = SQUARE_LOSS_CRITERIA
+    fails_at_this_scale: tuple[str, ...] = ()
 
 
 def run_square_loss_normalization(config: SquareLossConfig, folder: Path, progress: bool) -> Outcome:
@@ -202,6 +203,12 @@ def run_square_loss_normalization(config: SquareLossConfig, folder: Path, progre
         "weight-decay run should (nearly) interpolate — the close-to-interpolating regime of Xu et al. — and, "
         "without weight decay, NC1, the ETF distance and the mean hidden stable rank be larger."
     )
+    if "stable_rank_larger_without_wd" in config.fails_at_this_scale:
+        notes += (
+            " Declared failing at this scale: over 3 seeds of 5 000 steps the mean hidden stable rank without weight "
+            "decay is 1.70×, 1.64× and 1.497× the one with it (measured 2026-12-02), so the ≥ 1.5× criterion on each "
+            "seed misses on seed 2 by 0.003; the threshold stays (the full preset measured 3.5× on seed 0)."
+        )
     return Outcome(numbers, ["collapse_and_rank.png"], notes)
 
 
@@ -225,7 +232,7 @@ register(
         name="square-loss-normalization",
         claim="With the square loss and normalization layers, weight decay brings neural collapse and low-rank "
         "weights; without weight decay, not.",
-        quick=SquareLossConfig(),
+        quick=SquareLossConfig(fails_at_this_scale=("stable_rank_larger_without_wd",)),
         full=SquareLossConfig(seeds=5, per_class=130, width=256, lr=0.02, steps=20_000),
         runner=run_square_loss_normalization,
         fans_out_seeds=True,
