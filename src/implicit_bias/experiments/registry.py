@@ -308,8 +308,8 @@ def reproduce_all(
     leaves one for what finished. Folders are checked before anything runs (``force`` as in :func:`reproduce`).
     ``jobs`` > 1 runs that many experiments at once, each in its own process with one torch thread (the sweep's
     local executor; no progress bars); results, folders and index are the same as one after another. A worker
-    process that dies (killed, out of memory) fails the experiments queued with it; they run once more in a new
-    pool, and one that fails again is recorded with the error.
+    process that dies (killed, out of memory) fails the experiments queued with it; each of them runs once more
+    alone, and one whose worker dies again is recorded with the error.
     """
     if not EXPERIMENTS:
         raise InvalidArgumentError("no experiments are registered")
@@ -335,31 +335,43 @@ def reproduce_all(
         for name in names:
             record(_run_or_record(EXPERIMENTS[name], configs[name], out_dir / name, quick, progress))
     else:
-        from ..sweep.executors import LocalExecutor
-
-        executor = LocalExecutor(jobs, gpus=[])
-        try:
-            pending = names
-            for attempt in range(2):  # a worker that dies fails every queued future: those run once more
-                futures = {  # the experiment itself goes to the worker: one registered at run time runs there too
-                    executor.submit(_run_or_record, EXPERIMENTS[n], configs[n], out_dir / n, quick, False): n
-                    for n in pending
-                }
-                pending = []
-                for future in executor.wait(list(futures)):
-                    error = future.exception()
-                    if error is None:
-                        record(future.result())
-                    elif attempt == 0:
-                        pending.append(futures[future])
-                        shutil.rmtree(out_dir / futures[future], ignore_errors=True)  # made by this call: rerun afresh
-                    else:
-                        record(_lost(futures[future], quick, error))
-                if not pending:
-                    break
-        finally:
-            executor.close()
+        lost = _run_in_pool(names, jobs, configs, out_dir, quick, record)
+        for name in lost:  # each alone in a one-worker pool, so a worker that dies again takes only its own run
+            shutil.rmtree(out_dir / name, ignore_errors=True)  # made by this call: rerun afresh
+            for error in _run_in_pool([name], 1, configs, out_dir, quick, record).values():
+                record(_lost(name, quick, error))
     return [finished[name] for name in names]
+
+
+def _run_in_pool(
+    names: Sequence[str],
+    jobs: int,
+    configs: Mapping[str, Any],
+    out_dir: Path,
+    quick: bool,
+    record: Callable[[dict[str, Any]], None],
+) -> dict[str, BaseException]:
+    """Run ``names`` in a pool of ``jobs`` one-thread processes, ``record`` each result as it finishes; returns the
+    experiments whose worker process failed (a dying worker fails every future queued with it), with the error.
+    The experiment itself goes to the worker, so one registered at run time runs there too."""
+    from ..sweep.executors import LocalExecutor
+
+    executor = LocalExecutor(jobs, gpus=[])
+    try:
+        futures = {
+            executor.submit(_run_or_record, EXPERIMENTS[name], configs[name], out_dir / name, quick, False): name
+            for name in names
+        }
+        lost: dict[str, BaseException] = {}
+        for future in executor.wait(list(futures)):
+            error = future.exception()
+            if error is None:
+                record(future.result())
+            else:
+                lost[futures[future]] = error
+        return lost
+    finally:
+        executor.close()
 
 
 def _run_or_record(experiment: Experiment, config: Any, folder: Path, quick: bool, progress: bool) -> dict[str, Any]:
