@@ -99,8 +99,8 @@ def test_expand_an_experiment_uses_its_config_fields(tmp_path):
     assert [job.config["seed"] for job in quick] == [0, 1]
     assert quick[0].config["steps"] == 5000 and full[0].config["steps"] == 200_000  # the two presets
     assert {job.key for job in quick}.isdisjoint(job.key for job in full)
-    with pytest.raises(UnknownNameError, match=r"'seeds'.*allowed: num_classes, .*seed"):
-        expand("homogeneous-margin", ["seeds=0..1"], quick=True)
+    with pytest.raises(UnknownNameError, match=r"'seedz'.*allowed: num_classes, .*seed, seeds"):
+        expand("homogeneous-margin", ["seedz=0..1"], quick=True)
 
 
 def test_expand_refuses_unknown_keys_bad_values_and_targets(tiny_yaml):
