@@ -94,6 +94,8 @@ def test_reproduce_writes_result_figures_and_report(tmp_path):
         "--quick",
         "--set",
         "steps=1500",
+        "--set",
+        "seeds=2",
         "--out",
         tmp_path,
         "--no-progress",
@@ -101,9 +103,12 @@ def test_reproduce_writes_result_figures_and_report(tmp_path):
     assert result.exit_code == 0, result.output
     folder = tmp_path / "homogeneous-margin"
     payload = json.loads((folder / "result.json").read_text())
-    assert set(payload) >= {"name", "claim", "passed", "numbers", "figures"}
-    assert payload["passed"] is True and payload["numbers"]["normalized_margin_growth"] > 1
+    assert set(payload) >= {"name", "claim", "passed", "numbers", "figures", "per_seed"}
+    growth = payload["per_seed"]["normalized_margin_growth"]
+    assert payload["passed"] is True and len(growth) == 2 and min(growth) > 1
+    assert payload["numbers"]["normalized_margin_growth_mean"] == pytest.approx(sum(growth) / 2, rel=1e-12)
     assert all((folder / f).stat().st_size > 1000 for f in payload["figures"])
+    assert all((folder / "seed_1" / f).stat().st_size > 1000 for f in payload["figures"])
     assert "PASSED" in (folder / "report.md").read_text()
 
 
