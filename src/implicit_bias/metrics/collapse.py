@@ -53,6 +53,7 @@ STATE = (
     "ncc_total",
     "ncc_reduced",
 )
+COMPUTE_STRIP = 256  # the widest strip of columns compute() forms its K×D float64 quantities in
 METADATA = ("num_classes", "dim", "dtype", "global_mean", "rcond", "synced")  # also in the state dict, as tensors
 
 
@@ -175,19 +176,21 @@ class CollapseAccumulator:
 
     def _adopt(self, reference: torch.Tensor) -> None:
         """Fix the dtype / device left open (None) at construction from the first data seen (nothing has been
-        accumulated yet, so the empty state is simply reallocated there)."""
+        accumulated yet, so the empty state is simply reallocated there, if it must move at all)."""
         if not (self._open_dtype or self._open_device):
             return
-        if self._open_dtype:
-            self.dtype = torch.promote_types(reference.dtype, torch.float32)
-        if self._open_device:
-            self.device = reference.device
+        dtype = torch.promote_types(reference.dtype, torch.float32) if self._open_dtype else self.dtype
+        device = reference.device if self._open_device else self.device
         self._open_dtype = self._open_device = False
-        self.reset()
+        if (dtype, device) != (self.dtype, self.device):
+            self.dtype, self.device = dtype, device
+            self.reset()
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
         """Forget everything seen so far."""
+        for name in STATE:  # release the old totals first: the new ones take their place, not twice the memory
+            self.__dict__.pop(name, None)
         k, d, options = self.num_classes, self.dim, {"dtype": self.dtype, "device": self.device}
         self.counts = torch.zeros(k, dtype=torch.int64, device=self.device)
         self.seen = torch.zeros(k, dtype=torch.bool, device=self.device)
@@ -299,7 +302,7 @@ class CollapseAccumulator:
                 fresh = new[chunk_labels]
                 chunk = features[rows].to(device=self.device, dtype=self.dtype)
                 self.shifts.index_add_(0, chunk_labels[fresh], chunk[fresh])
-            self.shifts[new] /= batch_counts[new, None].to(self.dtype)
+            self.shifts /= torch.where(new, batch_counts, 1)[:, None].to(self.dtype)  # in place, x/1 = x elsewhere
             self.seen |= new
         add_shifted_batch(
             features, labels, self.shifts, self.shifted_sums, self.shifted_squares, self.shifted_scatter, self._edges
@@ -444,21 +447,10 @@ class CollapseAccumulator:
                 raise InvalidArgumentError(f"bias must have shape ({self.num_classes},), got {tuple(bias.shape)}")
         return weight, bias
 
-    def _strip(
-        self, start: int, stop: int, present: torch.Tensor | None, counts: torch.Tensor, centre_weights: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Columns start:stop of the present classes' offsets O (rows d_c = u_c/n_c) and centred means M̃ᵀ (rows
-        μ_c − μ_G), float64 (k × width), made afresh: :meth:`compute` forms its K×D quantities a strip at a time,
-        never whole (μ_G is a per-column mean, so each strip is complete on its own)."""
-        offsets = _present_strip(self.shifted_sums, present, start, stop).div_(counts[:, None])
-        centred = _present_strip(self.shifts, present, start, stop).add_(offsets)
-        centred -= (centre_weights @ centred) / centre_weights.sum()
-        return offsets, centred
-
     def _pseudo_inverse_factor(self, strip, edges: list[int], gram: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
         """A (D × r), in the accumulator's dtype, with AAᵀ = Σ_j u_j u_jᵀ/s_j² over the singular triplets of
         M̃ = U S Vᵀ with s_j > rcond·s_max, so that Σ_B^† = K·AAᵀ. ``strip(start, stop)`` gives M̃ᵀ's columns
-        start:stop (the second of :meth:`_strip`'s pair) over the strips ``edges``; ``null`` spans M̃'s structural
+        start:stop, float64, over the strips ``edges``; ``null`` spans M̃'s structural
         null space (the centring: M̃·null = 0). ``gram`` = G = M̃ᵀM̃ is overwritten (it becomes a Cholesky factor).
 
         Fast path (k − 1 ≤ D): with e = null/‖null‖, G' = G + (tr G/k)·eeᵀ is positive definite when M̃ has full
@@ -481,7 +473,8 @@ class CollapseAccumulator:
                 scaled = torch.empty(self.dim, k, dtype=self.dtype, device=self.device)
                 squares = 0.0
                 for start, stop in itertools.pairwise(edges):
-                    solved = torch.cholesky_solve(strip(start, stop), factor).T  # rows of (G'⁻¹M̃ᵀ)ᵀ = M̃G'⁻¹
+                    half = torch.linalg.solve_triangular(factor, strip(start, stop), upper=False)  # cholesky_solve
+                    solved = torch.linalg.solve_triangular(factor.T, half, upper=True).T  # would copy G: (G'⁻¹M̃ᵀ)ᵀ
                     squares += float(solved.square().sum())
                     scaled[start:stop] = solved
                 if trace * squares <= 1e8:
@@ -518,18 +511,26 @@ class CollapseAccumulator:
         counts = rows(self.counts)
         total = float(counts.sum())
         centre_weights = torch.ones_like(counts) if self.global_mean == "unweighted" else counts
-        fine = refined_edges(self._edges, 256)  # compute's strips: T's blocks, cut to ≤ 256 columns
+        fine = refined_edges(self._edges, COMPUTE_STRIP)  # compute's strips: T's blocks, cut narrower
 
-        def strip(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return self._strip(start, stop, chosen, counts, centre_weights)
+        # compute forms its K×D quantities a strip of columns at a time, never whole (float64, k × width, afresh)
+        def offsets(start: int, stop: int) -> torch.Tensor:
+            """Columns start:stop of O, whose rows are the present classes' d_c = u_c/n_c."""
+            return _present_strip(self.shifted_sums, chosen, start, stop).div_(counts[:, None])
+
+        def centred(start: int, stop: int, offsets: torch.Tensor) -> torch.Tensor:
+            """The same columns of M̃ᵀ (rows μ_c − μ_G; μ_G is a per-column mean) from O's."""
+            means = _present_strip(self.shifts, chosen, start, stop).add_(offsets)
+            return means.sub_((centre_weights @ means) / centre_weights.sum())
 
         gram = torch.zeros(k, k, dtype=f64, device=self.device)  # M̃ᵀM̃ (k × k), strip by strip
         offset_squares = torch.zeros(k, dtype=f64, device=self.device)  # ‖d_c‖²
         for start, stop in itertools.pairwise(fine):
-            offsets, centred = strip(start, stop)
-            offset_squares += offsets.square().sum(dim=1)
-            gram.addmm_(centred, centred.T)
-        del offsets, centred
+            part = offsets(start, stop)
+            offset_squares += part.square().sum(dim=1)
+            part = centred(start, stop, part)
+            gram.addmm_(part, part.T)
+        del part
         diagonal = self.shifted_scatter.diagonal()  # T's diagonal; S_W = T − Oᵀ diag(n) O is never formed
         variances = ((rows(self.shifted_squares) - counts * offset_squares) / counts).clamp(min=0)
         within_trace = (float(diagonal.sum(dtype=f64)) - float((counts * offset_squares).sum())) / total
@@ -542,10 +543,11 @@ class CollapseAccumulator:
         torch.div(gram, cosines, out=cosines)
         off = _off_diagonal(cosines)
         report = {"equiangularity": float(off.std()), "max_angle": float(off.add_(1.0 / (k - 1)).abs_().mean())}
+        del cosines, off
         distances = torch.add(squared_norms[:, None], squared_norms[None, :]).sub_(gram, alpha=2).clamp_(min=0)
         pairs = torch.add(variances[:, None], variances[None, :]).div_(2).div_(distances)  # (σ²_a + σ²_b)/2‖μ_a − μ_b‖²
         report["cdnv"] = float(_off_diagonal(pairs).mean())
-        del cosines, off, distances, pairs
+        del distances, pairs
         etf = torch.full((k, k), -1.0 / k, dtype=f64, device=gram.device)
         etf.diagonal().add_(1.0)
         etf /= math.sqrt(k - 1)  # (I − 11ᵀ/K)/√(K − 1)
@@ -560,15 +562,18 @@ class CollapseAccumulator:
             equinorm_w = float(classifier_norms.std() / classifier_norms.mean())
             self_duality, product = 0.0, torch.zeros(k, k, dtype=f64, device=self.device)  # (W M̃), present classes
             for start, stop in itertools.pairwise(fine):
-                classifier, centred = _present_strip(weight, chosen, start, stop), strip(start, stop)[1]
-                self_duality += float((classifier / scale - centred / centred_scale).square().sum())
-                product.addmm_(classifier, centred.T)
+                classifier, part = (
+                    _present_strip(weight, chosen, start, stop),
+                    centred(start, stop, offsets(start, stop)),
+                )
+                self_duality += float((classifier / scale - part / centred_scale).square().sum())
+                product.addmm_(classifier, part.T)
             self_duality_wh = float((product / product.norm()).sub_(etf).norm())
             del product
         del etf
 
         # NC1 = tr(Σ_W Σ_B^†)/K = tr(Aᵀ S_W A)/N = (tr(AᵀTA) − ‖diag(√n)·O·A‖²_F)/N, A from G (consumed)
-        scaled = self._pseudo_inverse_factor(lambda a, b: strip(a, b)[1], fine, gram, centre_weights)
+        scaled = self._pseudo_inverse_factor(lambda a, b: centred(a, b, offsets(a, b)), fine, gram, centre_weights)
         del gram
         # T is valid on its lower block triangle (add_lower_gram's strips): tr(AᵀTA) = Σ_{i≥j} (2 − [i = j])
         # tr(A_iᵀ T_ij A_j) over its blocks, read from views of T (never copied or mirrored). The products run in the
@@ -577,11 +582,11 @@ class CollapseAccumulator:
         within = torch.zeros((), dtype=f64, device=scaled.device)
         for i, (start, stop) in enumerate(blocks):
             for begin, end in blocks[: i + 1]:
-                product = (self.shifted_scatter[start:stop, begin:end] @ scaled[begin:end]) * scaled[start:stop]
+                product = (self.shifted_scatter[start:stop, begin:end] @ scaled[begin:end]).mul_(scaled[start:stop])
                 within += (1 if begin == start else 2) * product.sum(dtype=f64)
         product = torch.zeros(k, scaled.shape[1], dtype=f64, device=scaled.device)  # O·A, strip by strip
         for start, stop in itertools.pairwise(fine):
-            product.addmm_(strip(start, stop)[0], scaled[start:stop].to(f64))
+            product.addmm_(offsets(start, stop), scaled[start:stop].to(f64))
         correction = product.mul_(counts.sqrt()[:, None]).square_().sum()  # ‖diag(√n)·O·A‖²_F
         del product
         report["nc1"] = float(within - correction) / total if scaled.shape[1] else math.inf
