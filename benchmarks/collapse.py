@@ -18,10 +18,21 @@ of (iii), NC1 within 1e−6 in float64.
 
 ``--scale``: features larger than memory — (D, K, N) = (4 096, 1 000, 200 000) float32 (3.3 GB of features) made
 batch by batch by a generator and never stored, through (i) and (iv) each in its own process: the time inside the
-update calls (generation excluded, the same for both) over the floor's, and each process's peak resident memory
-above its baseline over the accumulator's state. Targets: time ≤ 1.2× the floor, peak ≤ 1.5× the state.
+update and compute calls (generation excluded, the same for both) over the floor's, and each process's resident
+memory above its baseline over the method's state. The baseline is taken after a warm-up GEMM (OpenMP threads and
+MKL started) with the first batch in hand; the generator makes each batch in place (no batch-sized temporary) and
+the loop releases a batch before the next is made, so the one batch held at a time — the benchmark's own data
+source, the same for both — stays inside the baseline. A thread samples the resident set every ~0.5 ms, so the
+peak is split by phase: generating a batch, inside the update calls, inside compute; "process peak" is the whole
+run's (getrusage). Targets: time ≤ 1.2× the floor, peak ≤ 1.5× the state.
+
+glibc's malloc raises its mmap threshold to the largest block freed so far (here the 16 MB batches), so freed
+blocks below it stay in the heap and in the resident set, up to its trim threshold and beyond through
+fragmentation; ``MALLOC_MMAP_THRESHOLD_=1048576`` (a glibc tunable) fixes the threshold at 1 MiB, so large blocks are
+returned when freed and the resident set follows the live memory. The table's title names the setting in use.
 
     python benchmarks/collapse.py --scale [--samples 200000]
+    MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/collapse.py --scale
 """
 
 from __future__ import annotations
@@ -255,9 +266,12 @@ def scale(N: int) -> None:
         measured[method] = queue.get()
         process.join()
     table = Table(
-        title=f"Streamed from a generator: D = {D}, K = {K}, N = {N:,} float32, batches of {BATCH}; peak resident "
-        "memory above the baseline (MB), sampled per phase"
-    )
+        title=f"Streamed from a generator: D = {D}, K = {K}, N = {N:,} float32, batches of {BATCH}, "
+        f"{os.environ.get('BENCH_THREADS', torch.get_num_threads())} threads; peak resident memory above the "
+        "baseline (MB) by phase; glibc malloc: "
+        + (f"MALLOC_MMAP_THRESHOLD_={threshold}" if (threshold := os.environ.get("MALLOC_MMAP_THRESHOLD_")) else
+           "default (dynamic mmap threshold)")
+    )  # fmt: skip
     columns = ("method", "seconds", "time / floor", "state MB", "generate", "update", "compute", "process peak")
     for column in (*columns, "peak / state", "NC1"):
         table.add_column(column, justify="right")

@@ -156,8 +156,8 @@ class CollapseAccumulator:
     - :meth:`compute`, above the state: the k×k float64 Gram matrix throughout, with two k×k temporaries for
       NC2 and, for NC1, A (D × k, itemsize) and the Cholesky factor in the Gram matrix's place, and a strip's
       k × 256 float64 temporaries (a few, 2 MB each at k = 1 000): ≈ max(24k², 8k² + D·k·itemsize) bytes plus
-      those strips; never a D×D matrix nor a K×D float64 copy. Only the SVD fallback of Σ_B^† (K > D + 1, or means too ill-conditioned for the Cholesky
-      path) adds M̃ and its U whole, 2·8·k·D bytes.
+      those strips; never a D×D matrix nor a K×D float64 copy. Only the SVD fallback of Σ_B^† (K > D + 1, or
+      means too ill-conditioned for the Cholesky path) adds M̃ and its U whole, 2·8·k·D bytes.
 
     Measured (``python benchmarks/collapse.py --scale``, D = 4 096, K = 1 000, float32): see the benchmark.
 
@@ -466,8 +466,8 @@ class CollapseAccumulator:
     def _pseudo_inverse_factor(self, strip, edges: list[int], gram: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
         """A (D × r), in the accumulator's dtype, with AAᵀ = Σ_j u_j u_jᵀ/s_j² over the singular triplets of
         M̃ = U S Vᵀ with s_j > rcond·s_max, so that Σ_B^† = K·AAᵀ. ``strip(start, stop)`` gives M̃ᵀ's columns
-        start:stop, float64, over the strips ``edges``; ``null`` spans M̃'s structural
-        null space (the centring: M̃·null = 0). ``gram`` = G = M̃ᵀM̃ is overwritten (it becomes a Cholesky factor).
+        start:stop in float64, for the strips ``edges``; ``null`` spans M̃'s structural null space (the centring:
+        M̃·null = 0). ``gram`` = G = M̃ᵀM̃ is overwritten (it becomes a Cholesky factor).
 
         Fast path (k − 1 ≤ D): with e = null/‖null‖, G' = G + (tr G/k)·eeᵀ is positive definite when M̃ has full
         rank k − 1, and A = M̃G'⁻¹ (one Cholesky factorization in place of G, one solve per strip) satisfies
@@ -488,15 +488,15 @@ class CollapseAccumulator:
             if int(info) == 0 and trace > 0:
                 scaled = torch.empty(self.dim, k, dtype=self.dtype, device=self.device)
                 squares = 0.0
-                for start, stop in itertools.pairwise(edges):
-                    half = torch.linalg.solve_triangular(factor, strip(start, stop), upper=False)  # cholesky_solve
-                    solved = torch.linalg.solve_triangular(factor.T, half, upper=True).T  # would copy G: (G'⁻¹M̃ᵀ)ᵀ
+                for start, stop in itertools.pairwise(edges):  # G'⁻¹M̃ᵀ by two triangular solves (cholesky_solve
+                    # would copy the factor on every call); the rows of its transpose M̃G'⁻¹ are A's
+                    half = torch.linalg.solve_triangular(factor, strip(start, stop), upper=False)
+                    solved = torch.linalg.solve_triangular(factor.T, half, upper=True).T
                     squares += float(solved.square().sum())
                     scaled[start:stop] = solved
                 if trace * squares <= 1e8:
                     return scaled
                 del scaled
-            del factor
         centred = torch.cat([strip(start, stop) for start, stop in itertools.pairwise(edges)], dim=1)
         u, s, _ = torch.linalg.svd(centred.T, full_matrices=False)  # M̃ = U S Vᵀ
         keep = s > self.rcond * s.max() if s.numel() and float(s.max()) > 0 else torch.zeros_like(s, dtype=torch.bool)
@@ -553,7 +553,7 @@ class CollapseAccumulator:
         norms = squared_norms.sqrt()
         sigma_b_trace = float(squared_norms.sum()) / k
 
-        # NC2 and the CDNV from G, one k×k temporary at a time (then G goes to NC1)
+        # NC2 and the CDNV from G, at most two k×k temporaries at a time (then G goes to NC1)
         cosines = torch.outer(norms, norms).clamp_(min=1e-300)
         torch.div(gram, cosines, out=cosines)
         off = _off_diagonal(cosines)
@@ -597,8 +597,8 @@ class CollapseAccumulator:
         within = torch.zeros((), dtype=f64, device=scaled.device)
         for i, (start, stop) in enumerate(blocks):
             for begin, end in blocks[: i + 1]:
-                product = (self.shifted_scatter[start:stop, begin:end] @ scaled[begin:end]).mul_(scaled[start:stop])
-                within += (1 if begin == start else 2) * product.sum(dtype=f64)
+                tile = (self.shifted_scatter[start:stop, begin:end] @ scaled[begin:end]).mul_(scaled[start:stop])
+                within += (1 if begin == start else 2) * tile.sum(dtype=f64)
         product = torch.zeros(k, scaled.shape[1], dtype=f64, device=scaled.device)  # O·A, strip by strip
         for start, stop in itertools.pairwise(fine):
             product.addmm_(offsets(start, stop), scaled[start:stop].to(f64))
