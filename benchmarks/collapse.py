@@ -18,21 +18,32 @@ of (iii), NC1 within 1e−6 in float64.
 
 ``--scale``: features larger than memory — (D, K, N) = (4 096, 1 000, 200 000) float32 (3.3 GB of features) made
 batch by batch by a generator and never stored, through (i) and (iv) each in its own process: the time inside the
-update calls (generation excluded, the same for both) over the floor's, and each process's peak resident memory
-above its baseline over the accumulator's state. Targets: time ≤ 1.2× the floor, peak ≤ 1.5× the state.
+update and compute calls (generation excluded, the same for both) over the floor's, and each process's resident
+memory above its baseline over the method's state. The baseline is taken after a warm-up GEMM (OpenMP threads and
+MKL started) with the first batch in hand; the generator makes each batch in place (no batch-sized temporary) and
+the loop releases a batch before the next is made, so the one batch held at a time — the benchmark's own data
+source, the same for both — stays inside the baseline. A thread samples the resident set every ~0.5 ms, so the
+peak is split by phase: generating a batch, inside the update calls, inside compute; "process peak" is the whole
+run's (getrusage). Targets: time ≤ 1.2× the floor, peak ≤ 1.5× the state.
+
+glibc's malloc raises its mmap threshold to the largest block freed so far (here the 16 MB batches), so freed
+blocks below it stay in the heap and in the resident set, up to its trim threshold and beyond through
+fragmentation; ``MALLOC_MMAP_THRESHOLD_=1048576`` (a glibc tunable) fixes the threshold at 1 MiB, so large blocks are
+returned when freed and the resident set follows the live memory. The table's title names the setting in use.
 
     python benchmarks/collapse.py --scale [--samples 200000]
+    MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/collapse.py --scale
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import multiprocessing
 import os
 import resource
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 
@@ -152,12 +163,39 @@ SCALE = (4096, 1000, 200_000)
 
 
 def generated(D: int, K: int, N: int, dtype: torch.dtype, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`make_batches`'s clusters made one batch at a time (nothing kept): the same stream on every call."""
+    """:func:`make_batches`'s clusters made one batch at a time (nothing kept): the same stream on every call. Each
+    batch is its own noise tensor with the class means added in place, 128 rows at a time (the batch, plus a
+    128-row temporary: no batch-sized temporaries)."""
     g = torch.Generator().manual_seed(seed)
     means = (10 * torch.randn(K, D, generator=g) / D**0.5).to(dtype)
     for start in range(0, N, BATCH):
         y = torch.randint(K, (min(BATCH, N - start),), generator=g)
-        yield means[y] + torch.randn(len(y), D, generator=g, dtype=dtype), y
+        H = torch.randn(len(y), D, generator=g, dtype=dtype)
+        for rows in range(0, len(y), 128):
+            H[rows : rows + 128] += means[y[rows : rows + 128]]
+        yield H, y
+        del H, y  # the caller holds the only batch while the next one is made
+
+
+class _RSSSampler:
+    """Peak resident memory per phase: a thread reads /proc/self/statm every ~0.5 ms and keeps, for the phase the
+    main thread last named, the largest value seen (getrusage's maxrss gives only the process-wide peak)."""
+
+    def __init__(self) -> None:
+        self.phase, self.peaks, self._running = "baseline", {}, True
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while self._running:
+            rss, phase = _current_rss(), self.phase
+            self.peaks[phase] = max(self.peaks.get(phase, 0), rss)
+            time.sleep(0.0005)
+
+    def stop(self) -> dict[str, int]:
+        self._running = False
+        self._thread.join()
+        return self.peaks
 
 
 def _peak_rss() -> int:
@@ -171,12 +209,22 @@ def _current_rss() -> int:
 
 
 def _scale_run(method: str, D: int, K: int, N: int, queue: multiprocessing.Queue) -> None:
-    """One method over the generated stream, in a fresh process: (seconds in the updates, NC1, state, peak above
-    the baseline taken before the state was allocated)."""
+    """One method over the generated stream, in a fresh process: (seconds in the updates and compute, NC1, state,
+    peak RSS above the baseline while generating / updating / computing, and the process's peak above it).
+
+    The baseline is taken after a warm-up GEMM (torch's OpenMP threads and MKL started) with the first batch in
+    hand: the stream holds one batch at a time (the previous one is released before the next is made), so the
+    batch — the benchmark's own data source, the same for both methods — is part of the baseline throughout."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
+    warm = torch.ones(64, 64)
+    warm @ warm  # starts the BLAS threads before the baseline
+    del warm
     stream = generated(D, K, N, torch.float32)
-    first = next(stream)  # the generator's own buffers are part of the baseline
+    H, y = next(stream)
+    sampler = _RSSSampler()
+    time.sleep(0.01)
     baseline = _current_rss()
+    sampler.phase = "update"
     if method == "ours":
         acc = CollapseAccumulator(K, D, dtype=torch.float32)
         update = acc.update
@@ -189,15 +237,22 @@ def _scale_run(method: str, D: int, K: int, N: int, queue: multiprocessing.Queue
             scatter.addmm_(H.T, H)
 
     seconds = 0.0
-    for H, y in itertools.chain([first], stream):
+    while H is not None:
+        sampler.phase = "update"
         start = time.perf_counter()
         update(H, y)
         seconds += time.perf_counter() - start
-    streaming_peak = max(_peak_rss(), _current_rss()) - baseline
+        sampler.phase = "generate"
+        H = y = None  # release this batch before the next is made
+        H, y = next(stream, (None, None))
+    sampler.phase = "compute"
     start = time.perf_counter()
     nc1 = acc.compute().nc1 if method == "ours" else math.nan
     seconds += time.perf_counter() - start
-    queue.put((seconds, nc1, state, streaming_peak, max(_peak_rss(), _current_rss()) - baseline))
+    sampler.phase = "done"
+    time.sleep(0.01)
+    peaks = {phase: peak - baseline for phase, peak in sampler.stop().items()}
+    queue.put((seconds, nc1, state, peaks, max(_peak_rss(), _current_rss()) - baseline))
 
 
 def scale(N: int) -> None:
@@ -210,18 +265,24 @@ def scale(N: int) -> None:
         process.start()
         measured[method] = queue.get()
         process.join()
-    table = Table(title=f"Streamed from a generator: D = {D}, K = {K}, N = {N:,} float32, batches of {BATCH}")
-    columns = ("method", "seconds", "time / floor", "state MB", "peak streaming MB", "peak with compute MB")
+    table = Table(
+        title=f"Streamed from a generator: D = {D}, K = {K}, N = {N:,} float32, batches of {BATCH}, "
+        f"{os.environ.get('BENCH_THREADS', torch.get_num_threads())} threads; peak resident memory above the "
+        "baseline (MB) by phase; glibc malloc: "
+        + (f"MALLOC_MMAP_THRESHOLD_={threshold}" if (threshold := os.environ.get("MALLOC_MMAP_THRESHOLD_")) else
+           "default (dynamic mmap threshold)")
+    )  # fmt: skip
+    columns = ("method", "seconds", "time / floor", "state MB", "generate", "update", "compute", "process peak")
     for column in (*columns, "peak / state", "NC1"):
         table.add_column(column, justify="right")
     floor_seconds = measured["floor"][0]
-    for method, (seconds, nc1, state, streaming, peak) in measured.items():
+    for method, (seconds, nc1, state, peaks, peak) in measured.items():
         table.add_row(
             "(i) ours" if method == "ours" else "(iv) floor",
             f"{seconds:.1f}",
             f"{seconds / floor_seconds:.2f}",
             f"{state / 2**20:.0f}",
-            f"{streaming / 2**20:.0f}",
+            *(f"{peaks[phase] / 2**20:.0f}" if phase in peaks else "—" for phase in ("generate", "update", "compute")),
             f"{peak / 2**20:.0f}",
             f"{peak / state:.2f}",
             "—" if math.isnan(nc1) else f"{nc1:.6g}",

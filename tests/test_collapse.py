@@ -171,6 +171,43 @@ def test_batch_order_and_size_do_not_matter():
         assert getattr(shuffled, key) == pytest.approx(getattr(one, key), rel=1e-11), key
 
 
+def largest_allocation(action) -> int:
+    """The most bytes any one torch operation inside ``action()`` allocates (the profiler's memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        action()
+    return max(event.cpu_memory_usage for event in prof.events())
+
+
+def test_wide_features_in_one_large_batch_match_the_reference_with_bounded_temporaries():
+    # D = 1 100: T in 4 column strips of 275, compute's strips cut to ≤ 256 columns; one batch of 1 500 rows is
+    # added in row chunks of max(256, ⌈D/4⌉) = 275. The result must match the full-matrix reference, float32
+    # features must give a float64 accumulator exactly the state their float64 cast gives (cast chunk by chunk),
+    # and no single operation may allocate more than one row chunk in update (not the batch, not D×D) nor more
+    # than A (D × K in the accumulator's float32) in compute (no K×D float64 copy, no D×D).
+    K, D = 6, 1100
+    H, y = gaussian_features(K=K, D=D, per_class=250, seed=6)
+    W = torch.randn(K, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    acc = CollapseAccumulator(K, D)
+    acc.update(H, y)
+    expected = reference(H.numpy(), y.numpy(), K, W.numpy())
+    report = acc.compute(W)
+    for key in ("nc1", "nc1_trace", "cdnv", "equinorm", "equiangularity", "etf_distance", "self_duality"):
+        assert getattr(report, key) == pytest.approx(expected[key], rel=1e-9), key
+    single = CollapseAccumulator(K, D)
+    single.update(H.float(), y)
+    cast = CollapseAccumulator(K, D)
+    cast.update(H.float().double(), y)
+    for name, value in single.state_dict().items():
+        assert torch.equal(value, cast.state_dict()[name]), name
+
+    low = CollapseAccumulator(K, D, dtype=torch.float32)
+    H32, W32 = H.float(), W.float()
+    assert largest_allocation(lambda: low.update(H32, y)) <= 275 * D * 4 < len(y) * D * 4
+    assert largest_allocation(lambda: low.compute(W32)) <= D * K * 4 < K * D * 8
+
+
 def test_merged_shards_equal_one_pass_and_state_dict_resumes():
     H, y = gaussian_features(seed=5)
     _, expected = full_report(H, y, 5)

@@ -186,9 +186,10 @@ class NeuralCollapse(Metric):
         """Add a batch of features (B, D) with their labels (B,) (any device and floating dtype)."""
         check_feature_batch(features, labels, self.num_classes, self.dim)
         totals = self.shifted_sums
-        features = features.detach().to(device=totals.device, dtype=totals.dtype)
-        labels = labels.to(device=totals.device, dtype=torch.int64)
-        add_shifted_batch(features, labels, self.shift, totals, self.shifted_squares, self.shifted_scatter, self._edges)
+        labels = labels.to(device=totals.device, dtype=torch.int64)  # features are cast chunk by chunk
+        add_shifted_batch(
+            features.detach(), labels, self.shift, totals, self.shifted_squares, self.shifted_scatter, self._edges
+        )
         self.counts += torch.bincount(labels, minlength=self.num_classes)
 
     def _accumulator(self) -> CollapseAccumulator:
