@@ -391,7 +391,7 @@ def reproduce(
     ] = False,
     quick: Annotated[
         bool,
-        typer.Option(help="The quick preset (most 15–110 CPU-seconds on 2 cores; galanti-2022-depth about 6 minutes)."),
+        typer.Option(help="The quick preset (≥ 3 seeds; 8–390 s each on a slow 2-core machine, lyu-li-2020 the longest)."),
     ] = False,
     set_: Annotated[
         list[str] | None,
