@@ -1,7 +1,8 @@
 """The command line: happy paths and every user error as one line with exit code 2."""
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pytest
 from typer.testing import CliRunner
@@ -270,7 +271,7 @@ def test_reproduce_all_exits_0_when_every_claim_holds(tmp_path, fake_registry):
 @dataclass(frozen=True)
 class DeclaredConfig:
     criteria: tuple[Criterion, ...] = _above(2.0)
-    fails_at_this_scale: tuple[str, ...] = ("value_above",)
+    fails_at_this_scale: Mapping[str, str] = field(default_factory=lambda: {"value_above": "1 is not above 2."})
 
 
 def test_a_failure_the_config_declares_is_shown_failed_and_does_not_fail_reproduce_all(tmp_path, fake_registry):
@@ -281,16 +282,17 @@ def test_a_failure_the_config_declares_is_shown_failed_and_does_not_fail_reprodu
     result = invoke("reproduce", "--all", "--out", tmp_path, "--no-progress")
     assert result.exit_code == 0, result.output
     stored = json.loads((tmp_path / "fake-declared" / "result.json").read_text())
-    assert stored["passed"] is False and stored["fails_at_this_scale"] == ["value_above"]  # still a failed claim
+    assert stored["passed"] is False and stored["fails_at_this_scale"] == {"value_above": "1 is not above 2."}  # still failed
     index = (tmp_path / "index.md").read_text()
     assert "1 of 2 claims reproduced; 1 failed only as declared at this scale (fake-declared)." in index
     assert "fails: value_above (declared at this scale)" in index
-    assert "as its config declares at this scale" in (tmp_path / "fake-declared" / "report.md").read_text()
+    report = (tmp_path / "fake-declared" / "report.md").read_text()
+    assert "as its config declares at this scale" in report and "- `value_above`: 1 is not above 2." in report
     single = invoke("reproduce", "fake-declared", "--out", tmp_path / "one", "--no-progress")
     assert single.exit_code == 1 and "declares failing at this scale" in " ".join(single.output.split())
     # a declared preset that fails another criterion too is a regression: --all exits 1
     EXPERIMENTS["fake-declared"] = Experiment(
-        "fake-declared", "1 > 2", DeclaredConfig(), DeclaredConfig(fails_at_this_scale=()), _claim_holds, "value"
+        "fake-declared", "1 > 2", DeclaredConfig(), DeclaredConfig(fails_at_this_scale={}), _claim_holds, "value"
     )
     assert invoke("reproduce", "--all", "--out", tmp_path / "full", "--no-progress").exit_code == 1
 
@@ -299,7 +301,11 @@ def test_a_declared_failure_must_name_a_criterion():
     from implicit_bias.experiments import register
 
     with pytest.raises(ValueError, match="fails_at_this_scale names nope, which are not its criteria"):
-        register(Experiment("x", "x", DeclaredConfig(fails_at_this_scale=("nope",)), TinyConfig(), _claim_holds, "v"))
+        register(Experiment("x", "x", DeclaredConfig(fails_at_this_scale={"nope": "?"}), TinyConfig(), _claim_holds, "v"))
+    with pytest.raises(TypeError, match="fails_at_this_scale must map criterion names to reasons"):
+        register(Experiment("x", "x", DeclaredConfig(fails_at_this_scale=("value_above",)), TinyConfig(), _claim_holds, "v"))
+    with pytest.raises(TypeError, match="fails_at_this_scale must map criterion names to reasons"):
+        register(Experiment("x", "x", DeclaredConfig(fails_at_this_scale={"value_above": " "}), TinyConfig(), _claim_holds, "v"))
 
 
 def test_a_left_folder_needs_force_which_replaces_only_a_reproduction(tmp_path, fake_registry):

@@ -13,7 +13,7 @@ from implicit_bias.experiments import EXPERIMENTS, reproduce, resolve_config
 def test_quick_reproduction_meets_its_criteria_and_writes_its_report(tmp_path, name):
     result = reproduce(name, tmp_path / name, quick=True, progress=False)
     failed = [c for c in result["criteria"] if not c["passed"]]
-    declared = set(getattr(EXPERIMENTS[name].quick, "fails_at_this_scale", ()))
+    declared = set(getattr(EXPERIMENTS[name].quick, "fails_at_this_scale", {}))
     # a preset that declares failures at this scale must fail exactly those (a stale declaration is caught too)
     assert {c["name"] for c in failed} == declared, json.dumps(failed or result["numbers"], indent=1, default=str)
     assert result["passed"] == (not declared)

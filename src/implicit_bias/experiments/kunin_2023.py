@@ -4,7 +4,8 @@ maximum-margin bias of quasi-homogeneous networks (Kunin, Yamamura, Ma & Ganguli
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +269,7 @@ class SparsityConfig:
     seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = SPARSITY_CRITERIA
-    fails_at_this_scale: tuple[str, ...] = ()
+    fails_at_this_scale: Mapping[str, str] = field(default_factory=dict)  # criterion → measured reason
 
 
 def circle_data(kind: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,13 +338,6 @@ def run_sparsity(config: SparsityConfig, folder: Path, progress: bool) -> Outcom
         "(the rates the dynamics actually follow; inferred: ½ for the body, 1 for b); b should follow rate 1 on "
         "shells and stay below ½ (it is being discarded) on symmetric data."
     )
-    if "unneeded_bias_share_decays" in config.fails_at_this_scale:
-        notes += (
-            " Declared failing at this scale: over 20 000 steps the symmetric run's bias share fell by ≥ 10× on "
-            "seed 0 only (measured 2026-12-02, seeds 0–2: 10.8×, 4.5×, 8.5×) although it ended ≤ 0.0017 on every "
-            "seed (unneeded_bias_share_small holds): the factor depends on the seed's starting share, and the "
-            "quick run is too short for the smaller starts to fall 10×; the threshold stays."
-        )
     return Outcome(numbers, ["bias_share.png"], notes)
 
 
@@ -491,7 +485,16 @@ register(
         name="kunin-2023-sparsity",
         claim="A higher-rate parameter the data does not need (an output bias on symmetric data) is discarded: its "
         "share of the output scale decays; on data that needs it, it does not.",
-        quick=SparsityConfig(fails_at_this_scale=("unneeded_bias_share_decays",)),
+        quick=SparsityConfig(
+            fails_at_this_scale={
+                "unneeded_bias_share_decays": (
+                    "Over 20 000 steps the symmetric run's bias share fell by ≥ 10× on "
+                    "seed 0 only (measured 2026-12-02, seeds 0–2: 10.8×, 4.5×, 8.5×) although it ended ≤ 0.0017 on every "
+                    "seed (unneeded_bias_share_small holds): the factor depends on the seed's starting share, and the "
+                    "quick run is too short for the smaller starts to fall 10×; the threshold stays."
+                )
+            }
+        ),
         full=SparsityConfig(seeds=5, n=200, width=128, steps=200_000, log_points=80),
         runner=run_sparsity,
         fans_out_seeds=True,

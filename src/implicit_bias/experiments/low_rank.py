@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +159,7 @@ class SquareLossConfig:
     seeds: int = 3
     device: str = "cpu"
     criteria: tuple[Criterion, ...] = SQUARE_LOSS_CRITERIA
-    fails_at_this_scale: tuple[str, ...] = ()
+    fails_at_this_scale: Mapping[str, str] = field(default_factory=dict)  # criterion → measured reason
 
 
 def run_square_loss_normalization(config: SquareLossConfig, folder: Path, progress: bool) -> Outcome:
@@ -203,12 +204,6 @@ def run_square_loss_normalization(config: SquareLossConfig, folder: Path, progre
         "weight-decay run should (nearly) interpolate — the close-to-interpolating regime of Xu et al. — and, "
         "without weight decay, NC1, the ETF distance and the mean hidden stable rank be larger."
     )
-    if "stable_rank_larger_without_wd" in config.fails_at_this_scale:
-        notes += (
-            " Declared failing at this scale: over 3 seeds of 5 000 steps the mean hidden stable rank without weight "
-            "decay is 1.70×, 1.64× and 1.497× the one with it (measured 2026-12-02), so the ≥ 1.5× criterion on each "
-            "seed misses on seed 2 by 0.003; the threshold stays (the full preset measured 3.5× on seed 0)."
-        )
     return Outcome(numbers, ["collapse_and_rank.png"], notes)
 
 
@@ -232,7 +227,17 @@ register(
         name="square-loss-normalization",
         claim="With the square loss and normalization layers, weight decay brings neural collapse and low-rank "
         "weights; without weight decay, not.",
-        quick=SquareLossConfig(fails_at_this_scale=("stable_rank_larger_without_wd",)),
+        quick=SquareLossConfig(
+            fails_at_this_scale={
+                "stable_rank_larger_without_wd": (
+                    "Over 3 seeds of 5 000 steps the mean hidden stable rank without weight decay is 1.70×, 1.64× "
+                    "and 1.497× the one with it in one measurement (2026-12-02, the test suite's process) and 1.59×, "
+                    "1.68×, 1.59× in another (same day, a one-thread reproduce --all worker): the SGD runs change with "
+                    "the thread count's summation order, and seed 2 sits at the ≥ 1.5× threshold; the threshold "
+                    "stays (the full preset measured 3.5× on seed 0)."
+                )
+            }
+        ),
         full=SquareLossConfig(seeds=5, per_class=130, width=256, lr=0.02, steps=20_000),
         runner=run_square_loss_normalization,
         fans_out_seeds=True,

@@ -54,8 +54,8 @@ class Experiment:
     name, claim : str
     quick, full : frozen dataclass instances
         The presets, each with a ``criteria`` field (a tuple of :class:`~implicit_bias.experiments.Criterion`:
-        the claim holds when all of them do), and optionally ``fails_at_this_scale`` (criterion names the data
-        cannot meet at this scale, explained in the report; see :func:`declared_failures`). ``quick`` is the smallest setting whose criteria still hold with a
+        the claim holds when all of them do), and optionally ``fails_at_this_scale`` (a mapping: criterion name → why
+        the data cannot meet it at this scale, printed in the report; see :func:`declared_failures`). ``quick`` is the smallest setting whose criteria still hold with a
         margin, over ≥ 3 seeds (8–390 s each on a slow 2-core machine), ``full`` the paper-scale one, ≥ 5 seeds.
     runner : callable (config, folder, progress) -> Outcome
     key_number : str
@@ -91,7 +91,12 @@ def register(experiment: Experiment) -> Experiment:
         config = getattr(experiment, preset)
         where = f"experiment {experiment.name!r} ({preset})"
         names = {c.name for c in check_criteria(getattr(config, "criteria", None), where)}
-        unknown = sorted(set(declared_failures(config)) - names)
+        declared = getattr(config, "fails_at_this_scale", {})
+        if not isinstance(declared, Mapping) or not all(
+            isinstance(reason, str) and reason.strip() for reason in declared.values()
+        ):
+            raise TypeError(f"{where}: fails_at_this_scale must map criterion names to reasons, got {declared!r}")
+        unknown = sorted(set(declared) - names)
         if unknown:
             raise ValueError(f"{where}: fails_at_this_scale names {', '.join(unknown)}, which are not its criteria")
         if experiment.fans_out_seeds:
@@ -103,11 +108,20 @@ def register(experiment: Experiment) -> Experiment:
     return experiment
 
 
-def declared_failures(config: Any) -> tuple[str, ...]:
-    """The criteria a preset declares failing at this scale (its ``fails_at_this_scale`` field, default none): an
-    honest failure its report explains, which ``reproduce --all`` does not count as a regression. The claim still
-    fails (``passed`` false) and every criterion is still evaluated and shown."""
-    return tuple(getattr(config, "fails_at_this_scale", ()))
+def declared_failures(config: Any) -> dict[str, str]:
+    """The criteria a preset declares failing at this scale, each with the measured reason (its
+    ``fails_at_this_scale`` field, default none): an honest failure its report explains, which ``reproduce --all``
+    does not count as a regression. The claim still fails (``passed`` false) and every criterion is still evaluated
+    and shown."""
+    return dict(getattr(config, "fails_at_this_scale", {}))
+
+
+def declared_failures_notes(declared: Mapping[str, str]) -> str:
+    """The report's paragraph on the criteria declared failing at this scale, one reason each."""
+    if not declared:
+        return ""
+    reasons = "\n".join(f"- `{name}`: {' '.join(reason.split())}" for name, reason in declared.items())
+    return "\n\n**Declared failing at this scale** (thresholds unchanged):\n\n" + reasons
 
 
 def resolve_config(name: str, *, quick: bool, overrides: Mapping[str, Any] | None = None) -> Any:
@@ -249,13 +263,13 @@ def _run(experiment: Experiment, config: Any, folder: Path, *, quick: bool, prog
         passed = all(c["passed"] for c in criteria)
         result |= {"passed": passed, "numbers": numbers, "criteria": criteria, "figures": outcome.figures}
         if declared_failures(config):
-            result["fails_at_this_scale"] = list(declared_failures(config))
+            result["fails_at_this_scale"] = declared_failures(config)
         if unmeasured:
             result["unmeasured"] = unmeasured
         if per_seed:
             result["per_seed"] = per_seed
         result["seconds"] = time.perf_counter() - start
-        notes = outcome.notes
+        notes = outcome.notes.rstrip() + declared_failures_notes(declared_failures(config))
     atomic_write(folder / "result.json", json.dumps(result, indent=2))
     atomic_write(folder / "report.md", experiment_report(result, config_dict, notes))
     write_experiment_page(folder / "report.html", result, config_dict, notes)
