@@ -15,7 +15,7 @@ def test_quick_reproduction_meets_its_criteria_and_writes_its_report(tmp_path, n
     failed = [c for c in result["criteria"] if not c["passed"]]
     declared = set(getattr(EXPERIMENTS[name].quick, "fails_at_this_scale", {}))
     # only criteria the preset declares failing at this scale may fail; a declared one may hold on another machine
-    # (square-loss-normalization's seed 2 sits at its threshold: 1.497 or 1.59 with the summation order), and the
+    # (square-loss-normalization's seed 2 sits at its threshold: 1.497 on one machine, 1.59 on another), and the
     # report prints every declared reason either way
     assert {c["name"] for c in failed} <= declared, json.dumps(failed or result["numbers"], indent=1, default=str)
     assert result["passed"] == (not failed)

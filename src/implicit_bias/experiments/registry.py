@@ -262,14 +262,15 @@ def _run(experiment: Experiment, config: Any, folder: Path, *, quick: bool, prog
     else:
         passed = all(c["passed"] for c in criteria)
         result |= {"passed": passed, "numbers": numbers, "criteria": criteria, "figures": outcome.figures}
-        if declared_failures(config):
-            result["fails_at_this_scale"] = declared_failures(config)
+        declared = declared_failures(config)
+        if declared:
+            result["fails_at_this_scale"] = declared
         if unmeasured:
             result["unmeasured"] = unmeasured
         if per_seed:
             result["per_seed"] = per_seed
         result["seconds"] = time.perf_counter() - start
-        notes = outcome.notes.rstrip() + declared_failures_notes(declared_failures(config))
+        notes = outcome.notes.rstrip() + declared_failures_notes(declared)
     atomic_write(folder / "result.json", json.dumps(result, indent=2))
     atomic_write(folder / "report.md", experiment_report(result, config_dict, notes))
     write_experiment_page(folder / "report.html", result, config_dict, notes)
