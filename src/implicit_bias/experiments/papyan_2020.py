@@ -256,7 +256,9 @@ register(
         name="papyan-2020",
         claim="Trained past zero error, the last-layer features collapse to their class means (NC1), the means "
         "form a simplex ETF (NC2) aligned with the classifier (NC3), which acts as nearest-class-centre (NC4).",
-        quick=PapyanConfig(),
+        # 2 500 steps, not 4 000 (2026-12-03, 0.6× the time): NC1 reduction 226, 256, 252 on seeds 0-2 (threshold
+        # 100), every terminal-phase drop positive, NCC mismatch 0
+        quick=PapyanConfig(steps=2500),
         full=PapyanConfig(seeds=5, per_class=130, width=512, steps=30_000, log_points=40),
         runner=run_papyan,
         fans_out_seeds=True,
@@ -270,7 +272,9 @@ register(
     Experiment(
         name="deep-collapse",
         claim="After training, within-class variability (NC1) decreases from layer to layer.",
-        quick=DeepCollapseConfig(depth=6, steps=2000),
+        # 1 200 steps, not 2 000 (2026-12-03): training accuracy 1 and every layer's NC1 ≥ 2.2× below the one
+        # before it on seeds 0-2
+        quick=DeepCollapseConfig(depth=6, steps=1200),
         full=DeepCollapseConfig(seeds=5, depth=8, per_class=130, width=256, steps=10_000),
         runner=run_deep_collapse,
         fans_out_seeds=True,
