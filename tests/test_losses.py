@@ -6,11 +6,20 @@ import mpmath
 import pytest
 import torch
 
+from implicit_bias import losses
 from implicit_bias.errors import InvalidArgumentError, UnknownNameError
 from implicit_bias.losses import inverse_loss, log_loss, log_loss_terms, log_softplus_log, output_margins
 
 mpmath.mp.dps = 60
 MARGINS = [0.1, 50.0, 500.0, 5000.0]
+
+
+@pytest.fixture(autouse=True, params=["compiled", "torch"])
+def backend(request, monkeypatch):
+    """Every test here runs twice: float64 CPU outputs through the compiled kernel (the default), then through the
+    torch operations that other devices and dtypes use."""
+    monkeypatch.setattr(losses, "_COMPILED", request.param == "compiled")
+    return request.param
 
 
 def reference_log_binary(loss: str, q: float) -> mpmath.mpf:
@@ -231,3 +240,26 @@ def test_a_second_derivative_is_refused_not_silently_wrong():
     assert torch.isfinite(grad).all()
     with pytest.raises(NotImplementedError, match="differentiable once"):
         torch.autograd.grad(log_loss(outputs, torch.tensor([0, 1]), "logistic"), outputs, create_graph=True)
+
+
+def test_float64_cpu_outputs_take_the_compiled_kernel(backend, monkeypatch):
+    calls = []
+    original = losses.kernels.log_loss
+    monkeypatch.setattr(losses.kernels, "log_loss", lambda *args: calls.append(args[2]) or original(*args))
+    log_loss(torch.zeros(4, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0]), "logistic")
+    log_loss(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0]), "mse")  # float32 outputs are promoted first
+    assert calls == (["logistic", "mse"] if backend == "compiled" else [])
+
+
+@pytest.mark.parametrize("loss", ["exponential", "logistic", "mse"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_output_is_never_read_as_a_fit(backend, loss, bad):
+    # NaN in any output, or (compiled kernel) an overflowed one, gives NaN, not log ℒ = −inf ("every sample fitted")
+    if backend == "torch" and not math.isnan(bad):
+        pytest.skip("the torch path keeps IEEE arithmetic for ±inf outputs (a −inf competitor adds e^−inf = 0)")
+    outputs = torch.tensor([[0.5, bad, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    value = log_loss(outputs, torch.tensor([0, 1]), loss, validate=False)
+    value.backward()
+    assert math.isnan(float(value.detach())) and outputs.grad.isnan().all()
+    terms = log_loss_terms(outputs.detach(), torch.tensor([0, 1]), loss, validate=False)
+    assert math.isnan(float(terms[0])) and math.isfinite(float(terms[1]))

@@ -20,7 +20,8 @@ The multiclass logistic loss is the multinomial one, i.e. cross-entropy.
 :func:`log_loss` is one autograd node per call (``_LogLoss``): its forward forms log ℒ and, when the outputs need
 a gradient, the analytic ∂ log ℒ/∂Φ_n = (ℓ_n/ℒ) ∂ log ℓ_n/∂Φ_n from max-shifted softmaxes (exact to float64
 rounding at any scale); its backward only scales that. It is differentiable once (``create_graph=True`` is
-refused); nothing in this package differentiates a loss twice.
+refused); nothing in this package differentiates a loss twice. On the CPU in float64 the forward is one compiled
+kernel (:mod:`implicit_bias.kernels`, numba) with the same formulas; elsewhere it is torch operations.
 
 References
 ----------
@@ -33,6 +34,7 @@ import math
 
 import torch
 
+from . import kernels
 from .errors import InvalidArgumentError
 from .validation import check_choice, check_finite
 
@@ -40,6 +42,7 @@ LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy", "mse")
 MARGIN_LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy")
 
 _LOW = -700.0  # e^{-700} ≈ 1e-304: still a normal float64, and 1 + e^{-700}/2 rounds to 1
+_COMPILED = True  # float64 CPU outputs go through kernels.log_loss (numba); False: the torch operations below
 _FLOOR = torch.finfo(torch.float64).min  # a finite max for slices that are all −inf: e^{−inf − _FLOOR} = 0, not NaN
 
 
@@ -205,7 +208,11 @@ class _LogLoss(torch.autograd.Function):
     def forward(ctx, outputs: torch.Tensor, y: torch.Tensor, loss: str, reduction: str) -> torch.Tensor:
         ctx.shape, ctx.dtype, ctx.reduction = outputs.shape, outputs.dtype, reduction
         slopes = ctx.needs_input_grad[0]
-        terms, gradient = _terms_and_slopes(outputs.to(torch.float64), y, loss, slopes)
+        outputs = outputs.to(torch.float64)
+        if _COMPILED and kernels.supports(outputs):  # one compiled pass instead of ~30 small torch operations
+            result, ctx.gradient = kernels.log_loss(outputs, y, loss, reduction, slopes)
+            return result
+        terms, gradient = _terms_and_slopes(outputs, y, loss, slopes)
         ctx.gradient = gradient  # an intermediate, not an input or output: kept on ctx, as autograd allows
         if reduction == "none":
             return terms
