@@ -373,3 +373,22 @@ def test_log_adam_keeps_its_weight_decay_at_an_exact_mse_fit():
     fit(model, (X, y), loss="mse", optimizer="adam", optimizer_options={"weight_decay": 0.1}, lr=0.1, steps=1,
         log_points=1, progress=False)  # fmt: skip
     assert torch.equal(model.weight.detach(), 0.99 * torch.eye(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("gd", {"weight_decay": 1e-3}), ("sgd", {"momentum": 0.9, "weight_decay": 1e-3, "nesterov": True})],
+)
+def test_named_sgd_matches_torch_for_loop_sgd_bitwise(name, options):
+    # make_optimizer picks the fused (foreach) update; it must be the per-parameter loop's arithmetic exactly
+    data = load("gaussians", seed=0)
+    models = [nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 3)).double() for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    named = make_optimizer(name, models[0].parameters(), lr=0.1, **options)
+    reference = torch.optim.SGD(models[1].parameters(), lr=0.1, foreach=False, **options)
+    for _ in range(20):
+        for model, optimizer in zip(models, (named, reference)):
+            optimizer.zero_grad()
+            torch.exp(log_loss(model(data.X.double()), data.y, "cross-entropy")).backward()
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))

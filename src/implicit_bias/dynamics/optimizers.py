@@ -36,7 +36,7 @@ from .steepest import SteepestDescent
 
 
 def _gd(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def _sgd(
@@ -52,8 +52,9 @@ def _sgd(
             f"sgd: nesterov needs momentum > 0 and dampening 0, got momentum={momentum} and dampening={dampening}"
         )
     return torch.optim.SGD(
-        params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
-    )
+        params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+        foreach=True,  # one fused update over all parameters (torch picks it on CUDA only): bitwise the same, fewer calls
+    )  # fmt: skip
 
 
 def _normalized_gd(params: Iterable[torch.nn.Parameter], lr: float, degree: float = 1.0) -> SteepestDescent:
