@@ -81,3 +81,17 @@ def test_subpackages_load_on_use_keep_the_users_matplotlib_backend_and_figures_r
     )
     assert figure_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert figure_path.stat().st_size > 1000
+
+
+def test_numba_is_imported_only_when_a_cpu_loss_is_first_computed():
+    run_python(
+        """
+        import sys
+        import torch
+        from implicit_bias.losses import log_loss
+
+        assert "numba" not in sys.modules
+        log_loss(torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0, 2]), "cross-entropy")
+        assert "numba" in sys.modules
+        """
+    )

@@ -170,7 +170,8 @@ register(
         "learning rate reaches a larger normalized margin than constant lr in the same steps (KKT residuals "
         "reported).",
         # 1 500 steps: at 1 000 (20 per class), seed 2 of 3 ends with a smaller loss-based margin (0.69×); 10 per
-        # class (2026-12-03): smallest ratio 1.20, 1.18, 1.21 on seeds 0-2, every GD drop 0, 0.65× the time of 20
+        # class (2026-12-03): smallest ratio 1.20, 1.18, 1.21 on seeds 0-2, every GD drop 0, 0.65× the time of 20;
+        # with the compiled loss kernel (last-bit rounding differs) 1.17, 1.15, 1.19
         quick=LyuLiConfig(per_class=10),
         full=LyuLiConfig(seeds=5, per_class=100, width=256, cnn_channels=16, warmup_steps=5000, steps=20_000, log_points=60),
         runner=run_lyu_li,
