@@ -263,3 +263,9 @@ def test_a_non_finite_output_is_never_read_as_a_fit(backend, loss, bad):
     assert math.isnan(float(value.detach())) and outputs.grad.isnan().all()
     terms = log_loss_terms(outputs.detach(), torch.tensor([0, 1]), loss, validate=False)
     assert math.isnan(float(terms[0])) and math.isfinite(float(terms[1]))
+
+
+def test_an_out_of_range_label_is_an_error_even_unvalidated(backend):
+    # validate=False skips the label checks, but the loss must never read outside the outputs (torch: RuntimeError)
+    with pytest.raises((IndexError, RuntimeError), match="out"):
+        log_loss(torch.zeros(2, 3, dtype=torch.float64), torch.tensor([0, 3]), "logistic", validate=False)

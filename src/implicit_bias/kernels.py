@@ -66,6 +66,8 @@ def _log_loss_kernel(out, y, kind, reduction, slopes, grad, terms):  # compiled 
     invalid = False
     for n in range(n_samples):
         label = y[n]
+        if label < 0 or label >= max(k, 2):  # validate=False skips the label checks; never read out of bounds
+            raise IndexError("log_loss: a label lies outside 0..K-1 (0/1 for one output)")
         finite = True
         for j in range(k):
             finite = finite and math.isfinite(out[n, j])
