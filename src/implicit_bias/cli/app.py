@@ -450,8 +450,9 @@ def reproduce(
             if given:
                 raise InvalidArgumentError(f"{option} applies to one experiment; it cannot be combined with --all")
         table = Table(title=f"reproductions ({'quick' if quick else 'full'})")
-        for column in ("experiment", "claim", "passed", "key number", "seconds"):
-            table.add_column(column, no_wrap=column != "claim", max_width=60 if column == "claim" else None)
+        for column in ("experiment", "claim", "passed", "key number", "seconds"):  # long texts wrap, never vanish
+            wraps = column in ("claim", "key number")
+            table.add_column(column, no_wrap=not wraps, min_width=16 if wraps else None, max_width=60 if wraps else None)
 
         def add(result: dict[str, Any]) -> None:
             key = EXPERIMENTS[result["name"]].key_number
