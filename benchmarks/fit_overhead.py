@@ -74,7 +74,8 @@ def hand_loop(model, X, y, steps, lr, batch_size, native):
         if native:
             torch.nn.functional.cross_entropy(outputs, yb).backward()
         else:
-            torch.exp(log_loss(outputs, yb, "cross-entropy", reduction="mean", validate=False)).backward()
+            objective = log_loss(outputs, yb, "cross-entropy", reduction="mean", validate=False)
+            objective.backward(torch.exp(objective.detach()))  # ∇ℒ = ℒ ∇log ℒ, as fit back-propagates it
         optimizer.step()
 
 

@@ -550,7 +550,7 @@ def _loop(
             else:  # no sync: the guard keeps log ℒ on the device; at an exact fit ℒ = 0 and so is its gradient
                 if guard.record(step, objective):
                     check_guard()
-                torch.exp(objective).backward()
+                objective.backward(torch.exp(objective.detach()))  # ∇ℒ = ℒ·∇log ℒ, what exp's backward gives, one node less
                 optimizer.step()
             done = step + 1
             if time.perf_counter() - last_save >= checkpoint_seconds:
