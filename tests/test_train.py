@@ -7,6 +7,7 @@ import torch
 
 from implicit_bias.data import load
 from implicit_bias.errors import CorruptFileError, InvalidArgumentError, NumericalError, UnknownNameError
+from implicit_bias.losses import log_loss
 from implicit_bias.metrics import normalized_margin
 from implicit_bias.models import build
 from implicit_bias.train import MarginProbe, TrainConfig, fit, resume_run, run
@@ -204,3 +205,17 @@ def test_the_test_log_loss_is_logged_as_the_sum_over_the_test_set():
         q = (2 * data.test.y - 1).double() * model(data.test.X.double()).squeeze(-1)
         expected = math.log(float(torch.log1p(torch.exp(-q)).sum()))
     assert history.last["test_log_loss"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_full_batch_fit_is_bitwise_a_hand_written_loop():
+    # the reference: torch's momentum SGD on ℒ = exp(log ℒ) back-propagated through an exp node, step by step
+    data = load("gaussians", seed=0).to(dtype=torch.float64)
+    trained, reference = (build("mlp:depth=3,width=16", data.input_shape, 3, seed=0).double() for _ in range(2))
+    fit(trained, data, loss="logistic", optimizer="sgd", optimizer_options={"momentum": 0.9}, steps=200, lr=0.3,
+        log_points=3, progress=False)  # fmt: skip
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.3, momentum=0.9, foreach=False)
+    for _ in range(200):
+        optimizer.zero_grad()
+        torch.exp(log_loss(reference(data.X), data.y, "logistic", reduction="mean")).backward()
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(trained.parameters(), reference.parameters()))
