@@ -25,8 +25,9 @@ import torch
 KINDS = {"exponential": 0, "logistic": 1, "cross-entropy": 1, "mse": 2}
 REDUCTIONS = {"none": 0, "sum": 1, "mean": 2}
 
-_LOW = -700.0  # as in losses: e^{-700} ≈ 1e-304 is still a normal float64
-_SOFTPLUS_IDENTITY = 40.0  # softplus(c) = c above 40, exact to 1e-17 (torch's threshold=40)
+# shared with the torch path in losses, so that both evaluate the same formula:
+LOW = -700.0  # the logistic clamp: e^{-700} ≈ 1e-304 is still a normal float64, and 1 + e^{-700}/2 rounds to 1
+SOFTPLUS_IDENTITY = 40.0  # softplus(c) = c above 40, exact to 1e-17
 _NO_GRADIENT = numpy.empty((0, 0))
 
 
@@ -117,8 +118,8 @@ def _log_loss_kernel(out, y, kind, reduction, slopes, grad, terms):  # compiled 
             terms[n] = log_sum
             slope = 1.0
         else:  # log softplus(a) = (a − c) + log softplus(c), c = max(a, −700); slope σ(c)/softplus(c)
-            clamped = max(log_sum, _LOW)
-            if clamped > _SOFTPLUS_IDENTITY:  # softplus(c) = c and σ(c) = 1 to float64 rounding
+            clamped = max(log_sum, LOW)
+            if clamped > SOFTPLUS_IDENTITY:  # softplus(c) = c and σ(c) = 1 to float64 rounding
                 softplus, sigmoid = clamped, 1.0
             else:
                 power = math.exp(clamped)

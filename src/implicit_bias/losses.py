@@ -41,7 +41,6 @@ from .validation import check_choice, check_finite
 LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy", "mse")
 MARGIN_LOSSES: tuple[str, ...] = ("exponential", "logistic", "cross-entropy")
 
-_LOW = -700.0  # e^{-700} ≈ 1e-304: still a normal float64, and 1 + e^{-700}/2 rounds to 1
 _COMPILED = True  # float64 CPU outputs go through kernels.log_loss (numba); False: the torch operations below
 _FLOOR = torch.finfo(torch.float64).min  # a finite max for slices that are all −inf: e^{−inf − _FLOOR} = 0, not NaN
 
@@ -135,8 +134,8 @@ def _log_softplus_log_and_slope(s: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     far below rounding, so the value is s to float64 precision, and the slope σ(c)/softplus(c) is 1 to 1e−304.
     Both are finite everywhere, and so is autograd's gradient of the value (1 below −700).
     """
-    clamped = s.clamp(min=_LOW)
-    softplus = torch.nn.functional.softplus(clamped, threshold=40.0)  # the identity above 40, exact to 1e−17
+    clamped = s.clamp(min=kernels.LOW)  # −700, the compiled kernel's clamp too
+    softplus = torch.nn.functional.softplus(clamped, threshold=kernels.SOFTPLUS_IDENTITY)  # identity above 40, to 1e−17
     return (s - clamped) + torch.log(softplus), torch.sigmoid(clamped) / softplus
 
 
