@@ -47,6 +47,7 @@ from .rundir import (
     write_yaml,
 )
 from .snapshots import SNAPSHOT_POINTS, SNAPSHOT_SCHEDULES, save_snapshot
+from .stepping import Stepper
 
 logger = logging.getLogger("implicit_bias.train")
 
@@ -488,7 +489,8 @@ def _loop(
     epoch_cache: dict[int, torch.Tensor] = {}
     dropped: set[str] = set()
 
-    guard = _Guard(data.X.device)
+    guard = _Guard()
+    stepper = Stepper(optimizer)
 
     def check_guard() -> None:
         tripped = guard.read(allow_exact_fit=loss == "mse")
@@ -535,7 +537,7 @@ def _loop(
                 X, y = data.X[index], data.y[index]
             outputs = model(X)
             objective = log_loss(outputs, y, loss, reduction=reduction, validate=False)
-            optimizer.zero_grad(set_to_none=True)
+            stepper.zero_grad()
             if on_log_loss:  # the one host sync of the step: a log-frame optimizer takes the value
                 value = float(objective.detach())
                 _check_objective(value, step, loss, outputs.dtype, optimizer, run_path)
@@ -543,15 +545,16 @@ def _loop(
                     for parameter in model.parameters():
                         parameter.grad = torch.zeros_like(parameter)
                     if getattr(optimizer, "steps_at_exact_fit", False):
-                        optimizer.step(log_loss=value)
+                        stepper.step(log_loss=value)
                 else:
                     objective.backward()
-                    optimizer.step(log_loss=value)
+                    stepper.step(log_loss=value)
             else:  # no sync: the guard keeps log ℒ on the device; at an exact fit ℒ = 0 and so is its gradient
-                if guard.record(step, objective):
+                value = objective.detach()
+                if guard.record(step, value):
                     check_guard()
-                objective.backward(torch.exp(objective.detach()))  # ∇ℒ = ℒ·∇log ℒ, what exp's backward gives, one node less
-                optimizer.step()
+                objective.backward(torch.exp(value))  # ∇ℒ = ℒ·∇log ℒ, what exp's backward gives, one node less
+                stepper.step()
             done = step + 1
             if time.perf_counter() - last_save >= checkpoint_seconds:
                 save(done)
@@ -568,26 +571,28 @@ def _loop(
 
 
 class _Guard:
-    """The NaN / overflow guard of the steps whose log ℒ stays on the device: each step's value is written to a
-    device buffer (no host sync); :meth:`read`, at log steps, checkpoints and whenever the buffer is full, finds
-    the first non-finite one and its step, so that the error names the step where training first went wrong."""
+    """The NaN / overflow guard of the steps whose log ℒ stays on the device: each step's value (a 0-d tensor) is
+    kept, not read (no host sync); :meth:`read`, at log steps, checkpoints and whenever ``capacity`` values are
+    kept, finds the first non-finite one and its step in one stacked pass, so that the error names the step where
+    training first went wrong."""
 
-    def __init__(self, device: torch.device, capacity: int = 4096) -> None:
-        self.values = torch.empty(capacity, dtype=torch.float64, device=device)
-        self.start, self.count = 0, 0
+    def __init__(self, capacity: int = 4096) -> None:
+        self.values: list[torch.Tensor] = []
+        self.capacity, self.start = capacity, 0
 
     def record(self, step: int, value: torch.Tensor) -> bool:
-        """Keep log ℒ of ``step`` (consecutive since the last read); True when the buffer is full."""
-        if self.count == 0:
+        """Keep log ℒ of ``step`` (consecutive since the last read); True when ``capacity`` values are kept."""
+        if not self.values:
             self.start = step
-        self.values[self.count] = value.detach()
-        self.count += 1
-        return self.count == len(self.values)
+        self.values.append(value)
+        return len(self.values) == self.capacity
 
     def read(self, *, allow_exact_fit: bool) -> tuple[int, float] | None:
         """(step, log ℒ) of the first non-finite value since the last read, or None; −inf passes when
-        ``allow_exact_fit`` (mse). Empties the buffer."""
-        values, self.count = self.values[: self.count], 0
+        ``allow_exact_fit`` (mse). Empties the guard."""
+        if not self.values:
+            return None
+        values, self.values = torch.stack(self.values), []
         bad = values.isnan() | (values.isinf() if not allow_exact_fit else values == math.inf)
         if not bool(bad.any()):
             return None

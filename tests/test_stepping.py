@@ -1,0 +1,154 @@
+"""fit's optimizer calls without torch's per-call Python (``train.stepping.Stepper``), against torch's own
+``SGD.step`` / ``zero_grad``: the same parameters and momentum buffers bit for bit, and torch's path wherever the
+direct one would not be exact (hooks, schedulers, overridden methods, missing gradients, tensor learning rates)."""
+
+import importlib
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from implicit_bias.dynamics import make_optimizer
+from implicit_bias.train.stepping import Stepper
+
+SETTINGS = [
+    {},
+    {"weight_decay": 1e-2},
+    {"momentum": 0.9},
+    {"momentum": 0.9, "dampening": 0.3, "weight_decay": 1e-2},
+    {"momentum": 0.9, "nesterov": True},
+    {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+]
+
+
+def network(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+
+
+def loss(model: nn.Module, step: int) -> torch.Tensor:
+    X = torch.randn(16, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(step))
+    return model(X).square().mean()
+
+
+@pytest.fixture
+def torch_updates(monkeypatch):
+    """Counts the updates made by the body of torch's own ``SGD.step`` (its call of ``torch.optim.sgd.sgd``)."""
+    calls = []
+    module = importlib.import_module("torch.optim.sgd")  # not an attribute of torch.optim in this torch
+    original = module.sgd
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "sgd", counted)
+    return calls
+
+
+def train(stepper_or_optimizer, model: nn.Module, steps: int = 3, **kwargs) -> None:
+    for step in range(steps):
+        stepper_or_optimizer.zero_grad()
+        loss(model, step).backward()
+        stepper_or_optimizer.step(**kwargs)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(s) or "plain")
+def test_the_direct_update_is_bitwise_torchs_sgd(settings, torch_updates):
+    direct, reference = network(), network()
+    stepper = Stepper(torch.optim.SGD(direct.parameters(), lr=0.05, foreach=True, **settings))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, foreach=True, **settings)
+    for step in range(6):
+        stepper.zero_grad()
+        loss(direct, step).backward()
+        stepper.step()
+        optimizer.zero_grad()
+        loss(reference, step).backward()
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(direct.parameters(), reference.parameters()))
+    if settings.get("momentum"):
+        for a, b in zip(direct.parameters(), reference.parameters()):
+            assert torch.equal(stepper.optimizer.state[a]["momentum_buffer"], optimizer.state[b]["momentum_buffer"])
+    # the reference's 6 updates, and the direct path's one where momentum buffers had to be made (its first step)
+    assert len(torch_updates) == 6 + (1 if settings.get("momentum") else 0)
+
+
+def test_zero_grad_clears_every_gradient():
+    model = network()
+    stepper = Stepper(torch.optim.SGD(model.parameters(), lr=0.1))
+    loss(model, 0).backward()
+    stepper.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_step_hook_runs_with_torchs_step(torch_updates):
+    model = network()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, foreach=True)
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(1))
+    train(Stepper(optimizer), model)
+    assert len(seen) == 3 and len(torch_updates) == 3
+
+
+def test_a_profiler_sees_torchs_scopes():
+    model = network()
+    stepper = Stepper(torch.optim.SGD(model.parameters(), lr=0.1, foreach=True))
+    with torch.profiler.profile() as profile:
+        train(stepper, model, steps=1)
+    names = {event.name for event in profile.events()}
+    assert {"Optimizer.step#SGD.step", "Optimizer.zero_grad#SGD.zero_grad"} <= names
+
+
+def test_a_learning_rate_scheduler_sees_every_step():
+    model = network()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, foreach=True)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    stepper = Stepper(optimizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns if scheduler.step() comes before any optimizer.step()
+        for step in range(3):
+            stepper.zero_grad()
+            loss(model, step).backward()
+            stepper.step()
+            scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 8)
+
+
+def test_an_overridden_zero_grad_is_called():
+    class Counting(torch.optim.SGD):
+        calls = 0
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            Counting.calls += 1
+            super().zero_grad(set_to_none)
+
+    Stepper(Counting(network().parameters(), lr=0.1)).zero_grad()
+    assert Counting.calls == 1
+
+
+def test_a_parameter_without_gradient_goes_through_torchs_update(torch_updates):
+    model, unused = network(), nn.Parameter(torch.ones(3, dtype=torch.float64))
+    train(Stepper(torch.optim.SGD([*model.parameters(), unused], lr=0.1, momentum=0.9, foreach=True)), model)
+    assert len(torch_updates) == 3 and torch.equal(unused, torch.ones(3, dtype=torch.float64))
+
+
+def test_a_tensor_learning_rate_goes_through_torchs_update(torch_updates):
+    model = network()
+    train(Stepper(torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1), foreach=True)), model, steps=1)
+    assert len(torch_updates) == 1
+
+
+@pytest.mark.parametrize("name", ["normalized-gd", "loss-based", "sign"])
+def test_a_log_frame_optimizer_steps_as_its_own_step(name):
+    direct, reference = network(), network()
+    stepper = Stepper(make_optimizer(name, direct.parameters(), lr=0.05))
+    assert stepper.inner_step is not None  # the direct call is the one under test
+    optimizer = make_optimizer(name, reference.parameters(), lr=0.05)
+    for model, caller in ((direct, stepper), (reference, optimizer)):
+        for step in range(4):
+            caller.zero_grad()
+            value = torch.log(loss(model, step))
+            value.backward()
+            caller.step(log_loss=float(value.detach()))
+    assert all(torch.equal(a, b) for a, b in zip(direct.parameters(), reference.parameters()))
