@@ -391,7 +391,7 @@ def reproduce(
     ] = False,
     quick: Annotated[
         bool,
-        typer.Option(help="The quick preset (≥ 3 seeds; 8–203 s each, one thread on a 2-core machine, galanti-2022-depth the longest)."),
+        typer.Option(help="The quick preset (≥ 3 seeds; 7–150 s each, one thread on a 2-core machine, lyu-li-2020 and galanti-2022-depth the longest)."),
     ] = False,
     set_: Annotated[
         list[str] | None,

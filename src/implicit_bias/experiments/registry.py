@@ -56,7 +56,7 @@ class Experiment:
         The presets, each with a ``criteria`` field (a tuple of :class:`~implicit_bias.experiments.Criterion`:
         the claim holds when all of them do), and optionally ``fails_at_this_scale`` (a mapping: criterion name → why
         the data cannot meet it at this scale, printed in the report; see :func:`declared_failures`). ``quick`` is the smallest setting whose criteria still hold with a
-        margin, over ≥ 3 seeds (8–203 s each, one thread on a 2-core machine), ``full`` the paper-scale one, ≥ 5 seeds.
+        margin, over ≥ 3 seeds (7–150 s each, one thread on a 2-core machine), ``full`` the paper-scale one, ≥ 5 seeds.
     runner : callable (config, folder, progress) -> Outcome
     key_number : str
         The entry of ``Outcome.numbers`` shown in summary tables (with ``fans_out_seeds``: the per-seed quantity
