@@ -10,7 +10,12 @@ Each loop is warmed up first (a short run of every loop, untimed); then ``--repe
 one after the other, in an order rotated every round, so that contention on a shared machine hits all of them
 alike. A rate is the median over rounds, and each ratio is the median of the per-round ratios.
 
-    python benchmarks/fit_overhead.py [--steps 3000] [--repeats 5] [--warmup 100]
+    python benchmarks/fit_overhead.py [--steps 3000] [--repeats 5] [--warmup 100] [--threads 1]
+
+``--threads`` (default 1, as each experiment of ``reproduce --all`` runs): with torch's default of one thread per
+core the loops' small operations are split over OpenMP threads that share the two cores with everything else, and
+the steps vary with the load (2026-12-04, 2 threads: one digits-MLP loop 18–25 ms per step between repetitions,
+its log-space / native ratio 0.88 in a run where one thread gave 1.02 the day before).
 """
 
 from __future__ import annotations
@@ -112,7 +117,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     table = Table(
         title=f"fit overhead: steps/s (median of {args.repeats} interleaved rounds, {args.steps} steps, float64, "
         f"{torch.get_num_threads()} threads)"
