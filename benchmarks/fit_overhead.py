@@ -10,7 +10,7 @@ Each loop is warmed up first (a short run of every loop, untimed); then ``--repe
 one after the other, in an order rotated every round, so that contention on a shared machine hits all of them
 alike. A rate is the median over rounds, and each ratio is the median of the per-round ratios.
 
-    python benchmarks/fit_overhead.py [--steps 3000] [--repeats 5] [--warmup 100] [--threads 1]
+    python benchmarks/fit_overhead.py [--steps 3000] [--repeats 5] [--warmup 100] [--threads 1] [--case tiny]
 
 ``--threads`` (default 1, as each experiment of ``reproduce --all`` runs): with torch's default of one thread per
 core the loops' small operations are split over OpenMP threads that share the two cores with everything else, and
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--case", action="append", help="run only the cases whose name contains this (repeatable)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     table = Table(
@@ -126,7 +127,7 @@ def main() -> None:
     )
     for column in ("case", "hand loop", "fit", "fit / hand", "native CE loop", "log-space / native"):
         table.add_column(column, justify="right")
-    for case in CASES:
+    for case in [c for c in CASES if not args.case or any(part in c for part in args.case)]:
         rates = measure(case, args.steps, args.repeats, args.warmup)
         table.add_row(
             case,
