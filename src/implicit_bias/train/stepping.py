@@ -16,8 +16,8 @@ calls directly where that is exact, and only while no step hook is registered an
   Nesterov), the same operations in the same order, so bitwise the same parameters and buffers
   (``tests/test_stepping.py`` checks it against ``SGD.step``);
 - any other ``step`` (the first momentum step, which makes the buffers, the log-frame optimizers of
-  :mod:`implicit_bias.dynamics`, a user's optimizer): the class's own ``step`` inside torch's wrapper — what
-  the wrapper calls between its hooks.
+  :mod:`implicit_bias.dynamics`, a user's optimizer): the class's own ``step``, called without torch's wrapper —
+  the function the wrapper calls between its hooks.
 
 An optimizer whose ``step`` or ``zero_grad`` was replaced on the instance (an LR scheduler's step counter) is
 called as it is. Every parameter of ``fit``'s model shares one device and dtype
