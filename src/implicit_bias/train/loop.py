@@ -550,10 +550,10 @@ def _loop(
                     objective.backward()
                     stepper.step(log_loss=value)
             else:  # no sync: the guard keeps log ℒ on the device; at an exact fit ℒ = 0 and so is its gradient
-                value = objective.detach()
-                if guard.record(step, value):
+                detached = objective.detach()
+                if guard.record(step, detached):
                     check_guard()
-                objective.backward(torch.exp(value))  # ∇ℒ = ℒ·∇log ℒ, what exp's backward gives, one node less
+                objective.backward(torch.exp(detached))  # ∇ℒ = ℒ·∇log ℒ, what exp's backward gives, one node less
                 stepper.step()
             done = step + 1
             if time.perf_counter() - last_save >= checkpoint_seconds:
