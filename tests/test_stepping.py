@@ -152,3 +152,14 @@ def test_a_log_frame_optimizer_steps_as_its_own_step(name):
             value.backward()
             caller.step(log_loss=float(value.detach()))
     assert all(torch.equal(a, b) for a, b in zip(direct.parameters(), reference.parameters()))
+
+
+def test_parameters_of_two_dtypes_go_through_torchs_update(torch_updates):
+    weights = [nn.Parameter(torch.ones(3, dtype=torch.float64)), nn.Parameter(torch.ones(2, dtype=torch.float32))]
+    stepper = Stepper(torch.optim.SGD(weights, lr=0.5, foreach=True))
+    for _ in range(3):
+        stepper.zero_grad()
+        (weights[0].sum() + weights[1].sum()).backward()
+        stepper.step()
+    assert len(torch_updates) == 3
+    assert torch.equal(weights[1], torch.full((2,), -0.5))  # 1 − 3 · 0.5 · ∂(sum)/∂w = 1 − 1.5

@@ -20,8 +20,8 @@ calls directly where that is exact, and only while no step hook is registered an
   the function the wrapper calls between its hooks.
 
 An optimizer whose ``step`` or ``zero_grad`` was replaced on the instance (an LR scheduler's step counter) is
-called as it is. Every parameter of ``fit``'s model shares one device and dtype
-(:func:`~implicit_bias.train.loop.placement`), so torch's regrouping is one group there.
+called as it is. The direct SGD update needs every parameter on one device in one dtype (then torch's regrouping
+is one group), as :func:`~implicit_bias.train.loop.placement` requires of ``fit``'s model.
 """
 
 from __future__ import annotations
@@ -41,9 +41,15 @@ class Stepper:
         step = type(optimizer).step
         wrapped = getattr(step, "hooked", False) and "step" not in patched
         self.inner_step = getattr(step, "__wrapped__", None) if wrapped else None  # the class's own step
-        self.updates_directly = self.inner_step is not None and type(optimizer) is torch.optim.SGD and all(
-            group["foreach"] and not (group["maximize"] or group["differentiable"] or group["fused"])
-            for group in optimizer.param_groups
+        one_placement = len({(p.device, p.dtype) for p in self.parameters}) == 1  # torch's regrouping is a no-op
+        self.updates_directly = (
+            self.inner_step is not None
+            and type(optimizer) is torch.optim.SGD
+            and one_placement
+            and all(
+                group["foreach"] and not (group["maximize"] or group["differentiable"] or group["fused"])
+                for group in optimizer.param_groups
+            )
         )
 
     def zero_grad(self) -> None:
