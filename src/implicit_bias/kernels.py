@@ -41,8 +41,8 @@ def log_loss(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log ℒ as a 0-d tensor, or the (N,) log ℓ_n for ``reduction="none"``; ∂/∂Φ of that as an (N, K) tensor,
     K = 1 for one output, or None unless ``slopes``). For ``"none"`` row n is ∂ log ℓ_n/∂Φ_n.
-    ``outputs`` must satisfy :func:`supports` and not require a gradient; ``y`` holds 0..K−1 (0/1 for one output)."""
-    table = outputs.numpy()  # numpy buffers: each allocation here costs ~0.5 µs, a torch one ~3 µs
+    ``outputs`` must satisfy :func:`supports`; ``y`` holds 0..K−1 (0/1 for one output)."""
+    table = outputs.detach().numpy()  # numpy buffers: each allocation here costs ~0.5 µs, a torch one ~3 µs
     table = table[:, None] if table.ndim == 1 else table
     gradient = numpy.empty(table.shape) if slopes else _NO_GRADIENT
     terms = numpy.empty(len(table))

@@ -17,11 +17,10 @@ name               binary ℓ                                         multiclass
 
 The multiclass logistic loss is the multinomial one, i.e. cross-entropy.
 
-:func:`log_loss` forms log ℒ and, when the outputs need a gradient, the analytic
-∂ log ℒ/∂Φ_n = (ℓ_n/ℒ) ∂ log ℓ_n/∂Φ_n from max-shifted softmaxes (exact to float64 rounding at any scale) in one
-pass; the result carries that gradient through autograd's own dot-product backward, with no Python in the
-backward. It is differentiable once (``create_graph=True`` is refused); nothing in this package differentiates a
-loss twice. On the CPU in float64 the forward is one compiled
+:func:`log_loss` is one autograd node per call (``_LogLoss``): its forward forms log ℒ and, when the outputs need
+a gradient, the analytic ∂ log ℒ/∂Φ_n = (ℓ_n/ℒ) ∂ log ℓ_n/∂Φ_n from max-shifted softmaxes (exact to float64
+rounding at any scale); its backward only scales that. It is differentiable once (``create_graph=True`` is
+refused); nothing in this package differentiates a loss twice. On the CPU in float64 the forward is one compiled
 kernel (:mod:`implicit_bias.kernels`, numba) with the same formulas; elsewhere it is torch operations.
 
 References
@@ -195,52 +194,42 @@ def _terms_and_slopes(
     return terms, direction.mul_(slope[:, None]) if slopes else None
 
 
-def _refuse_second_derivative(grad: torch.Tensor) -> None:
-    """A hook on every differentiable log ℒ: its backward is the analytic ∇ log ℒ, so a graph of the backward
-    (``create_graph=True``) would hold no curvature of the loss."""
-    if torch.is_grad_enabled():
-        raise NotImplementedError(
-            "log_loss is differentiable once (its backward is the analytic ∇ log ℒ): create_graph=True would "
-            "give second derivatives without the loss's curvature; for a Hessian, write the loss in torch ops "
-            "(e.g. torch.nn.functional.cross_entropy) while ℒ is representable"
-        )
+class _LogLoss(torch.autograd.Function):
+    """log ℒ, or the per-sample log ℓ_n for ``reduction="none"``, as one autograd node with an analytic backward.
 
-
-def _carrying_gradient(outputs: torch.Tensor, value: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
-    """``value`` as a tensor whose gradient with respect to ``outputs`` is ``gradient`` (∂ value/∂Φ, analytic).
-
-    It is the linear form ⟨Φ, G⟩ (per row when ``value`` has one entry per sample) with its value then overwritten
-    by the exact one: the backward is autograd's own (the dot product's, G · grad), with no Python in it, and a
-    hook refuses ``create_graph``, whose graph would miss the loss's curvature.
+    When the outputs need a gradient, the forward also forms ∂ log ℒ/∂Φ_n = w_n ∂ log ℓ_n/∂Φ_n, with w_n = ℓ_n/ℒ
+    the softmax of the log ℓ_n (formed about the largest, so exact to float64 rounding at any scale); the
+    backward only scales it. Differentiable once: the backward refuses ``create_graph=True``, whose second
+    derivative would silently miss the loss's curvature.
     """
-    if value.ndim == 0:
-        carrier = torch.dot(outputs.reshape(-1), gradient.reshape(-1))
-    else:
-        carrier = (outputs.reshape(gradient.shape) * gradient).sum(dim=1)
-    carrier.detach().copy_(value)  # the form's own value is never read; ⟨Φ, G⟩'s backward does not save it
-    carrier.register_hook(_refuse_second_derivative)
-    return carrier
 
+    @staticmethod
+    def forward(ctx, outputs: torch.Tensor, y: torch.Tensor, loss: str, reduction: str) -> torch.Tensor:
+        ctx.shape, ctx.dtype, ctx.reduction = outputs.shape, outputs.dtype, reduction
+        slopes = ctx.needs_input_grad[0]
+        outputs = outputs if outputs.dtype == torch.float64 else outputs.to(torch.float64)
+        if _COMPILED and kernels.supports(outputs):  # one compiled pass instead of ~30 small torch operations
+            result, ctx.gradient = kernels.log_loss(outputs, y, loss, reduction, slopes)
+            return result
+        terms, gradient = _terms_and_slopes(outputs, y, loss, slopes)
+        ctx.gradient = gradient  # an intermediate, not an input or output: kept on ctx, as autograd allows
+        if reduction == "none":
+            return terms
+        value, weights = _logsumexp_softmax(terms, dim=0)
+        if slopes:
+            gradient.mul_(weights[:, None])
+        return value - math.log(len(terms)) if reduction == "mean" else value
 
-def _log_loss(outputs: torch.Tensor, y: torch.Tensor, loss: str, reduction: str) -> torch.Tensor:
-    """log ℒ, or the per-sample log ℓ_n for ``reduction="none"``, differentiable once with an analytic gradient.
-
-    When the outputs need a gradient, the same pass forms ∂ log ℒ/∂Φ_n = w_n ∂ log ℓ_n/∂Φ_n, with w_n = ℓ_n/ℒ the
-    softmax of the log ℓ_n (formed about the largest, so exact to float64 rounding at any scale), and the result
-    carries it (:func:`_carrying_gradient`).
-    """
-    slopes = outputs.requires_grad and torch.is_grad_enabled()
-    outputs = outputs if outputs.dtype == torch.float64 else outputs.to(torch.float64)
-    plain = outputs.detach()  # what follows records no graph
-    if _COMPILED and kernels.supports(plain):  # one compiled pass instead of ~30 small torch operations
-        value, gradient = kernels.log_loss(plain, y, loss, reduction, slopes)
-    else:
-        value, gradient = _terms_and_slopes(plain, y, loss, slopes)
-        if reduction != "none":
-            value, weights = _logsumexp_softmax(value, dim=0)
-            value = value - math.log(len(weights)) if reduction == "mean" else value
-            gradient = gradient.mul_(weights[:, None]) if slopes else None
-    return _carrying_gradient(outputs, value, gradient) if slopes else value
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        if torch.is_grad_enabled():
+            raise NotImplementedError(
+                "log_loss is differentiable once (its backward is the analytic ∇ log ℒ): create_graph=True would "
+                "give second derivatives without the loss's curvature; for a Hessian, write the loss in torch ops "
+                "(e.g. torch.nn.functional.cross_entropy) while ℒ is representable"
+            )
+        scaled = ctx.gradient * (grad[:, None] if ctx.reduction == "none" else grad)
+        return scaled.reshape(ctx.shape).to(ctx.dtype), None, None, None
 
 
 def _checked(outputs: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -257,7 +246,7 @@ def log_loss_terms(outputs: torch.Tensor, y: torch.Tensor, loss: str, *, validat
     ``validate=False`` skips the checks of ``loss``, of the labels (labels must then be 0..K−1) and of the outputs'
     finiteness (NaN or ±inf outputs are refused naming the first).
     """
-    return _log_loss(outputs, _checked(outputs, y, loss) if validate else y, loss, "none")
+    return _LogLoss.apply(outputs, _checked(outputs, y, loss) if validate else y, loss, "none")
 
 
 def log_loss(
@@ -265,8 +254,8 @@ def log_loss(
 ) -> torch.Tensor:
     """log ℒ (float64 scalar) with ℒ = Σ_n ℓ_n (``reduction="sum"``) or ℒ = (1/N) Σ_n ℓ_n (``"mean"``).
 
-    A log-sum-exp of the per-sample log-losses, so log ℒ = −10⁴ is as exact as log ℒ = −1, whose
-    gradient is the analytic ∇ log ℒ = Σ_n ∇ℓ_n / ℒ, exact to float64 rounding at any scale (Lyu & Li 2020,
+    A log-sum-exp of the per-sample log-losses, so log ℒ = −10⁴ is as exact as log ℒ = −1, in one autograd node
+    whose backward is the analytic ∇ log ℒ = Σ_n ∇ℓ_n / ℒ, exact to float64 rounding at any scale (Lyu & Li 2020,
     §3: the gradient the loss-normalized updates follow). It is differentiable once (no ``create_graph``). An
     exactly fitted sample (``mse``) adds nothing to the gradient; when every sample is fitted, log ℒ = −inf and
     its gradient is taken as 0, the value of ∇ℒ there.
@@ -274,7 +263,7 @@ def log_loss(
     if validate:
         check_choice("reduction", reduction, ("sum", "mean"))
         y = _checked(outputs, y, loss)
-    return _log_loss(outputs, y, loss, reduction)
+    return _LogLoss.apply(outputs, y, loss, reduction)
 
 
 def inverse_loss(loss: str, log_value: float) -> float:
