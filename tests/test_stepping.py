@@ -1,6 +1,6 @@
-"""fit's optimizer calls without torch's per-call Python (``train.stepping.Stepper``), against torch's own
-``SGD.step`` / ``zero_grad``: the same parameters and momentum buffers bit for bit, each update made by the
-optimizer's own step, and torch's wrapper wherever something observes it (hooks, profilers, schedulers, overridden
+"""fit's backward and optimizer calls without torch's per-call Python (``train.stepping.Stepper``), against torch's
+own ``Tensor.backward`` / ``SGD.step`` / ``zero_grad``: the same gradients, parameters and momentum buffers bit for
+bit, each update made by the optimizer's own step, and torch's wrapper wherever something observes it (hooks, profilers, schedulers, overridden
 methods)."""
 
 import importlib
@@ -73,6 +73,37 @@ def test_the_unwrapped_step_is_bitwise_torchs_sgd(settings, torch_updates):
             assert torch.equal(stepper.optimizer.state[a]["momentum_buffer"], optimizer.state[b]["momentum_buffer"])
     assert len(torch_updates) == 12  # every update, the stepper's too, made by SGD's own step
     assert stepper.inner_step is not None  # and the stepper's without torch's wrapper
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_backward_accumulates_torchs_gradients_bit_for_bit(seeded):
+    direct, reference = network(), network()
+    stepper = Stepper(torch.optim.SGD(direct.parameters(), lr=0.1))
+    seed = torch.tensor(0.37, dtype=torch.float64) if seeded else None
+    for step in range(2):  # the second call accumulates onto the first's .grad, as backward does
+        stepper.backward(loss(direct, step), seed)
+        loss(reference, step).backward(seed)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(direct.parameters(), reference.parameters()))
+
+
+def test_backward_of_a_tensor_subclass_goes_through_its_torch_function():
+    seen = []
+
+    class Traced(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    model = network()
+    objective = loss(model, 0).as_subclass(Traced)
+    Stepper(torch.optim.SGD(model.parameters(), lr=0.1)).backward(objective)
+    assert "backward" in seen and all(p.grad is not None for p in model.parameters())
+
+
+def test_backward_of_a_constant_is_torchs_error():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        Stepper(torch.optim.SGD(network().parameters(), lr=0.1)).backward(torch.tensor(1.0))
 
 
 def test_zero_grad_clears_every_gradient():

@@ -547,13 +547,13 @@ def _loop(
                     if getattr(optimizer, "steps_at_exact_fit", False):
                         stepper.step(log_loss=value)
                 else:
-                    objective.backward()
+                    stepper.backward(objective)
                     stepper.step(log_loss=value)
             else:  # no sync: the guard keeps log ℒ on the device; at an exact fit ℒ = 0 and so is its gradient
                 detached = objective.detach()
                 if guard.record(step, detached):
                     check_guard()
-                objective.backward(torch.exp(detached))  # ∇ℒ = ℒ·∇log ℒ, what exp's backward gives, one node less
+                stepper.backward(objective, torch.exp(detached))  # ∇ℒ = ℒ·∇log ℒ, as exp's backward, one node less
                 stepper.step()
             done = step + 1
             if time.perf_counter() - last_save >= checkpoint_seconds:
